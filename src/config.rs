@@ -1,0 +1,126 @@
+//! The server's settings: the `serve` flags of the contract, with their defaults.
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::db::DbConfig;
+
+/// Flags of `taskwire serve`. Outside scripts start the server with these names;
+/// keep them stable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Listen address.
+    #[arg(long, env = "TASKWIRE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// The SQLite file; its folder is created.
+    #[arg(long, env = "DATABASE_URL", default_value = "./data/taskwire.db")]
+    pub db: String,
+    /// Seconds without a heartbeat before an agent is `offline`.
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat_timeout: u64,
+    /// Changes kept in the log (older ones pruned).
+    #[arg(long, default_value_t = 100_000)]
+    pub log_keep: i64,
+    /// Changes older than this many seconds are pruned.
+    #[arg(long, default_value_t = 604_800)]
+    pub log_max_age: u64,
+    /// Origins besides the server's own that may use the session cookie.
+    #[arg(long = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
+    /// Demo data and simulated agents.
+    #[arg(long)]
+    pub demo: bool,
+    /// Largest socket frame (larger: close 1009) and REST body (larger: 413).
+    #[arg(long, default_value_t = 65_536)]
+    pub max_frame_bytes: usize,
+    /// Topics one connection may hold.
+    #[arg(long, default_value_t = 1000)]
+    pub max_subscriptions: usize,
+    /// Frames per second per connection.
+    #[arg(long, default_value_t = 20_000)]
+    pub rate_limit: u32,
+    /// REST requests per second per token.
+    #[arg(long, default_value_t = 2000)]
+    pub rest_rate_limit: u32,
+    /// Sockets in total (lowered to fit the open-file limit).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_sockets: usize,
+    /// Sockets per member or agent token.
+    #[arg(long, default_value_t = 1000)]
+    pub max_sockets_per_token: usize,
+    /// Bytes of events waiting for one socket before it is closed 1013.
+    #[arg(long, default_value_t = 8_388_608)]
+    pub max_queue_bytes: usize,
+    /// The admin token to create on a database with no token.
+    #[arg(long, env = "TASKWIRE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// Everything the running server needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub db_path: String,
+    pub admin_token: Option<String>,
+    /// Interval of the server's WebSocket pings.
+    pub heartbeat_interval: Duration,
+    pub db: DbConfig,
+    pub allowed_origins: Vec<String>,
+    pub demo: bool,
+    pub max_frame_bytes: usize,
+    pub max_subscriptions: usize,
+    pub rate_limit: u32,
+    pub rest_rate_limit: u32,
+    pub max_sockets: usize,
+    pub max_sockets_per_token: usize,
+    pub max_queue_bytes: usize,
+    /// HTTP worker threads.
+    pub workers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            db_path: "./data/taskwire.db".into(),
+            admin_token: None,
+            heartbeat_interval: Duration::from_secs(10),
+            db: DbConfig::default(),
+            allowed_origins: Vec::new(),
+            demo: false,
+            max_frame_bytes: 65_536,
+            max_subscriptions: 1000,
+            rate_limit: 20_000,
+            rest_rate_limit: 2000,
+            max_sockets: 20_000,
+            max_sockets_per_token: 1000,
+            max_queue_bytes: 8_388_608,
+            workers: 2,
+        }
+    }
+}
+
+impl From<ServeArgs> for Config {
+    fn from(a: ServeArgs) -> Config {
+        let base = Config::default();
+        Config {
+            db_path: a.db,
+            admin_token: a.admin_token,
+            db: DbConfig {
+                heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout),
+                log_keep: a.log_keep,
+                log_max_age: Duration::from_secs(a.log_max_age),
+                ..base.db.clone()
+            },
+            allowed_origins: a.allowed_origins,
+            demo: a.demo,
+            max_frame_bytes: a.max_frame_bytes,
+            max_subscriptions: a.max_subscriptions,
+            rate_limit: a.rate_limit,
+            rest_rate_limit: a.rest_rate_limit,
+            max_sockets: a.max_sockets,
+            max_sockets_per_token: a.max_sockets_per_token,
+            max_queue_bytes: a.max_queue_bytes,
+            ..base
+        }
+    }
+}

@@ -1,0 +1,605 @@
+//! The Db actor: the only writer of the SQLite file and the sequencer.
+//!
+//! Writes that wait in its mailbox are committed together in one transaction
+//! (group commit): each write is handled into a pending batch, and a `Flush`
+//! the actor sends itself runs once the mailbox is drained. Each write runs in
+//! its own savepoint, so one that breaks a rule fails alone. Replies and
+//! `Publish` go out only after the commit, in seq order.
+
+pub mod logic;
+pub mod models;
+pub mod queries;
+pub mod schema;
+
+use actix::prelude::*;
+use diesel::connection::Connection;
+use diesel::sqlite::SqliteConnection;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+use crate::auth::{self, authorize, Action, Principal, Role, TokenCache};
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::Metrics;
+use crate::protocol::{Call, Entity, Position, Ref, Topic};
+use crate::registry::{CloseTokens, Deliver, Join, Publish, Published, Registry};
+use logic::{Outcome, WriteCtx};
+use queries as q;
+
+/// How the Db actor keeps the log and watches agents.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    pub heartbeat_timeout: Duration,
+    pub log_keep: i64,
+    pub log_max_age: Duration,
+    /// A resume that would replay more changes than this gets a snapshot.
+    pub max_replay: i64,
+    /// How long remembered op_ids are kept.
+    pub op_keep: Duration,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig {
+            heartbeat_timeout: Duration::from_secs(30),
+            log_keep: 100_000,
+            log_max_age: Duration::from_secs(7 * 24 * 3600),
+            max_replay: 1000,
+            op_keep: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// What everyone may read without asking the Db actor: the epoch and the seq
+/// of the last commit.
+#[derive(Debug)]
+pub struct Head {
+    pub epoch: String,
+    pub seq: AtomicI64,
+}
+
+impl Head {
+    pub fn seq(&self) -> i64 {
+        self.seq.load(Ordering::Acquire)
+    }
+}
+
+/// An opened, migrated database with its epoch and position.
+pub struct Opened {
+    pub conn: SqliteConnection,
+    pub position: Arc<Head>,
+    /// Changes with seq above this are all in the log.
+    pub floor: i64,
+}
+
+/// Opens the file and reads (or on a new file, fixes) its epoch.
+pub fn open(path: &str) -> Result<Opened, String> {
+    let mut conn = q::open(path)?;
+    let epoch = match q::get_meta(&mut conn, "epoch").map_err(|e| e.to_string())? {
+        Some(e) => e,
+        None => {
+            let mut bytes = [0u8; 12];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+            let e = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+            q::set_meta(&mut conn, "epoch", &e).map_err(|e| e.to_string())?;
+            e
+        }
+    };
+    let seq = q::max_seq(&mut conn).map_err(|e| e.to_string())?.unwrap_or(0);
+    let floor = q::get_meta(&mut conn, "pruned_through")
+        .map_err(|e| e.to_string())?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(Opened { conn, position: Arc::new(Head { epoch, seq: AtomicI64::new(seq) }), floor })
+}
+
+/// On a database without tokens, creates the admin token: `given` if set, else a
+/// new random one, which is returned so it can be shown once.
+pub fn ensure_admin_token(conn: &mut SqliteConnection, given: Option<&str>) -> Result<Option<String>, String> {
+    if q::count_tokens(conn).map_err(|e| e.to_string())? > 0 {
+        return Ok(None);
+    }
+    let (token, generated) = match given {
+        Some(t) if !t.is_empty() => (t.to_string(), false),
+        _ => (auth::generate_token(), true),
+    };
+    let now = logic::now();
+    q::insert_token(
+        conn,
+        &models::NewToken { hash: &auth::hash_token(&token), role: "admin", name: "admin", agent_id: None, created_at: &now },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(generated.then_some(token))
+}
+
+/// Loads every live token into the cache.
+pub fn load_tokens(conn: &mut SqliteConnection, cache: &TokenCache) -> Result<(), String> {
+    for t in q::list_tokens(conn).map_err(|e| e.to_string())? {
+        if t.revoked_at.is_none() {
+            if let Some(role) = Role::parse(&t.role) {
+                cache.insert(t.hash.clone(), Principal { token_id: t.id, role, agent_id: t.agent_id });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A write's answer: the reply's `data` and, if it committed a change, its seq.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub data: Value,
+    pub seq: Option<i64>,
+}
+
+/// Runs a call (from a socket or REST) through the group commit.
+#[derive(Message)]
+#[rtype(result = "Result<Committed, ApiError>")]
+pub struct Execute {
+    pub principal: Principal,
+    pub call: Call,
+}
+
+/// The answer to a subscribe, sent to the session's mailbox before the Join, so
+/// no later event can overtake it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribed {
+    pub reference: Ref,
+    pub topic: Topic,
+    /// The reply's data and its seq.
+    pub result: Result<(Value, i64), ApiError>,
+}
+
+/// Reads a snapshot or the missed changes of a topic, replies to the session
+/// and joins it to the topic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub reference: Ref,
+    pub topic: Topic,
+    pub resume: Option<Position>,
+    pub session_id: u64,
+    pub reply_to: Recipient<Subscribed>,
+    pub deliver: Recipient<Deliver>,
+}
+
+/// A read for REST, answered at one position.
+#[derive(Message)]
+#[rtype(result = "Result<Value, ApiError>")]
+pub enum Read {
+    Tasks { status: Option<String>, assignee_id: Option<i64> },
+    Task(i64),
+    Agents,
+    Agent(i64),
+    Changes { since: i64, topic: Option<Topic>, limit: i64 },
+}
+
+/// Token administration (not changes: nothing is published).
+#[derive(Message)]
+#[rtype(result = "Result<Value, ApiError>")]
+pub enum Tokens {
+    Create { by: Principal, role: String, name: String, agent_id: Option<i64> },
+    List { by: Principal },
+    Revoke { by: Principal, id: i64 },
+}
+
+/// Stops taking writes: commits what is pending, writes heartbeat times, and
+/// answers every later write `unavailable`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// Commits the pending batch; sent by the actor to itself.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+enum Job {
+    Call { principal: Principal, call: Call, reply: oneshot::Sender<Result<Committed, ApiError>> },
+    Offline(i64),
+}
+
+/// The Db actor.
+pub struct Db {
+    conn: SqliteConnection,
+    position: Arc<Head>,
+    seq: i64,
+    floor: i64,
+    registry: Addr<Registry>,
+    tokens: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
+    config: DbConfig,
+    pending: Vec<Job>,
+    flush_scheduled: bool,
+    draining: bool,
+    /// Heartbeat times by agent; `dirty` ones are not on disk yet.
+    beats: HashMap<i64, String>,
+    dirty: HashSet<i64>,
+    /// When each agent was last heard from, or the server started or it was created.
+    seen: HashMap<i64, Instant>,
+}
+
+impl Db {
+    pub fn new(
+        opened: Opened,
+        registry: Addr<Registry>,
+        tokens: Arc<TokenCache>,
+        metrics: Arc<Metrics>,
+        config: DbConfig,
+    ) -> Result<Db, String> {
+        let Opened { mut conn, position, floor } = opened;
+        let now = Instant::now();
+        let seen = q::list_agents(&mut conn).map_err(|e| e.to_string())?.into_iter().map(|a| (a.id, now)).collect();
+        Ok(Db {
+            seq: position.seq(),
+            conn,
+            position,
+            floor,
+            registry,
+            tokens,
+            metrics,
+            config,
+            pending: Vec::new(),
+            flush_scheduled: false,
+            draining: false,
+            beats: HashMap::new(),
+            dirty: HashSet::new(),
+            seen,
+        })
+    }
+
+    fn enqueue(&mut self, job: Job, ctx: &mut Context<Self>) {
+        self.pending.push(job);
+        self.metrics.db_mailbox.set(self.pending.len() as i64);
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            // `notify` runs after the mailbox is drained: that is the batch.
+            ctx.notify(Flush);
+        }
+    }
+
+    /// Commits every pending job in one transaction and answers them.
+    fn flush(&mut self) {
+        self.flush_scheduled = false;
+        let jobs = std::mem::take(&mut self.pending);
+        self.metrics.db_mailbox.set(0);
+        if jobs.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut seq = self.seq;
+        let mut results: Vec<Result<Outcome, ApiError>> = Vec::with_capacity(jobs.len());
+        let beats = &mut self.beats;
+        let now = logic::now();
+        let committed = self.conn.immediate_transaction::<_, ApiError, _>(|conn| {
+            for job in &jobs {
+                let before = seq;
+                let result = conn.transaction::<_, ApiError, _>(|conn| {
+                    let mut ctx = WriteCtx { seq: &mut seq, beats, now: now.clone() };
+                    match job {
+                        Job::Call { principal, call, .. } => logic::execute(conn, &mut ctx, principal, call),
+                        Job::Offline(id) => logic::mark_offline(conn, &mut ctx, *id),
+                    }
+                });
+                match result {
+                    // The store failed: nothing in this batch can commit.
+                    Err(e) if e.code == ErrorCode::Unavailable => return Err(e),
+                    Err(e) => {
+                        seq = before;
+                        results.push(Err(e));
+                    }
+                    Ok(o) => results.push(Ok(o)),
+                }
+            }
+            Ok(())
+        });
+        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(jobs.len() as f64);
+        if let Err(e) = committed {
+            let e = if e.code == ErrorCode::Unavailable { e } else { ApiError::from(e) };
+            for job in jobs {
+                if let Job::Call { reply, .. } = job {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            return;
+        }
+        self.seq = seq;
+        self.position.seq.store(seq, Ordering::Release);
+        let mut items = Vec::new();
+        let mut revoked = Vec::new();
+        let mut answers = Vec::with_capacity(jobs.len());
+        for (job, result) in jobs.into_iter().zip(results) {
+            let answer = result.map(|out| {
+                items.extend(out.changes.into_iter().map(Published::Change));
+                if let Some((agent_id, at)) = out.heartbeat {
+                    self.dirty.insert(agent_id);
+                    self.seen.insert(agent_id, Instant::now());
+                    items.push(Published::Heartbeat { agent_id, at });
+                }
+                if let Some(id) = out.new_agent {
+                    self.seen.insert(id, Instant::now());
+                }
+                if let Some((hash, p)) = out.new_token {
+                    self.tokens.insert(hash, p);
+                }
+                revoked.extend(out.revoked_tokens);
+                Committed { data: out.data, seq: out.seq }
+            });
+            if let Job::Call { reply, .. } = job {
+                answers.push((reply, answer));
+            }
+        }
+        if !items.is_empty() {
+            self.registry.do_send(Publish { items });
+        }
+        if !revoked.is_empty() {
+            for id in &revoked {
+                self.tokens.remove_token(*id);
+            }
+            self.registry.do_send(CloseTokens { token_ids: revoked, code: 1008, reason: "token revoked" });
+        }
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Writes heartbeat times kept in memory, in one transaction.
+    fn flush_beats(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let beats: Vec<(i64, String)> =
+            self.dirty.iter().filter_map(|id| self.beats.get(id).map(|at| (*id, at.clone()))).collect();
+        let written = self.conn.immediate_transaction(|conn| q::write_heartbeats(conn, &beats));
+        match written {
+            Ok(()) => self.dirty.clear(),
+            Err(e) => log::warn!("heartbeat times not written yet: {e}"),
+        }
+    }
+
+    /// Queues agents that stopped heartbeating to go offline.
+    fn sweep_offline(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.config.heartbeat_timeout;
+        let late: Vec<i64> = self.seen.iter().filter(|(_, t)| t.elapsed() >= timeout).map(|(id, _)| *id).collect();
+        for id in late {
+            // Until it heartbeats again there is nothing more to check.
+            self.seen.remove(&id);
+            self.enqueue(Job::Offline(id), ctx);
+        }
+    }
+
+    /// Prunes the change log by count and age, and old op_ids.
+    fn prune(&mut self) {
+        let max_age = chrono::Duration::from_std(self.config.log_max_age).unwrap_or(chrono::TimeDelta::MAX);
+        let cutoff = (chrono::Utc::now() - max_age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let op_age = chrono::Duration::from_std(self.config.op_keep).unwrap_or(chrono::TimeDelta::MAX);
+        let op_cutoff = (chrono::Utc::now() - op_age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let keep = self.config.log_keep;
+        let result = self.conn.immediate_transaction::<_, diesel::result::Error, _>(|conn| {
+            let cut = q::prune_changes(conn, keep, &cutoff)?;
+            if let Some(cut) = cut {
+                q::set_meta(conn, "pruned_through", &cut.to_string())?;
+            }
+            q::prune_ops(conn, &op_cutoff)?;
+            Ok(cut)
+        });
+        match result {
+            Ok(Some(cut)) => self.floor = self.floor.max(cut),
+            Ok(None) => {}
+            Err(e) => log::warn!("pruning the change log failed: {e}"),
+        }
+        if let Ok(n) = q::count_changes(&mut self.conn) {
+            self.metrics.change_log_len.set(n);
+        }
+    }
+
+    /// The reply data of a subscribe: a snapshot, or the missed changes.
+    fn subscribe(&mut self, topic: &Topic, resume: Option<&Position>) -> Result<Value, ApiError> {
+        let epoch = self.position.epoch.clone();
+        if let Some(pos) = resume {
+            let same_db = pos.epoch.as_deref() == Some(epoch.as_str());
+            if same_db && pos.since <= self.seq && pos.since >= self.floor {
+                let filter = match topic {
+                    Topic::Tasks => (Entity::Task, None),
+                    Topic::Task(id) => (Entity::Task, Some(*id)),
+                    Topic::Agents => (Entity::Agent, None),
+                    Topic::Agent(id) => (Entity::Agent, Some(*id)),
+                };
+                let rows = q::changes_since(&mut self.conn, pos.since, Some(filter), self.config.max_replay + 1)?;
+                if rows.len() as i64 <= self.config.max_replay {
+                    if rows.is_empty() && filter.1.is_some() && self.snapshot(topic)?.is_none() {
+                        return Err(ApiError::not_found(format!("{topic} does not exist")));
+                    }
+                    let events = rows
+                        .into_iter()
+                        .map(|r| logic::change_of_row(r).map(|c| c.event(topic)))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    return Ok(json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "events": events}));
+                }
+            }
+        }
+        let snapshot = self.snapshot(topic)?.ok_or_else(|| ApiError::not_found(format!("{topic} does not exist")))?;
+        Ok(json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "snapshot": snapshot}))
+    }
+
+    /// The current state of a topic; `None` for a single entity that does not exist.
+    fn snapshot(&mut self, topic: &Topic) -> Result<Option<Value>, ApiError> {
+        Ok(match topic {
+            Topic::Tasks => Some(Value::Array(logic::list_tasks(&mut self.conn, None, None)?)),
+            Topic::Agents => Some(Value::Array(logic::list_agents(&mut self.conn, &self.beats)?)),
+            Topic::Task(id) => logic::get_task(&mut self.conn, *id)?,
+            Topic::Agent(id) => logic::get_agent(&mut self.conn, &self.beats, *id)?,
+        })
+    }
+
+    fn read(&mut self, read: Read) -> Result<Value, ApiError> {
+        let epoch = self.position.epoch.clone();
+        let seq = self.seq;
+        match read {
+            Read::Tasks { status, assignee_id } => {
+                let items = logic::list_tasks(&mut self.conn, status.as_deref(), assignee_id)?;
+                Ok(json!({"epoch": epoch, "seq": seq, "items": items}))
+            }
+            Read::Agents => {
+                let items = logic::list_agents(&mut self.conn, &self.beats)?;
+                Ok(json!({"epoch": epoch, "seq": seq, "items": items}))
+            }
+            Read::Task(id) => logic::get_task(&mut self.conn, id)?.ok_or_else(|| ApiError::not_found(format!("task {id} not found"))),
+            Read::Agent(id) => logic::get_agent(&mut self.conn, &self.beats, id)?
+                .ok_or_else(|| ApiError::not_found(format!("agent {id} not found"))),
+            Read::Changes { since, topic, limit } => {
+                if since < self.floor {
+                    return Err(ApiError::gone(format!(
+                        "changes up to {} are no longer kept; load a snapshot",
+                        self.floor
+                    )));
+                }
+                let filter = topic.as_ref().map(|t| match t {
+                    Topic::Tasks => (Entity::Task, None),
+                    Topic::Task(id) => (Entity::Task, Some(*id)),
+                    Topic::Agents => (Entity::Agent, None),
+                    Topic::Agent(id) => (Entity::Agent, Some(*id)),
+                });
+                let rows = q::changes_since(&mut self.conn, since, filter, limit)?;
+                // A page cut short by `limit` is complete up to its last event.
+                let upto = if rows.len() as i64 == limit { rows.last().map_or(seq, |r| r.seq) } else { seq };
+                let events = rows
+                    .into_iter()
+                    .map(|r| {
+                        let c = logic::change_of_row(r)?;
+                        let t = topic.clone().unwrap_or(match c.entity {
+                            Entity::Task => Topic::Tasks,
+                            Entity::Agent => Topic::Agents,
+                        });
+                        Ok(c.event(&t))
+                    })
+                    .collect::<Result<Vec<_>, ApiError>>()?;
+                Ok(json!({"epoch": epoch, "seq": upto, "events": events}))
+            }
+        }
+    }
+
+    fn tokens(&mut self, msg: Tokens) -> Result<Value, ApiError> {
+        match msg {
+            Tokens::Create { by, role, name, agent_id } => {
+                authorize(&by, Action::ManageTokens)?;
+                let r = Role::parse(&role).ok_or_else(|| ApiError::invalid(format!("unknown role {role:?}")))?;
+                let n = name.chars().count();
+                if n == 0 || n > 100 {
+                    return Err(ApiError::invalid("name must have 1 to 100 characters"));
+                }
+                match (r, agent_id) {
+                    (Role::Agent, None) => return Err(ApiError::invalid("an agent token needs agent_id")),
+                    (Role::Agent, Some(a)) if q::find_agent(&mut self.conn, a)?.is_none() => {
+                        return Err(ApiError::invalid(format!("agent {a} does not exist")))
+                    }
+                    (Role::Admin | Role::Member, Some(_)) => {
+                        return Err(ApiError::invalid("only agent tokens take agent_id"))
+                    }
+                    _ => {}
+                }
+                let token = auth::generate_token();
+                let hash = auth::hash_token(&token);
+                let now = logic::now();
+                let row = self.conn.immediate_transaction(|conn| {
+                    q::insert_token(conn, &models::NewToken { hash: &hash, role: r.as_str(), name: &name, agent_id, created_at: &now })
+                })?;
+                self.tokens.insert(hash, Principal { token_id: row.id, role: r, agent_id });
+                let mut v = row.to_json();
+                v["token"] = json!(token);
+                Ok(v)
+            }
+            Tokens::List { by } => {
+                authorize(&by, Action::ManageTokens)?;
+                let items: Vec<Value> = q::list_tokens(&mut self.conn)?.iter().map(models::TokenRow::to_json).collect();
+                Ok(json!({ "items": items }))
+            }
+            Tokens::Revoke { by, id } => {
+                authorize(&by, Action::ManageTokens)?;
+                let now = logic::now();
+                if !self.conn.immediate_transaction(|conn| q::revoke_token(conn, id, &now))? {
+                    return Err(ApiError::not_found(format!("token {id} not found")));
+                }
+                self.tokens.remove_token(id);
+                self.registry.do_send(CloseTokens { token_ids: vec![id], code: 1008, reason: "token revoked" });
+                Ok(json!({}))
+            }
+        }
+    }
+}
+
+impl Actor for Db {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.prune();
+        ctx.run_interval(Duration::from_secs(1), |db, _| db.flush_beats());
+        let sweep = (self.config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        ctx.run_interval(sweep, |db, ctx| db.sweep_offline(ctx));
+        ctx.run_interval(Duration::from_secs(60), |db, _| db.prune());
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.flush();
+        self.flush_beats();
+    }
+}
+
+impl Handler<Execute> for Db {
+    type Result = ResponseFuture<Result<Committed, ApiError>>;
+
+    fn handle(&mut self, msg: Execute, ctx: &mut Context<Self>) -> Self::Result {
+        if self.draining {
+            return Box::pin(async { Err(ApiError::unavailable("the server is shutting down")) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Job::Call { principal: msg.principal, call: msg.call, reply: tx }, ctx);
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(ApiError::unavailable("the database stopped"))) })
+    }
+}
+
+impl Handler<Flush> for Db {
+    type Result = ();
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) {
+        self.flush();
+    }
+}
+
+impl Handler<Subscribe> for Db {
+    type Result = ();
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        let result = self.subscribe(&msg.topic, msg.resume.as_ref());
+        let ok = result.is_ok();
+        msg.reply_to.do_send(Subscribed { reference: msg.reference, topic: msg.topic.clone(), result: result.map(|d| (d, self.seq)) });
+        if ok {
+            self.registry.do_send(Join { session_id: msg.session_id, topic: msg.topic, deliver: msg.deliver });
+        }
+    }
+}
+
+impl Handler<Read> for Db {
+    type Result = Result<Value, ApiError>;
+    fn handle(&mut self, msg: Read, _: &mut Context<Self>) -> Self::Result {
+        self.read(msg)
+    }
+}
+
+impl Handler<Tokens> for Db {
+    type Result = Result<Value, ApiError>;
+    fn handle(&mut self, msg: Tokens, _: &mut Context<Self>) -> Self::Result {
+        self.tokens(msg)
+    }
+}
+
+impl Handler<Drain> for Db {
+    type Result = ();
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) {
+        self.flush();
+        self.flush_beats();
+        self.draining = true;
+    }
+}

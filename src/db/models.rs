@@ -1,0 +1,162 @@
+//! Rows as diesel reads and writes them, and their JSON shape on the wire.
+
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use super::schema::{agents, changes, ops, tasks, tokens};
+
+/// A task row.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, AsChangeset)]
+#[diesel(table_name = tasks, treat_none_as_null = true)]
+pub struct Task {
+    pub id: i64,
+    pub title: String,
+    pub description: String,
+    pub status: String,
+    pub priority: i32,
+    pub assignee_id: Option<i64>,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Task {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "status": self.status,
+            "priority": self.priority,
+            "assignee_id": self.assignee_id,
+            "version": self.version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+/// A new task row.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = tasks)]
+pub struct NewTask<'a> {
+    pub title: &'a str,
+    pub description: &'a str,
+    pub status: &'a str,
+    pub priority: i32,
+    pub assignee_id: Option<i64>,
+    pub version: i64,
+    pub created_at: &'a str,
+    pub updated_at: &'a str,
+}
+
+/// An agent row. `reported_status` is the last status the agent itself reported,
+/// restored when it comes back from `offline`; it is not on the wire.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, AsChangeset)]
+#[diesel(table_name = agents, treat_none_as_null = true)]
+pub struct Agent {
+    pub id: i64,
+    pub name: String,
+    pub status: String,
+    pub reported_status: String,
+    pub current_task_id: Option<i64>,
+    pub last_heartbeat_at: Option<String>,
+    pub meta: String,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Agent {
+    pub fn to_json(&self) -> Value {
+        let meta: Value = serde_json::from_str(&self.meta).unwrap_or_else(|_| json!({}));
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "current_task_id": self.current_task_id,
+            "last_heartbeat_at": self.last_heartbeat_at,
+            "meta": meta,
+            "version": self.version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+/// A new agent row.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = agents)]
+pub struct NewAgent<'a> {
+    pub name: &'a str,
+    pub status: &'a str,
+    pub reported_status: &'a str,
+    pub current_task_id: Option<i64>,
+    pub meta: &'a str,
+    pub version: i64,
+    pub created_at: &'a str,
+    pub updated_at: &'a str,
+}
+
+/// A change-log row.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = changes)]
+pub struct ChangeRow {
+    pub seq: i64,
+    pub entity: String,
+    pub entity_id: i64,
+    pub kind: String,
+    pub changed: String,
+    pub data: String,
+    pub at: String,
+}
+
+/// A remembered op_id and the reply it got.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = ops)]
+pub struct OpRow {
+    pub token_id: i64,
+    pub op_id: String,
+    pub fingerprint: String,
+    pub reply: String,
+    pub seq: Option<i64>,
+    pub at: String,
+}
+
+/// A token row; only the SHA-256 of the secret is stored.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = tokens)]
+pub struct TokenRow {
+    pub id: i64,
+    pub hash: String,
+    pub role: String,
+    pub name: String,
+    pub agent_id: Option<i64>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl TokenRow {
+    /// The token as listed: everything but the hash.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "role": self.role,
+            "name": self.name,
+            "agent_id": self.agent_id,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        })
+    }
+}
+
+/// A new token row.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = tokens)]
+pub struct NewToken<'a> {
+    pub hash: &'a str,
+    pub role: &'a str,
+    pub name: &'a str,
+    pub agent_id: Option<i64>,
+    pub created_at: &'a str,
+}

@@ -1,0 +1,234 @@
+//! The SQL of taskwire: plain functions on a connection, one per question.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::models::*;
+use super::schema::{agents, changes, meta, ops, tasks, tokens};
+use crate::protocol::Entity;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Opens the database file, sets the per-connection pragmas and runs the
+/// migrations. The folder of the file is created if missing.
+pub fn open(path: &str) -> Result<SqliteConnection, String> {
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
+    let mut conn = SqliteConnection::establish(path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    conn.batch_execute(
+        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(|e| format!("cannot configure {path}: {e}"))?;
+    conn.run_pending_migrations(MIGRATIONS)
+        .map_err(|e| format!("cannot migrate {path}: {e}"))?;
+    Ok(conn)
+}
+
+pub fn get_meta(conn: &mut SqliteConnection, key: &str) -> QueryResult<Option<String>> {
+    meta::table.find(key).select(meta::value).first(conn).optional()
+}
+
+pub fn set_meta(conn: &mut SqliteConnection, key: &str, value: &str) -> QueryResult<()> {
+    diesel::replace_into(meta::table)
+        .values((meta::key.eq(key), meta::value.eq(value)))
+        .execute(conn)
+        .map(drop)
+}
+
+// ---- tasks ----
+
+pub fn find_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Task>> {
+    tasks::table.find(id).select(Task::as_select()).first(conn).optional()
+}
+
+pub fn list_tasks(conn: &mut SqliteConnection, status: Option<&str>, assignee_id: Option<i64>) -> QueryResult<Vec<Task>> {
+    let mut q = tasks::table.select(Task::as_select()).order(tasks::id).into_boxed();
+    if let Some(s) = status {
+        q = q.filter(tasks::status.eq(s));
+    }
+    if let Some(a) = assignee_id {
+        q = q.filter(tasks::assignee_id.eq(a));
+    }
+    q.load(conn)
+}
+
+pub fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> QueryResult<Task> {
+    diesel::insert_into(tasks::table).values(new).returning(Task::as_returning()).get_result(conn)
+}
+
+pub fn save_task(conn: &mut SqliteConnection, task: &Task) -> QueryResult<()> {
+    diesel::update(task).set(task).execute(conn).map(drop)
+}
+
+pub fn delete_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<()> {
+    diesel::delete(tasks::table.find(id)).execute(conn).map(drop)
+}
+
+pub fn tasks_assigned_to(conn: &mut SqliteConnection, agent_id: i64) -> QueryResult<Vec<Task>> {
+    tasks::table
+        .filter(tasks::assignee_id.eq(agent_id))
+        .select(Task::as_select())
+        .order(tasks::id)
+        .load(conn)
+}
+
+// ---- agents ----
+
+pub fn find_agent(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Agent>> {
+    agents::table.find(id).select(Agent::as_select()).first(conn).optional()
+}
+
+pub fn agent_name_taken(conn: &mut SqliteConnection, name: &str, except_id: i64) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        agents::table.filter(agents::name.eq(name)).filter(agents::id.ne(except_id)),
+    ))
+    .get_result(conn)
+}
+
+pub fn list_agents(conn: &mut SqliteConnection) -> QueryResult<Vec<Agent>> {
+    agents::table.select(Agent::as_select()).order(agents::id).load(conn)
+}
+
+pub fn insert_agent(conn: &mut SqliteConnection, new: &NewAgent) -> QueryResult<Agent> {
+    diesel::insert_into(agents::table).values(new).returning(Agent::as_returning()).get_result(conn)
+}
+
+pub fn save_agent(conn: &mut SqliteConnection, agent: &Agent) -> QueryResult<()> {
+    diesel::update(agent).set(agent).execute(conn).map(drop)
+}
+
+pub fn delete_agent(conn: &mut SqliteConnection, id: i64) -> QueryResult<()> {
+    diesel::delete(agents::table.find(id)).execute(conn).map(drop)
+}
+
+pub fn agents_on_task(conn: &mut SqliteConnection, task_id: i64) -> QueryResult<Vec<Agent>> {
+    agents::table
+        .filter(agents::current_task_id.eq(task_id))
+        .select(Agent::as_select())
+        .order(agents::id)
+        .load(conn)
+}
+
+/// Writes heartbeat times kept in memory; not a change, so no version bump.
+pub fn write_heartbeats(conn: &mut SqliteConnection, beats: &[(i64, String)]) -> QueryResult<()> {
+    for (id, at) in beats {
+        diesel::update(agents::table.find(id))
+            .set(agents::last_heartbeat_at.eq(at))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+// ---- change log ----
+
+pub fn append_change(conn: &mut SqliteConnection, row: &ChangeRow) -> QueryResult<()> {
+    diesel::insert_into(changes::table).values(row).execute(conn).map(drop)
+}
+
+pub fn max_seq(conn: &mut SqliteConnection) -> QueryResult<Option<i64>> {
+    changes::table.select(diesel::dsl::max(changes::seq)).first(conn)
+}
+
+/// Changes after `since`, oldest first, optionally only those of one entity kind
+/// or of one entity; at most `limit`.
+pub fn changes_since(
+    conn: &mut SqliteConnection,
+    since: i64,
+    filter: Option<(Entity, Option<i64>)>,
+    limit: i64,
+) -> QueryResult<Vec<ChangeRow>> {
+    let mut q = changes::table
+        .filter(changes::seq.gt(since))
+        .select(ChangeRow::as_select())
+        .order(changes::seq)
+        .limit(limit)
+        .into_boxed();
+    if let Some((entity, id)) = filter {
+        q = q.filter(changes::entity.eq(entity.as_str()));
+        if let Some(id) = id {
+            q = q.filter(changes::entity_id.eq(id));
+        }
+    }
+    q.load(conn)
+}
+
+/// Deletes changes beyond the newest `keep`, and those older than `before`,
+/// but never the newest one (it carries the position across restarts).
+/// Returns the seq of the newest change removed, if any.
+pub fn prune_changes(conn: &mut SqliteConnection, keep: i64, before: &str) -> QueryResult<Option<i64>> {
+    let Some(newest) = max_seq(conn)? else { return Ok(None) };
+    let by_count = newest - keep.max(1);
+    let by_age: Option<i64> = changes::table
+        .filter(changes::at.lt(before))
+        .filter(changes::seq.lt(newest))
+        .select(diesel::dsl::max(changes::seq))
+        .first(conn)?;
+    let cut = by_count.max(by_age.unwrap_or(0));
+    if cut <= 0 {
+        return Ok(None);
+    }
+    let n = diesel::delete(changes::table.filter(changes::seq.le(cut))).execute(conn)?;
+    Ok((n > 0).then_some(cut))
+}
+
+pub fn count_changes(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    changes::table.count().get_result(conn)
+}
+
+// ---- remembered op_ids ----
+
+pub fn find_op(conn: &mut SqliteConnection, token_id: i64, op_id: &str) -> QueryResult<Option<OpRow>> {
+    ops::table.find((token_id, op_id)).select(OpRow::as_select()).first(conn).optional()
+}
+
+pub fn insert_op(conn: &mut SqliteConnection, row: &OpRow) -> QueryResult<()> {
+    diesel::insert_into(ops::table).values(row).execute(conn).map(drop)
+}
+
+pub fn prune_ops(conn: &mut SqliteConnection, before: &str) -> QueryResult<usize> {
+    diesel::delete(ops::table.filter(ops::at.lt(before))).execute(conn)
+}
+
+// ---- tokens ----
+
+pub fn insert_token(conn: &mut SqliteConnection, new: &NewToken) -> QueryResult<TokenRow> {
+    diesel::insert_into(tokens::table).values(new).returning(TokenRow::as_returning()).get_result(conn)
+}
+
+pub fn find_token_by_hash(conn: &mut SqliteConnection, hash: &str) -> QueryResult<Option<TokenRow>> {
+    tokens::table.filter(tokens::hash.eq(hash)).select(TokenRow::as_select()).first(conn).optional()
+}
+
+pub fn list_tokens(conn: &mut SqliteConnection) -> QueryResult<Vec<TokenRow>> {
+    tokens::table.select(TokenRow::as_select()).order(tokens::id).load(conn)
+}
+
+pub fn count_tokens(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    tokens::table.count().get_result(conn)
+}
+
+/// Marks a token revoked; returns false if there is no such live token.
+pub fn revoke_token(conn: &mut SqliteConnection, id: i64, at: &str) -> QueryResult<bool> {
+    let n = diesel::update(tokens::table.find(id).filter(tokens::revoked_at.is_null()))
+        .set(tokens::revoked_at.eq(at))
+        .execute(conn)?;
+    Ok(n > 0)
+}
+
+/// Revokes every token bound to an agent (the agent is gone).
+pub fn revoke_agent_tokens(conn: &mut SqliteConnection, agent_id: i64, at: &str) -> QueryResult<Vec<i64>> {
+    let ids: Vec<i64> = tokens::table
+        .filter(tokens::agent_id.eq(agent_id))
+        .filter(tokens::revoked_at.is_null())
+        .select(tokens::id)
+        .load(conn)?;
+    diesel::update(tokens::table.filter(tokens::id.eq_any(&ids)))
+        .set(tokens::revoked_at.eq(at))
+        .execute(conn)?;
+    Ok(ids)
+}

@@ -1,0 +1,74 @@
+// @generated shape of `diesel print-schema` for migrations/; keep in step with them.
+
+diesel::table! {
+    agents (id) {
+        id -> BigInt,
+        name -> Text,
+        status -> Text,
+        reported_status -> Text,
+        current_task_id -> Nullable<BigInt>,
+        last_heartbeat_at -> Nullable<Text>,
+        meta -> Text,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    changes (seq) {
+        seq -> BigInt,
+        entity -> Text,
+        entity_id -> BigInt,
+        kind -> Text,
+        changed -> Text,
+        data -> Text,
+        at -> Text,
+    }
+}
+
+diesel::table! {
+    meta (key) {
+        key -> Text,
+        value -> Text,
+    }
+}
+
+diesel::table! {
+    ops (token_id, op_id) {
+        token_id -> BigInt,
+        op_id -> Text,
+        fingerprint -> Text,
+        reply -> Text,
+        seq -> Nullable<BigInt>,
+        at -> Text,
+    }
+}
+
+diesel::table! {
+    tasks (id) {
+        id -> BigInt,
+        title -> Text,
+        description -> Text,
+        status -> Text,
+        priority -> Integer,
+        assignee_id -> Nullable<BigInt>,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    tokens (id) {
+        id -> BigInt,
+        hash -> Text,
+        role -> Text,
+        name -> Text,
+        agent_id -> Nullable<BigInt>,
+        created_at -> Text,
+        revoked_at -> Nullable<Text>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(agents, changes, meta, ops, tasks, tokens);

@@ -1,0 +1,165 @@
+//! taskwire: a real-time data layer for a team task dashboard. One binary, one
+//! SQLite file; clients subscribe to topics over one WebSocket and get every
+//! committed change pushed, and resume exactly after any disconnect.
+//!
+//! The modules:
+//! - [`config`]: the server's settings, with the defaults of the contract.
+//! - [`protocol`]: the wire contract in serde types (frames, topics, params).
+//! - [`error`]: the one error type and its stable codes.
+//! - [`db`]: the Db actor (the only writer, the sequencer), its SQL and rules.
+//! - [`registry`]: the Registry actor, topic → subscribed sessions.
+//! - [`session`]: the Session actor, one per WebSocket.
+//! - [`rest`]: the REST routes, auth extraction, `/healthz`, `/metrics`.
+//! - [`auth`]: tokens, roles and the policy table.
+//! - [`metrics`]: the Prometheus metrics.
+//!
+//! [`run`] starts the whole server on an already bound listener and stops it
+//! when the given shutdown future resolves, so tests can bind port 0.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod protocol;
+pub mod registry;
+pub mod rest;
+pub mod session;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use config::Config;
+use auth::{Principal, Role, TokenCache};
+use db::{Db, Drain, Head};
+use metrics::Metrics;
+use registry::{CloseAll, Registry};
+
+/// What every request handler and session shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Addr<Db>,
+    pub registry: Addr<Registry>,
+    pub tokens: Arc<TokenCache>,
+    pub head: Arc<Head>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub sockets: Arc<SocketCounts>,
+}
+
+/// Open sockets, in total and per token, against the configured limits.
+#[derive(Default)]
+pub struct SocketCounts {
+    inner: Mutex<(usize, HashMap<i64, usize>)>,
+    max_total: usize,
+    max_per_token: usize,
+}
+
+impl SocketCounts {
+    pub fn new(max_total: usize, max_per_token: usize) -> Self {
+        SocketCounts { inner: Mutex::default(), max_total, max_per_token }
+    }
+
+    /// Takes a socket slot for `p`, or says why not. Admin tokens count only
+    /// toward the total.
+    pub fn acquire(&self, p: &Principal) -> Result<(), error::ApiError> {
+        let mut g = self.inner.lock().expect("socket counts poisoned");
+        if g.0 >= self.max_total {
+            return Err(error::ApiError::unavailable("the server holds as many sockets as it may"));
+        }
+        if p.role != Role::Admin {
+            let n = g.1.entry(p.token_id).or_default();
+            if *n >= self.max_per_token {
+                return Err(error::ApiError::unavailable("this token holds as many sockets as it may"));
+            }
+            *n += 1;
+        }
+        g.0 += 1;
+        Ok(())
+    }
+
+    /// Gives back a slot taken by [`SocketCounts::acquire`].
+    pub fn release(&self, p: &Principal) {
+        let mut g = self.inner.lock().expect("socket counts poisoned");
+        g.0 = g.0.saturating_sub(1);
+        if p.role != Role::Admin {
+            if let Some(n) = g.1.get_mut(&p.token_id) {
+                *n -= 1;
+                if *n == 0 {
+                    g.1.remove(&p.token_id);
+                }
+            }
+        }
+    }
+}
+
+/// Binds a listener with a backlog large enough for thousands of clients
+/// connecting at once.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then stops
+/// gracefully: pending commits finish and are answered, every socket is closed
+/// with 1001. Must be called inside an actix system.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let other = |e: String| std::io::Error::other(e);
+    let mut opened = db::open(&config.db_path).map_err(other)?;
+    if let Some(token) = db::ensure_admin_token(&mut opened.conn, config.admin_token.as_deref()).map_err(other)? {
+        let addr = listener.local_addr()?;
+        // Shown once, on the terminal only, so the token is in no log file.
+        eprintln!("taskwire: created the admin token. Log in at http://{addr}/login?token={token}");
+    }
+    let tokens = Arc::new(TokenCache::default());
+    db::load_tokens(&mut opened.conn, &tokens).map_err(other)?;
+    let metrics = Arc::new(Metrics::new());
+    let head = opened.position.clone();
+
+    let registry_metrics = metrics.clone();
+    let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| Registry::new(registry_metrics));
+    let db = Db::new(opened, registry.clone(), tokens.clone(), metrics.clone(), config.db.clone()).map_err(other)?;
+    let db = Db::start_in_arbiter(&Arbiter::new().handle(), move |_| db);
+
+    let state = AppState {
+        db: db.clone(),
+        registry: registry.clone(),
+        tokens,
+        head,
+        sockets: Arc::new(SocketCounts::new(config.max_sockets, config.max_sockets_per_token)),
+        config: Arc::new(config),
+        metrics,
+    };
+    let addr = listener.local_addr()?;
+    let data = web::Data::new(state.clone());
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(rest::routes))
+        .workers(state.config.workers)
+        .backlog(4096)
+        .max_connection_rate(4096)
+        .client_request_timeout(Duration::from_secs(10))
+        .shutdown_timeout(3)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+    log::info!("taskwire listening on http://{addr} (database {})", state.config.db_path);
+    let handle = server.handle();
+    let stopper = async move {
+        shutdown.await;
+        log::info!("shutting down");
+        handle.pause().await;
+        let _ = db.send(Drain).await;
+        let n = registry.send(CloseAll { code: 1001, reason: "server shutting down" }).await.unwrap_or(0);
+        log::info!("closed {n} sockets");
+        handle.stop(true).await;
+    };
+    let (served, ()) = futures_util::future::join(server, stopper).await;
+    served
+}

@@ -1,0 +1,536 @@
+//! The wire contract in serde types: topics, client frames, server frames and the
+//! params of every call method. Parsing here only checks shape (`bad_request`);
+//! the rules of the entities (`invalid`, `not_found`, ...) live in `db::logic`.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{json, Map, Value};
+use std::fmt;
+
+use crate::error::ApiError;
+
+/// The largest integer `ref` a client may use: one JSON number within ±2^53.
+const MAX_REF: u64 = 1 << 53;
+
+/// What a client can subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Tasks,
+    Task(i64),
+    Agents,
+    Agent(i64),
+}
+
+impl Topic {
+    /// Parses a topic string; only the canonical spelling is accepted, so one
+    /// topic has exactly one name.
+    pub fn parse(s: &str) -> Result<Topic, ApiError> {
+        let bad = || ApiError::bad_request(format!("unknown topic {s:?}"));
+        match s {
+            "tasks" => return Ok(Topic::Tasks),
+            "agents" => return Ok(Topic::Agents),
+            _ => {}
+        }
+        let (kind, id) = s.split_once(':').ok_or_else(bad)?;
+        let canonical = !id.is_empty() && !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit());
+        let id: i64 = if canonical { id.parse().map_err(|_| bad())? } else { return Err(bad()) };
+        match kind {
+            "task" => Ok(Topic::Task(id)),
+            "agent" => Ok(Topic::Agent(id)),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The topics a change of `entity` `id` is published on.
+    pub fn for_entity(entity: Entity, id: i64) -> [Topic; 2] {
+        match entity {
+            Entity::Task => [Topic::Tasks, Topic::Task(id)],
+            Entity::Agent => [Topic::Agents, Topic::Agent(id)],
+        }
+    }
+
+    /// True if a change of `entity` `id` belongs to this topic.
+    pub fn matches(&self, entity: Entity, id: i64) -> bool {
+        match self {
+            Topic::Tasks => entity == Entity::Task,
+            Topic::Agents => entity == Entity::Agent,
+            Topic::Task(t) => entity == Entity::Task && *t == id,
+            Topic::Agent(a) => entity == Entity::Agent && *a == id,
+        }
+    }
+
+    /// The kind of topic, for metrics: `tasks`, `task`, `agents` or `agent`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Topic::Tasks => "tasks",
+            Topic::Task(_) => "task",
+            Topic::Agents => "agents",
+            Topic::Agent(_) => "agent",
+        }
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::Tasks => f.write_str("tasks"),
+            Topic::Agents => f.write_str("agents"),
+            Topic::Task(id) => write!(f, "task:{id}"),
+            Topic::Agent(id) => write!(f, "agent:{id}"),
+        }
+    }
+}
+
+/// The two kinds of entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Entity {
+    Task,
+    Agent,
+}
+
+impl Entity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Task => "task",
+            Entity::Agent => "agent",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Entity> {
+        match s {
+            "task" => Some(Entity::Task),
+            "agent" => Some(Entity::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// A client's `ref`, kept as the JSON value it came as so the reply echoes it.
+pub type Ref = Value;
+
+/// Reads a frame's `ref` if it is a readable one: a string, or an integer within
+/// ±2^53 written without fraction or exponent.
+pub fn readable_ref(frame: &Map<String, Value>) -> Option<Ref> {
+    match frame.get("ref")? {
+        Value::String(s) => Some(Value::String(s.clone())),
+        Value::Number(n) => {
+            let ok = n.as_u64().map(|u| u <= MAX_REF).or_else(|| n.as_i64().map(|i| i.unsigned_abs() <= MAX_REF));
+            ok.unwrap_or(false).then(|| Value::Number(n.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// A parsed client frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Subscribe {
+        topic: Topic,
+        resume: Option<Position>,
+    },
+    Unsubscribe {
+        topic: Topic,
+    },
+    Call(Call),
+    Ping,
+}
+
+/// A position in one database's change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: Option<String>,
+    pub since: i64,
+}
+
+/// A write (or heartbeat) from either door: a socket `call` or a REST request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub method: Method,
+    pub params: Value,
+    pub op_id: Option<String>,
+}
+
+/// The call methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    TaskCreate,
+    TaskUpdate,
+    TaskDelete,
+    AgentCreate,
+    AgentUpdate,
+    AgentDelete,
+    AgentHeartbeat,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Option<Method> {
+        Some(match s {
+            "task.create" => Method::TaskCreate,
+            "task.update" => Method::TaskUpdate,
+            "task.delete" => Method::TaskDelete,
+            "agent.create" => Method::AgentCreate,
+            "agent.update" => Method::AgentUpdate,
+            "agent.delete" => Method::AgentDelete,
+            "agent.heartbeat" => Method::AgentHeartbeat,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::TaskCreate => "task.create",
+            Method::TaskUpdate => "task.update",
+            Method::TaskDelete => "task.delete",
+            Method::AgentCreate => "agent.create",
+            Method::AgentUpdate => "agent.update",
+            Method::AgentDelete => "agent.delete",
+            Method::AgentHeartbeat => "agent.heartbeat",
+        }
+    }
+}
+
+/// A frame that could not be executed: the `ref` to answer, if one could be
+/// read, and the error to answer with.
+pub type Rejected = (Option<Ref>, ApiError);
+
+/// Parses one text frame into its `ref` and request. Whatever is wrong becomes
+/// the error to answer, with the `ref` when one could be read.
+pub fn parse_frame(text: &str) -> Result<(Ref, Request), Rejected> {
+    let value: Value = serde_json::from_str(text).map_err(|e| (None, ApiError::bad_request(format!("not JSON: {e}"))))?;
+    let Value::Object(frame) = value else {
+        return Err((None, ApiError::bad_request("a frame must be a JSON object")));
+    };
+    let Some(reference) = readable_ref(&frame) else {
+        let message = if frame.contains_key("ref") {
+            "`ref` must be a string or an integer within ±2^53"
+        } else {
+            "missing `ref`"
+        };
+        return Err((None, ApiError::bad_request(message)));
+    };
+    match parse_request(frame) {
+        Ok(request) => Ok((reference, request)),
+        Err(e) => Err((Some(reference), e)),
+    }
+}
+
+fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
+    let kind = match frame.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(_) => return Err(ApiError::bad_request("`type` must be a string")),
+        None => return Err(ApiError::bad_request("missing `type`")),
+    };
+    let frame = Value::Object(frame);
+    match kind.as_str() {
+        "subscribe" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                #[allow(dead_code)]
+                r#type: String,
+                #[allow(dead_code)]
+                r#ref: Value,
+                topic: String,
+                epoch: Option<String>,
+                since: Option<u64>,
+            }
+            let f: F = from_value(frame)?;
+            let topic = Topic::parse(&f.topic)?;
+            let since = f.since.map(i64::try_from).transpose().map_err(|_| ApiError::bad_request("`since` is too large"))?;
+            Ok(Request::Subscribe {
+                topic,
+                resume: since.map(|since| Position { epoch: f.epoch, since }),
+            })
+        }
+        "unsubscribe" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                #[allow(dead_code)]
+                r#type: String,
+                #[allow(dead_code)]
+                r#ref: Value,
+                topic: String,
+            }
+            let f: F = from_value(frame)?;
+            Ok(Request::Unsubscribe { topic: Topic::parse(&f.topic)? })
+        }
+        "call" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                #[allow(dead_code)]
+                r#type: String,
+                #[allow(dead_code)]
+                r#ref: Value,
+                method: String,
+                params: Map<String, Value>,
+                op_id: Option<String>,
+            }
+            let f: F = from_value(frame)?;
+            let method = Method::parse(&f.method).ok_or_else(|| ApiError::bad_request(format!("unknown method {:?}", f.method)))?;
+            let op_id = f.op_id.map(check_op_id).transpose()?;
+            Ok(Request::Call(Call { method, params: Value::Object(f.params), op_id }))
+        }
+        "ping" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct F {
+                #[allow(dead_code)]
+                r#type: String,
+                #[allow(dead_code)]
+                r#ref: Value,
+            }
+            let _: F = from_value(frame)?;
+            Ok(Request::Ping)
+        }
+        other => Err(ApiError::bad_request(format!("unknown frame type {other:?}"))),
+    }
+}
+
+/// Checks a client-chosen idempotency key (`op_id` or `Idempotency-Key`).
+pub fn check_op_id(op_id: String) -> Result<String, ApiError> {
+    if op_id.is_empty() || op_id.chars().count() > 100 {
+        return Err(ApiError::bad_request("an op_id has 1 to 100 characters"));
+    }
+    Ok(op_id)
+}
+
+/// Deserializes with serde, turning its message into a `bad_request`.
+pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// For patch fields that may be set to null: absent is `None`, null is
+/// `Some(None)`.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Params of `task.create`. `title` is optional here so that its absence is an
+/// `invalid` (a rule), not a `bad_request` (a shape).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskCreate {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub status: Option<String>,
+    pub priority: Option<i64>,
+    pub assignee_id: Option<i64>,
+}
+
+/// The fields a task patch may set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskPatch {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub status: Option<String>,
+    pub priority: Option<i64>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub assignee_id: Option<Option<i64>>,
+}
+
+/// Params of `agent.create`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentCreate {
+    pub name: Option<String>,
+    pub meta: Option<Map<String, Value>>,
+    pub status: Option<String>,
+    pub current_task_id: Option<i64>,
+}
+
+/// The fields an agent patch may set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPatch {
+    pub name: Option<String>,
+    pub status: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub current_task_id: Option<Option<i64>>,
+    pub meta: Option<Map<String, Value>>,
+}
+
+/// Params of `task.update` and `agent.update`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update<P> {
+    pub id: i64,
+    pub patch: P,
+    pub if_version: Option<i64>,
+}
+
+/// Params of `task.delete` and `agent.delete`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delete {
+    pub id: i64,
+    pub if_version: Option<i64>,
+}
+
+/// Params of `agent.heartbeat`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub id: i64,
+    pub status: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub current_task_id: Option<Option<i64>>,
+}
+
+// ---- server frames ----
+
+/// The first frame on every socket.
+#[derive(Debug, Serialize)]
+pub struct Hello<'a> {
+    pub r#type: &'static str,
+    pub server: &'static str,
+    pub epoch: &'a str,
+    pub seq: i64,
+    pub heartbeat_ms: u64,
+    pub agent_timeout_ms: u64,
+    pub role: &'static str,
+}
+
+/// The server's name and version as `hello` shows it.
+pub const SERVER_NAME: &str = concat!("taskwire/", env!("CARGO_PKG_VERSION"));
+
+/// A successful reply; `seq` only when the request committed a change.
+pub fn reply_ok(reference: &Ref, data: Value, seq: Option<i64>) -> String {
+    let mut v = json!({"type": "reply", "ref": reference, "ok": true, "data": data});
+    if let Some(seq) = seq {
+        v["seq"] = json!(seq);
+    }
+    v.to_string()
+}
+
+/// A failed reply.
+pub fn reply_err(reference: &Ref, e: &ApiError) -> String {
+    json!({"type": "reply", "ref": reference, "ok": false, "error": e.body()}).to_string()
+}
+
+/// An answer to a frame without a readable `ref`.
+pub fn error_frame(e: &ApiError) -> String {
+    json!({"type": "error", "error": e.body()}).to_string()
+}
+
+/// One committed change, as the Db actor publishes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub seq: i64,
+    pub entity: Entity,
+    pub entity_id: i64,
+    /// `created`, `updated` or `deleted`.
+    pub kind: &'static str,
+    pub changed: Vec<String>,
+    pub data: Value,
+}
+
+impl Change {
+    /// The event frame of this change on `topic`, as a JSON value.
+    pub fn event(&self, topic: &Topic) -> Value {
+        json!({
+            "type": "event",
+            "topic": topic.to_string(),
+            "seq": self.seq,
+            "event": format!("{}.{}", self.entity.as_str(), self.kind),
+            "changed": self.changed,
+            "data": self.data,
+        })
+    }
+}
+
+/// The event frame of a heartbeat on `topic` (no `seq`: it is not a change).
+pub fn heartbeat_event(topic: &Topic, agent_id: i64, at: &str) -> Value {
+    json!({
+        "type": "event",
+        "topic": topic.to_string(),
+        "event": "agent.heartbeat",
+        "data": {"id": agent_id, "at": at},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_parse_only_canonical_names() {
+        assert_eq!(Topic::parse("tasks").unwrap(), Topic::Tasks);
+        assert_eq!(Topic::parse("task:42").unwrap(), Topic::Task(42));
+        assert_eq!(Topic::parse("agent:7").unwrap(), Topic::Agent(7));
+        for bad in ["task:", "task:0", "task:042", "task:-1", "task:1x", "tasks:1", "foo", "", "task:99999999999999999999"] {
+            assert!(Topic::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Topic::Task(42).to_string(), "task:42");
+    }
+
+    #[test]
+    fn refs_are_strings_or_safe_integers() {
+        let r = |s: &str| match parse_frame(s) {
+            Ok((r, _)) => Some(r),
+            Err((r, _)) => r,
+        };
+        assert_eq!(r(r#"{"ref":1,"type":"ping"}"#), Some(json!(1)));
+        assert_eq!(r(r#"{"ref":"a","type":"ping"}"#), Some(json!("a")));
+        assert_eq!(r(r#"{"ref":-9007199254740992,"type":"ping"}"#), Some(json!(-9007199254740992i64)));
+        assert_eq!(r(r#"{"ref":9007199254740993,"type":"ping"}"#), None);
+        assert_eq!(r(r#"{"ref":1.0,"type":"ping"}"#), None);
+        assert_eq!(r(r#"{"ref":1e3,"type":"ping"}"#), None);
+        assert_eq!(r(r#"{"ref":null,"type":"ping"}"#), None);
+        assert_eq!(r(r#"{"ref":[1],"type":"ping"}"#), None);
+    }
+
+    #[test]
+    fn bad_frames_are_bad_requests_with_their_ref() {
+        for text in [
+            r#"{"ref":1}"#,
+            r#"{"ref":1,"type":"nope"}"#,
+            r#"{"ref":1,"type":"subscribe"}"#,
+            r#"{"ref":1,"type":"subscribe","topic":"x"}"#,
+            r#"{"ref":1,"type":"subscribe","topic":"tasks","since":-1}"#,
+            r#"{"ref":1,"type":"call","method":"task.create"}"#,
+            r#"{"ref":1,"type":"call","method":"nope","params":{}}"#,
+            r#"{"ref":1,"type":"call","method":"task.create","params":[]}"#,
+            r#"{"ref":1,"type":"ping","extra":true}"#,
+        ] {
+            let (r, e) = parse_frame(text).unwrap_err();
+            assert_eq!(r, Some(json!(1)), "{text}");
+            assert_eq!(e.code, crate::error::ErrorCode::BadRequest, "{text}");
+        }
+        for text in ["", "nope", "[1]", "1", r#"{"type":"ping"}"#] {
+            let (r, e) = parse_frame(text).unwrap_err();
+            assert!(r.is_none());
+            assert_eq!(e.code, crate::error::ErrorCode::BadRequest);
+        }
+    }
+
+    #[test]
+    fn good_frames_parse() {
+        let (_, request) = parse_frame(r#"{"ref":2,"type":"subscribe","topic":"task:42","epoch":"e","since":1200}"#).unwrap();
+        assert_eq!(
+            request,
+            Request::Subscribe { topic: Topic::Task(42), resume: Some(Position { epoch: Some("e".into()), since: 1200 }) }
+        );
+        let (_, request) = parse_frame(r#"{"ref":5,"type":"call","method":"task.update","params":{"id":1,"patch":{}},"op_id":"x"}"#).unwrap();
+        match request {
+            Request::Call(c) => {
+                assert_eq!(c.method, Method::TaskUpdate);
+                assert_eq!(c.op_id.as_deref(), Some("x"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn patches_tell_null_from_absent() {
+        let p: TaskPatch = serde_json::from_str(r#"{"assignee_id":null}"#).unwrap();
+        assert_eq!(p.assignee_id, Some(None));
+        let p: TaskPatch = serde_json::from_str(r#"{}"#).unwrap();
+        assert_eq!(p.assignee_id, None);
+        assert!(serde_json::from_str::<TaskPatch>(r#"{"bogus":1}"#).is_err());
+    }
+}

@@ -1,0 +1,348 @@
+//! REST routes, the auth extractor, `/healthz`, `/metrics` and the socket
+//! upgrade. Every write goes through the Db actor as the same `Call` a socket
+//! sends, so it commits and publishes the same way.
+
+use actix_web::dev::Payload;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder};
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::future::{ready, Ready};
+
+use crate::auth::Principal;
+use crate::db::{Committed, Execute, Read, Tokens};
+use crate::error::ApiError;
+use crate::protocol::{check_op_id, Call, Method, Topic};
+use crate::AppState;
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request(e.to_string()).into()))
+        .route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/ws", web::get().to(upgrade))
+        .service(
+            web::scope("/api")
+                .route("/tasks", web::get().to(list_tasks))
+                .route("/tasks", web::post().to(create_task))
+                .route("/tasks/{id}", web::get().to(get_task))
+                .route("/tasks/{id}", web::patch().to(update_task))
+                .route("/tasks/{id}", web::delete().to(delete_task))
+                .route("/agents", web::get().to(list_agents))
+                .route("/agents", web::post().to(create_agent))
+                .route("/agents/{id}", web::get().to(get_agent))
+                .route("/agents/{id}", web::patch().to(update_agent))
+                .route("/agents/{id}", web::delete().to(delete_agent))
+                .route("/agents/{id}/heartbeat", web::post().to(heartbeat))
+                .route("/changes", web::get().to(changes))
+                .route("/tokens", web::post().to(create_token))
+                .route("/tokens", web::get().to(list_tokens))
+                .route("/tokens/{id}", web::delete().to(revoke_token)),
+        )
+        .default_service(web::to(not_found));
+}
+
+type Res = Result<HttpResponse, ApiError>;
+
+impl FromRequest for Principal {
+    type Error = ApiError;
+    type Future = Ready<Result<Principal, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let app = req.app_data::<web::Data<AppState>>().expect("app state is registered");
+        ready(authenticate(app, req.headers()))
+    }
+}
+
+/// The principal of a request's bearer token.
+fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+    app.tokens.verify(token).ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
+}
+
+async fn not_found() -> Res {
+    Err(ApiError::not_found("no such route"))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn metrics(app: web::Data<AppState>, _who: Principal) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(app.metrics.render())
+}
+
+async fn upgrade(req: HttpRequest, payload: web::Payload, app: web::Data<AppState>) -> Res {
+    let who = authenticate(&app, req.headers())?;
+    app.sockets.acquire(&who)?;
+    match crate::session::start(&req, payload, app.get_ref().clone(), who.clone()) {
+        Ok(res) => Ok(res),
+        Err(e) => {
+            app.sockets.release(&who);
+            Ok(e.error_response())
+        }
+    }
+}
+
+// ---- helpers ----
+
+/// Reads a JSON object body of at most the configured size. An empty body is
+/// an empty object when `empty_ok`.
+async fn body(app: &AppState, mut payload: web::Payload, empty_ok: bool) -> Result<Map<String, Value>, ApiError> {
+    let limit = app.config.max_frame_bytes;
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::too_large(format!("the body is over {limit} bytes")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.iter().all(u8::is_ascii_whitespace) && empty_ok {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice(&buf) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("not JSON: {e}"))),
+    }
+}
+
+fn path_id(s: &str) -> Result<i64, ApiError> {
+    s.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("{s:?} is not an id")))
+}
+
+/// The version an `If-Match` header asks for: `"3"`, `W/"3"` or `3`; `*` asks
+/// for none.
+fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+    let Some(v) = req.headers().get(header::IF_MATCH) else { return Ok(None) };
+    let s = v.to_str().map_err(|_| ApiError::bad_request("bad If-Match"))?.trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
+    s.parse().map(Some).map_err(|_| ApiError::bad_request("If-Match must be a version, like \"3\""))
+}
+
+fn op_id(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get("Idempotency-Key") else { return Ok(None) };
+    let s = v.to_str().map_err(|_| ApiError::bad_request("bad Idempotency-Key"))?;
+    check_op_id(s.to_string()).map(Some)
+}
+
+async fn execute(app: &AppState, req: &HttpRequest, who: Principal, method: Method, params: Value) -> Result<Committed, ApiError> {
+    let call = Call { method, params, op_id: op_id(req)? };
+    app.db
+        .send(Execute { principal: who, call })
+        .await
+        .map_err(|_| ApiError::unavailable("the database is not running"))?
+}
+
+async fn read(app: &AppState, r: Read) -> Result<Value, ApiError> {
+    app.db.send(r).await.map_err(|_| ApiError::unavailable("the database is not running"))?
+}
+
+/// A response with `Taskwire-Seq` when the write committed a change.
+fn written(mut res: HttpResponseBuilder, seq: Option<i64>) -> HttpResponseBuilder {
+    if let Some(seq) = seq {
+        res.insert_header(("Taskwire-Seq", seq.to_string()));
+    }
+    res
+}
+
+fn etag(entity: &Value) -> (header::HeaderName, String) {
+    (header::ETAG, format!("\"{}\"", entity["version"]))
+}
+
+// ---- tasks and agents ----
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Task,
+    Agent,
+}
+
+impl Kind {
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Task => "tasks",
+            Kind::Agent => "agents",
+        }
+    }
+}
+
+async fn create(app: &AppState, req: &HttpRequest, who: Principal, payload: web::Payload, kind: Kind) -> Res {
+    let params = body(app, payload, false).await?;
+    let method = match kind {
+        Kind::Task => Method::TaskCreate,
+        Kind::Agent => Method::AgentCreate,
+    };
+    let c = execute(app, req, who, method, Value::Object(params)).await?;
+    let location = format!("/api/{}/{}", kind.path(), c.data["id"]);
+    Ok(written(HttpResponse::Created(), c.seq)
+        .insert_header((header::LOCATION, location))
+        .insert_header(etag(&c.data))
+        .json(c.data))
+}
+
+async fn get_one(app: &AppState, id: &str, kind: Kind) -> Res {
+    let id = path_id(id)?;
+    let entity = read(app, match kind {
+        Kind::Task => Read::Task(id),
+        Kind::Agent => Read::Agent(id),
+    })
+    .await?;
+    Ok(HttpResponse::Ok().insert_header(etag(&entity)).json(entity))
+}
+
+async fn update(app: &AppState, req: &HttpRequest, who: Principal, id: &str, payload: web::Payload, kind: Kind) -> Res {
+    let id = path_id(id)?;
+    let if_version = if_match(req)?;
+    let patch = body(app, payload, false).await?;
+    let method = match kind {
+        Kind::Task => Method::TaskUpdate,
+        Kind::Agent => Method::AgentUpdate,
+    };
+    let mut params = json!({"id": id, "patch": patch});
+    if let Some(v) = if_version {
+        params["if_version"] = json!(v);
+    }
+    let c = execute(app, req, who, method, params).await?;
+    Ok(written(HttpResponse::Ok(), c.seq).insert_header(etag(&c.data)).json(c.data))
+}
+
+async fn delete(app: &AppState, req: &HttpRequest, who: Principal, id: &str, kind: Kind) -> Res {
+    let id = path_id(id)?;
+    let mut params = json!({ "id": id });
+    if let Some(v) = if_match(req)? {
+        params["if_version"] = json!(v);
+    }
+    let method = match kind {
+        Kind::Task => Method::TaskDelete,
+        Kind::Agent => Method::AgentDelete,
+    };
+    let c = execute(app, req, who, method, params).await?;
+    Ok(written(HttpResponse::NoContent(), c.seq).finish())
+}
+
+async fn list_tasks(app: web::Data<AppState>, _who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
+    let mut status = None;
+    let mut assignee_id = None;
+    for (k, v) in query.into_inner() {
+        match k.as_str() {
+            "status" => status = Some(v),
+            "assignee_id" => assignee_id = Some(path_id(&v)?),
+            other => return Err(ApiError::bad_request(format!("unknown filter {other:?}"))),
+        }
+    }
+    Ok(HttpResponse::Ok().json(read(&app, Read::Tasks { status, assignee_id }).await?))
+}
+
+async fn list_agents(app: web::Data<AppState>, _who: Principal) -> Res {
+    Ok(HttpResponse::Ok().json(read(&app, Read::Agents).await?))
+}
+
+async fn create_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, payload: web::Payload) -> Res {
+    create(&app, &req, who, payload, Kind::Task).await
+}
+
+async fn create_agent(app: web::Data<AppState>, req: HttpRequest, who: Principal, payload: web::Payload) -> Res {
+    create(&app, &req, who, payload, Kind::Agent).await
+}
+
+async fn get_task(app: web::Data<AppState>, _who: Principal, id: web::Path<String>) -> Res {
+    get_one(&app, &id, Kind::Task).await
+}
+
+async fn get_agent(app: web::Data<AppState>, _who: Principal, id: web::Path<String>) -> Res {
+    get_one(&app, &id, Kind::Agent).await
+}
+
+async fn update_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>, payload: web::Payload) -> Res {
+    update(&app, &req, who, &id, payload, Kind::Task).await
+}
+
+async fn update_agent(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>, payload: web::Payload) -> Res {
+    update(&app, &req, who, &id, payload, Kind::Agent).await
+}
+
+async fn delete_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>) -> Res {
+    delete(&app, &req, who, &id, Kind::Task).await
+}
+
+async fn delete_agent(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>) -> Res {
+    delete(&app, &req, who, &id, Kind::Agent).await
+}
+
+async fn heartbeat(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>, payload: web::Payload) -> Res {
+    let id = path_id(&id)?;
+    let mut params = body(&app, payload, true).await?;
+    params.insert("id".into(), json!(id));
+    let c = execute(&app, &req, who, Method::AgentHeartbeat, Value::Object(params)).await?;
+    Ok(written(HttpResponse::NoContent(), c.seq).finish())
+}
+
+async fn changes(app: web::Data<AppState>, _who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
+    let mut since = 0;
+    let mut topic = None;
+    let mut limit = 1000;
+    for (k, v) in query.into_inner() {
+        match k.as_str() {
+            "since" => since = v.parse().ok().filter(|s| *s >= 0).ok_or_else(|| ApiError::bad_request("since must be a seq"))?,
+            "topic" => topic = Some(Topic::parse(&v)?),
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=10_000).contains(l))
+                    .ok_or_else(|| ApiError::bad_request("limit must be 1 to 10000"))?
+            }
+            other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
+        }
+    }
+    Ok(HttpResponse::Ok().json(read(&app, Read::Changes { since, topic, limit }).await?))
+}
+
+// ---- tokens ----
+
+async fn tokens(app: &AppState, msg: Tokens) -> Result<Value, ApiError> {
+    app.db.send(msg).await.map_err(|_| ApiError::unavailable("the database is not running"))?
+}
+
+async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Payload) -> Res {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewToken {
+        role: Option<String>,
+        name: Option<String>,
+        agent_id: Option<i64>,
+    }
+    crate::auth::authorize(&who, crate::auth::Action::ManageTokens)?;
+    let b: NewToken = crate::protocol::from_value(Value::Object(body(&app, payload, false).await?))?;
+    let role = b.role.ok_or_else(|| ApiError::invalid("role is required"))?;
+    let name = b.name.ok_or_else(|| ApiError::invalid("name is required"))?;
+    let created = tokens(&app, Tokens::Create { by: who, role, name, agent_id: b.agent_id }).await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+async fn list_tokens(app: web::Data<AppState>, who: Principal) -> Res {
+    Ok(HttpResponse::Ok().json(tokens(&app, Tokens::List { by: who }).await?))
+}
+
+async fn revoke_token(app: web::Data<AppState>, who: Principal, id: web::Path<String>) -> Res {
+    let id = path_id(&id)?;
+    tokens(&app, Tokens::Revoke { by: who, id }).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
