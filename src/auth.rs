@@ -48,7 +48,11 @@ pub struct Principal {
 impl Principal {
     /// The server itself, for its own changes (agents going offline, demo mode).
     pub fn system() -> Principal {
-        Principal { token_id: 0, role: Role::Admin, agent_id: None }
+        Principal {
+            token_id: 0,
+            role: Role::Admin,
+            agent_id: None,
+        }
     }
 }
 
@@ -58,12 +62,18 @@ pub enum Action {
     Read,
     CreateTask,
     /// Updating a task currently assigned to `assignee_id`.
-    UpdateTask { assignee_id: Option<i64> },
+    UpdateTask {
+        assignee_id: Option<i64>,
+    },
     DeleteTask,
     CreateAgent,
-    UpdateAgent { id: i64 },
+    UpdateAgent {
+        id: i64,
+    },
     DeleteAgent,
-    Heartbeat { id: i64 },
+    Heartbeat {
+        id: i64,
+    },
     ManageTokens,
 }
 
@@ -73,14 +83,21 @@ pub fn authorize(p: &Principal, action: Action) -> Result<(), ApiError> {
         (Role::Admin, _) => true,
         (_, Action::Read) => true,
         (Role::Member, Action::CreateTask | Action::UpdateTask { .. } | Action::DeleteTask) => true,
-        (Role::Agent, Action::UpdateTask { assignee_id }) => assignee_id.is_some() && assignee_id == p.agent_id,
-        (Role::Agent, Action::UpdateAgent { id } | Action::Heartbeat { id }) => p.agent_id == Some(id),
+        (Role::Agent, Action::UpdateTask { assignee_id }) => {
+            assignee_id.is_some() && assignee_id == p.agent_id
+        }
+        (Role::Agent, Action::UpdateAgent { id } | Action::Heartbeat { id }) => {
+            p.agent_id == Some(id)
+        }
         _ => false,
     };
     if allowed {
         Ok(())
     } else {
-        Err(ApiError::forbidden(format!("the {} role may not do this", p.role.as_str())))
+        Err(ApiError::forbidden(format!(
+            "the {} role may not do this",
+            p.role.as_str()
+        )))
     }
 }
 
@@ -105,11 +122,17 @@ pub struct TokenCache {
 
 impl TokenCache {
     pub fn insert(&self, hash: String, p: Principal) {
-        self.by_hash.write().expect("token cache poisoned").insert(hash, p);
+        self.by_hash
+            .write()
+            .expect("token cache poisoned")
+            .insert(hash, p);
     }
 
     pub fn remove_token(&self, token_id: i64) {
-        self.by_hash.write().expect("token cache poisoned").retain(|_, p| p.token_id != token_id);
+        self.by_hash
+            .write()
+            .expect("token cache poisoned")
+            .retain(|_, p| p.token_id != token_id);
     }
 
     /// The principal of a presented token, if it is a live one.
@@ -128,7 +151,11 @@ mod tests {
     use super::*;
 
     fn p(role: Role, agent_id: Option<i64>) -> Principal {
-        Principal { token_id: 1, role, agent_id }
+        Principal {
+            token_id: 1,
+            role,
+            agent_id,
+        }
     }
 
     #[test]
@@ -136,7 +163,13 @@ mod tests {
         let admin = p(Role::Admin, None);
         let member = p(Role::Member, None);
         let agent = p(Role::Agent, Some(7));
-        for a in [Action::Read, Action::CreateTask, Action::DeleteAgent, Action::ManageTokens, Action::Heartbeat { id: 1 }] {
+        for a in [
+            Action::Read,
+            Action::CreateTask,
+            Action::DeleteAgent,
+            Action::ManageTokens,
+            Action::Heartbeat { id: 1 },
+        ] {
             assert!(authorize(&admin, a).is_ok());
         }
         assert!(authorize(&member, Action::CreateTask).is_ok());
@@ -148,8 +181,20 @@ mod tests {
         assert!(authorize(&agent, Action::Heartbeat { id: 8 }).is_err());
         assert!(authorize(&agent, Action::UpdateAgent { id: 7 }).is_ok());
         assert!(authorize(&agent, Action::UpdateAgent { id: 8 }).is_err());
-        assert!(authorize(&agent, Action::UpdateTask { assignee_id: Some(7) }).is_ok());
-        assert!(authorize(&agent, Action::UpdateTask { assignee_id: Some(8) }).is_err());
+        assert!(authorize(
+            &agent,
+            Action::UpdateTask {
+                assignee_id: Some(7)
+            }
+        )
+        .is_ok());
+        assert!(authorize(
+            &agent,
+            Action::UpdateTask {
+                assignee_id: Some(8)
+            }
+        )
+        .is_err());
         assert!(authorize(&agent, Action::UpdateTask { assignee_id: None }).is_err());
         assert!(authorize(&agent, Action::CreateTask).is_err());
         assert!(authorize(&agent, Action::DeleteTask).is_err());

@@ -34,8 +34,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use config::Config;
 use auth::{Principal, Role, TokenCache};
+pub use config::Config;
 use db::{Db, Drain, Head};
 use metrics::Metrics;
 use registry::{CloseAll, Registry};
@@ -62,7 +62,11 @@ pub struct SocketCounts {
 
 impl SocketCounts {
     pub fn new(max_total: usize, max_per_token: usize) -> Self {
-        SocketCounts { inner: Mutex::default(), max_total, max_per_token }
+        SocketCounts {
+            inner: Mutex::default(),
+            max_total,
+            max_per_token,
+        }
     }
 
     /// Takes a socket slot for `p`, or says why not. Admin tokens count only
@@ -70,12 +74,16 @@ impl SocketCounts {
     pub fn acquire(&self, p: &Principal) -> Result<(), error::ApiError> {
         let mut g = self.inner.lock().expect("socket counts poisoned");
         if g.0 >= self.max_total {
-            return Err(error::ApiError::unavailable("the server holds as many sockets as it may"));
+            return Err(error::ApiError::unavailable(
+                "the server holds as many sockets as it may",
+            ));
         }
         if p.role != Role::Admin {
             let n = g.1.entry(p.token_id).or_default();
             if *n >= self.max_per_token {
-                return Err(error::ApiError::unavailable("this token holds as many sockets as it may"));
+                return Err(error::ApiError::unavailable(
+                    "this token holds as many sockets as it may",
+                ));
             }
             *n += 1;
         }
@@ -101,7 +109,11 @@ impl SocketCounts {
 /// Binds a listener with a backlog large enough for thousands of clients
 /// connecting at once.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
@@ -111,10 +123,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Runs the server on `listener` until `shutdown` resolves, then stops
 /// gracefully: pending commits finish and are answered, every socket is closed
 /// with 1001. Must be called inside an actix system.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let other = |e: String| std::io::Error::other(e);
     let mut opened = db::open(&config.db_path).map_err(other)?;
-    if let Some(token) = db::ensure_admin_token(&mut opened.conn, config.admin_token.as_deref()).map_err(other)? {
+    if let Some(token) =
+        db::ensure_admin_token(&mut opened.conn, config.admin_token.as_deref()).map_err(other)?
+    {
         let addr = listener.local_addr()?;
         // Shown once, on the terminal only, so the token is in no log file.
         eprintln!("taskwire: created the admin token. Log in at http://{addr}/login?token={token}");
@@ -125,8 +143,17 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let head = opened.position.clone();
 
     let registry_metrics = metrics.clone();
-    let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| Registry::new(registry_metrics));
-    let db = Db::new(opened, registry.clone(), tokens.clone(), metrics.clone(), config.db.clone()).map_err(other)?;
+    let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+        Registry::new(registry_metrics)
+    });
+    let db = Db::new(
+        opened,
+        registry.clone(),
+        tokens.clone(),
+        metrics.clone(),
+        config.db.clone(),
+    )
+    .map_err(other)?;
     let db = Db::start_in_arbiter(&Arbiter::new().handle(), move |_| db);
 
     let state = AppState {
@@ -134,7 +161,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         registry: registry.clone(),
         tokens,
         head,
-        sockets: Arc::new(SocketCounts::new(config.max_sockets, config.max_sockets_per_token)),
+        sockets: Arc::new(SocketCounts::new(
+            config.max_sockets,
+            config.max_sockets_per_token,
+        )),
         config: Arc::new(config),
         metrics,
     };
@@ -149,14 +179,23 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .disable_signals()
         .listen(listener)?
         .run();
-    log::info!("taskwire listening on http://{addr} (database {})", state.config.db_path);
+    log::info!(
+        "taskwire listening on http://{addr} (database {})",
+        state.config.db_path
+    );
     let handle = server.handle();
     let stopper = async move {
         shutdown.await;
         log::info!("shutting down");
         handle.pause().await;
         let _ = db.send(Drain).await;
-        let n = registry.send(CloseAll { code: 1001, reason: "server shutting down" }).await.unwrap_or(0);
+        let n = registry
+            .send(CloseAll {
+                code: 1001,
+                reason: "server shutting down",
+            })
+            .await
+            .unwrap_or(0);
         log::info!("closed {n} sockets");
         handle.stop(true).await;
     };

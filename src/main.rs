@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use taskwire::config::ServeArgs;
 
 #[derive(Parser)]
-#[command(name = "taskwire", version, about = "A real-time data layer for a team task dashboard")]
+#[command(
+    name = "taskwire",
+    version,
+    about = "A real-time data layer for a team task dashboard"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -22,7 +26,9 @@ fn main() -> std::io::Result<()> {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         None => match Cli::try_parse_from(["taskwire", "serve"]) {
-            Ok(Cli { command: Some(Command::Serve(args)) }) => args,
+            Ok(Cli {
+                command: Some(Command::Serve(args)),
+            }) => args,
             _ => unreachable!("`serve` parses with its defaults"),
         },
     };
@@ -35,7 +41,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

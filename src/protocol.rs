@@ -32,8 +32,13 @@ impl Topic {
             _ => {}
         }
         let (kind, id) = s.split_once(':').ok_or_else(bad)?;
-        let canonical = !id.is_empty() && !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit());
-        let id: i64 = if canonical { id.parse().map_err(|_| bad())? } else { return Err(bad()) };
+        let canonical =
+            !id.is_empty() && !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit());
+        let id: i64 = if canonical {
+            id.parse().map_err(|_| bad())?
+        } else {
+            return Err(bad());
+        };
         match kind {
             "task" => Ok(Topic::Task(id)),
             "agent" => Ok(Topic::Agent(id)),
@@ -113,7 +118,10 @@ pub fn readable_ref(frame: &Map<String, Value>) -> Option<Ref> {
     match frame.get("ref")? {
         Value::String(s) => Some(Value::String(s.clone())),
         Value::Number(n) => {
-            let ok = n.as_u64().map(|u| u <= MAX_REF).or_else(|| n.as_i64().map(|i| i.unsigned_abs() <= MAX_REF));
+            let ok = n
+                .as_u64()
+                .map(|u| u <= MAX_REF)
+                .or_else(|| n.as_i64().map(|i| i.unsigned_abs() <= MAX_REF));
             ok.unwrap_or(false).then(|| Value::Number(n.clone()))
         }
         _ => None,
@@ -194,7 +202,8 @@ pub type Rejected = (Option<Ref>, ApiError);
 /// Parses one text frame into its `ref` and request. Whatever is wrong becomes
 /// the error to answer, with the `ref` when one could be read.
 pub fn parse_frame(text: &str) -> Result<(Ref, Request), Rejected> {
-    let value: Value = serde_json::from_str(text).map_err(|e| (None, ApiError::bad_request(format!("not JSON: {e}"))))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| (None, ApiError::bad_request(format!("not JSON: {e}"))))?;
     let Value::Object(frame) = value else {
         return Err((None, ApiError::bad_request("a frame must be a JSON object")));
     };
@@ -234,10 +243,17 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
             }
             let f: F = from_value(frame)?;
             let topic = Topic::parse(&f.topic)?;
-            let since = f.since.map(i64::try_from).transpose().map_err(|_| ApiError::bad_request("`since` is too large"))?;
+            let since = f
+                .since
+                .map(i64::try_from)
+                .transpose()
+                .map_err(|_| ApiError::bad_request("`since` is too large"))?;
             Ok(Request::Subscribe {
                 topic,
-                resume: since.map(|since| Position { epoch: f.epoch, since }),
+                resume: since.map(|since| Position {
+                    epoch: f.epoch,
+                    since,
+                }),
             })
         }
         "unsubscribe" => {
@@ -251,7 +267,9 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
                 topic: String,
             }
             let f: F = from_value(frame)?;
-            Ok(Request::Unsubscribe { topic: Topic::parse(&f.topic)? })
+            Ok(Request::Unsubscribe {
+                topic: Topic::parse(&f.topic)?,
+            })
         }
         "call" => {
             #[derive(Deserialize)]
@@ -266,9 +284,14 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
                 op_id: Option<String>,
             }
             let f: F = from_value(frame)?;
-            let method = Method::parse(&f.method).ok_or_else(|| ApiError::bad_request(format!("unknown method {:?}", f.method)))?;
+            let method = Method::parse(&f.method)
+                .ok_or_else(|| ApiError::bad_request(format!("unknown method {:?}", f.method)))?;
             let op_id = f.op_id.map(check_op_id).transpose()?;
-            Ok(Request::Call(Call { method, params: Value::Object(f.params), op_id }))
+            Ok(Request::Call(Call {
+                method,
+                params: Value::Object(f.params),
+                op_id,
+            }))
         }
         "ping" => {
             #[derive(Deserialize)]
@@ -282,7 +305,9 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
             let _: F = from_value(frame)?;
             Ok(Request::Ping)
         }
-        other => Err(ApiError::bad_request(format!("unknown frame type {other:?}"))),
+        other => Err(ApiError::bad_request(format!(
+            "unknown frame type {other:?}"
+        ))),
     }
 }
 
@@ -462,7 +487,17 @@ mod tests {
         assert_eq!(Topic::parse("tasks").unwrap(), Topic::Tasks);
         assert_eq!(Topic::parse("task:42").unwrap(), Topic::Task(42));
         assert_eq!(Topic::parse("agent:7").unwrap(), Topic::Agent(7));
-        for bad in ["task:", "task:0", "task:042", "task:-1", "task:1x", "tasks:1", "foo", "", "task:99999999999999999999"] {
+        for bad in [
+            "task:",
+            "task:0",
+            "task:042",
+            "task:-1",
+            "task:1x",
+            "tasks:1",
+            "foo",
+            "",
+            "task:99999999999999999999",
+        ] {
             assert!(Topic::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Topic::Task(42).to_string(), "task:42");
@@ -476,7 +511,10 @@ mod tests {
         };
         assert_eq!(r(r#"{"ref":1,"type":"ping"}"#), Some(json!(1)));
         assert_eq!(r(r#"{"ref":"a","type":"ping"}"#), Some(json!("a")));
-        assert_eq!(r(r#"{"ref":-9007199254740992,"type":"ping"}"#), Some(json!(-9007199254740992i64)));
+        assert_eq!(
+            r(r#"{"ref":-9007199254740992,"type":"ping"}"#),
+            Some(json!(-9007199254740992i64))
+        );
         assert_eq!(r(r#"{"ref":9007199254740993,"type":"ping"}"#), None);
         assert_eq!(r(r#"{"ref":1.0,"type":"ping"}"#), None);
         assert_eq!(r(r#"{"ref":1e3,"type":"ping"}"#), None);
@@ -510,10 +548,19 @@ mod tests {
 
     #[test]
     fn good_frames_parse() {
-        let (_, request) = parse_frame(r#"{"ref":2,"type":"subscribe","topic":"task:42","epoch":"e","since":1200}"#).unwrap();
+        let (_, request) = parse_frame(
+            r#"{"ref":2,"type":"subscribe","topic":"task:42","epoch":"e","since":1200}"#,
+        )
+        .unwrap();
         assert_eq!(
             request,
-            Request::Subscribe { topic: Topic::Task(42), resume: Some(Position { epoch: Some("e".into()), since: 1200 }) }
+            Request::Subscribe {
+                topic: Topic::Task(42),
+                resume: Some(Position {
+                    epoch: Some("e".into()),
+                    since: 1200
+                })
+            }
         );
         let (_, request) = parse_frame(r#"{"ref":5,"type":"call","method":"task.update","params":{"id":1,"patch":{}},"op_id":"x"}"#).unwrap();
         match request {

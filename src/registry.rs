@@ -109,13 +109,20 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Registry { topics: HashMap::new(), sessions: HashMap::new(), metrics }
+        Registry {
+            topics: HashMap::new(),
+            sessions: HashMap::new(),
+            metrics,
+        }
     }
 
     fn leave(&mut self, session_id: u64, topic: &Topic) {
         if let Some(subs) = self.topics.get_mut(topic) {
             if subs.remove(&session_id).is_some() {
-                self.metrics.subscriptions.with_label_values(&[topic.kind()]).dec();
+                self.metrics
+                    .subscriptions
+                    .with_label_values(&[topic.kind()])
+                    .dec();
             }
             if subs.is_empty() {
                 self.topics.remove(topic);
@@ -126,8 +133,14 @@ impl Registry {
     /// Sends one frame to every subscriber of `topic`, dropping the ones whose
     /// session has stopped.
     fn fan_out(&mut self, topic: &Topic, seq: Option<i64>, frame: impl FnOnce() -> String) {
-        let Some(subs) = self.topics.get(topic) else { return };
-        let msg = Deliver { topic: topic.clone(), seq, frame: ByteString::from(frame()) };
+        let Some(subs) = self.topics.get(topic) else {
+            return;
+        };
+        let msg = Deliver {
+            topic: topic.clone(),
+            seq,
+            frame: ByteString::from(frame()),
+        };
         let mut dead = Vec::new();
         for (id, r) in subs {
             if r.connected() {
@@ -136,7 +149,9 @@ impl Registry {
                 dead.push(*id);
             }
         }
-        self.metrics.events_delivered.inc_by((subs.len() - dead.len()) as u64);
+        self.metrics
+            .events_delivered
+            .inc_by((subs.len() - dead.len()) as u64);
         for id in dead {
             self.leave(id, topic);
         }
@@ -150,7 +165,14 @@ impl Actor for Registry {
 impl Handler<Connect> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
-        self.sessions.insert(msg.session_id, SessionEntry { token_id: msg.token_id, close: msg.close, topics: HashSet::new() });
+        self.sessions.insert(
+            msg.session_id,
+            SessionEntry {
+                token_id: msg.token_id,
+                close: msg.close,
+                topics: HashSet::new(),
+            },
+        );
     }
 }
 
@@ -169,10 +191,18 @@ impl Handler<Join> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) {
         // A session that already stopped must not be joined back in.
-        let Some(entry) = self.sessions.get_mut(&msg.session_id) else { return };
+        let Some(entry) = self.sessions.get_mut(&msg.session_id) else {
+            return;
+        };
         entry.topics.insert(msg.topic.clone());
         let kind = msg.topic.kind();
-        if self.topics.entry(msg.topic).or_default().insert(msg.session_id, msg.deliver).is_none() {
+        if self
+            .topics
+            .entry(msg.topic)
+            .or_default()
+            .insert(msg.session_id, msg.deliver)
+            .is_none()
+        {
             self.metrics.subscriptions.with_label_values(&[kind]).inc();
         }
     }
@@ -196,12 +226,16 @@ impl Handler<Publish> for Registry {
                 Published::Change(change) => {
                     self.metrics.events_published.inc();
                     for topic in Topic::for_entity(change.entity, change.entity_id) {
-                        self.fan_out(&topic, Some(change.seq), || change.event(&topic).to_string());
+                        self.fan_out(&topic, Some(change.seq), || {
+                            change.event(&topic).to_string()
+                        });
                     }
                 }
                 Published::Heartbeat { agent_id, at } => {
                     for topic in [Topic::Agents, Topic::Agent(agent_id)] {
-                        self.fan_out(&topic, None, || heartbeat_event(&topic, agent_id, &at).to_string());
+                        self.fan_out(&topic, None, || {
+                            heartbeat_event(&topic, agent_id, &at).to_string()
+                        });
                     }
                 }
             }
@@ -214,7 +248,10 @@ impl Handler<CloseTokens> for Registry {
     fn handle(&mut self, msg: CloseTokens, _: &mut Context<Self>) {
         for entry in self.sessions.values() {
             if msg.token_ids.contains(&entry.token_id) {
-                entry.close.do_send(CloseSession { code: msg.code, reason: msg.reason });
+                entry.close.do_send(CloseSession {
+                    code: msg.code,
+                    reason: msg.reason,
+                });
             }
         }
     }
@@ -224,7 +261,10 @@ impl Handler<CloseAll> for Registry {
     type Result = usize;
     fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
         for entry in self.sessions.values() {
-            entry.close.do_send(CloseSession { code: msg.code, reason: msg.reason });
+            entry.close.do_send(CloseSession {
+                code: msg.code,
+                reason: msg.reason,
+            });
         }
         self.sessions.len()
     }

@@ -18,29 +18,32 @@ use crate::AppState;
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request(e.to_string()).into()))
-        .route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/ws", web::get().to(upgrade))
-        .service(
-            web::scope("/api")
-                .route("/tasks", web::get().to(list_tasks))
-                .route("/tasks", web::post().to(create_task))
-                .route("/tasks/{id}", web::get().to(get_task))
-                .route("/tasks/{id}", web::patch().to(update_task))
-                .route("/tasks/{id}", web::delete().to(delete_task))
-                .route("/agents", web::get().to(list_agents))
-                .route("/agents", web::post().to(create_agent))
-                .route("/agents/{id}", web::get().to(get_agent))
-                .route("/agents/{id}", web::patch().to(update_agent))
-                .route("/agents/{id}", web::delete().to(delete_agent))
-                .route("/agents/{id}/heartbeat", web::post().to(heartbeat))
-                .route("/changes", web::get().to(changes))
-                .route("/tokens", web::post().to(create_token))
-                .route("/tokens", web::get().to(list_tokens))
-                .route("/tokens/{id}", web::delete().to(revoke_token)),
-        )
-        .default_service(web::to(not_found));
+    cfg.app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::bad_request(e.to_string()).into()),
+    )
+    .route("/healthz", web::get().to(healthz))
+    .route("/metrics", web::get().to(metrics))
+    .route("/ws", web::get().to(upgrade))
+    .service(
+        web::scope("/api")
+            .route("/tasks", web::get().to(list_tasks))
+            .route("/tasks", web::post().to(create_task))
+            .route("/tasks/{id}", web::get().to(get_task))
+            .route("/tasks/{id}", web::patch().to(update_task))
+            .route("/tasks/{id}", web::delete().to(delete_task))
+            .route("/agents", web::get().to(list_agents))
+            .route("/agents", web::post().to(create_agent))
+            .route("/agents/{id}", web::get().to(get_agent))
+            .route("/agents/{id}", web::patch().to(update_agent))
+            .route("/agents/{id}", web::delete().to(delete_agent))
+            .route("/agents/{id}/heartbeat", web::post().to(heartbeat))
+            .route("/changes", web::get().to(changes))
+            .route("/tokens", web::post().to(create_token))
+            .route("/tokens", web::get().to(list_tokens))
+            .route("/tokens/{id}", web::delete().to(revoke_token)),
+    )
+    .default_service(web::to(not_found));
 }
 
 type Res = Result<HttpResponse, ApiError>;
@@ -50,7 +53,9 @@ impl FromRequest for Principal {
     type Future = Ready<Result<Principal, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let app = req.app_data::<web::Data<AppState>>().expect("app state is registered");
+        let app = req
+            .app_data::<web::Data<AppState>>()
+            .expect("app state is registered");
         ready(authenticate(app, req.headers()))
     }
 }
@@ -66,7 +71,9 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiErr
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
-    app.tokens.verify(token).ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
+    app.tokens
+        .verify(token)
+        .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
 }
 
 async fn not_found() -> Res {
@@ -78,7 +85,9 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn metrics(app: web::Data<AppState>, _who: Principal) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(app.metrics.render())
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(app.metrics.render())
 }
 
 async fn upgrade(req: HttpRequest, payload: web::Payload, app: web::Data<AppState>) -> Res {
@@ -97,13 +106,19 @@ async fn upgrade(req: HttpRequest, payload: web::Payload, app: web::Data<AppStat
 
 /// Reads a JSON object body of at most the configured size. An empty body is
 /// an empty object when `empty_ok`.
-async fn body(app: &AppState, mut payload: web::Payload, empty_ok: bool) -> Result<Map<String, Value>, ApiError> {
+async fn body(
+    app: &AppState,
+    mut payload: web::Payload,
+    empty_ok: bool,
+) -> Result<Map<String, Value>, ApiError> {
     let limit = app.config.max_frame_bytes;
     let mut buf = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
         if buf.len() + chunk.len() > limit {
-            return Err(ApiError::too_large(format!("the body is over {limit} bytes")));
+            return Err(ApiError::too_large(format!(
+                "the body is over {limit} bytes"
+            )));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -127,31 +142,58 @@ fn path_id(s: &str) -> Result<i64, ApiError> {
 /// The version an `If-Match` header asks for: `"3"`, `W/"3"` or `3`; `*` asks
 /// for none.
 fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
-    let Some(v) = req.headers().get(header::IF_MATCH) else { return Ok(None) };
-    let s = v.to_str().map_err(|_| ApiError::bad_request("bad If-Match"))?.trim();
+    let Some(v) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::bad_request("bad If-Match"))?
+        .trim();
     if s == "*" {
         return Ok(None);
     }
     let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
-    s.parse().map(Some).map_err(|_| ApiError::bad_request("If-Match must be a version, like \"3\""))
+    s.parse()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request("If-Match must be a version, like \"3\""))
 }
 
 fn op_id(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(v) = req.headers().get("Idempotency-Key") else { return Ok(None) };
-    let s = v.to_str().map_err(|_| ApiError::bad_request("bad Idempotency-Key"))?;
+    let Some(v) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::bad_request("bad Idempotency-Key"))?;
     check_op_id(s.to_string()).map(Some)
 }
 
-async fn execute(app: &AppState, req: &HttpRequest, who: Principal, method: Method, params: Value) -> Result<Committed, ApiError> {
-    let call = Call { method, params, op_id: op_id(req)? };
+async fn execute(
+    app: &AppState,
+    req: &HttpRequest,
+    who: Principal,
+    method: Method,
+    params: Value,
+) -> Result<Committed, ApiError> {
+    let call = Call {
+        method,
+        params,
+        op_id: op_id(req)?,
+    };
     app.db
-        .send(Execute { principal: who, call })
+        .send(Execute {
+            principal: who,
+            call,
+        })
         .await
         .map_err(|_| ApiError::unavailable("the database is not running"))?
 }
 
 async fn read(app: &AppState, r: Read) -> Result<Value, ApiError> {
-    app.db.send(r).await.map_err(|_| ApiError::unavailable("the database is not running"))?
+    app.db
+        .send(r)
+        .await
+        .map_err(|_| ApiError::unavailable("the database is not running"))?
 }
 
 /// A response with `Taskwire-Seq` when the write committed a change.
@@ -183,7 +225,13 @@ impl Kind {
     }
 }
 
-async fn create(app: &AppState, req: &HttpRequest, who: Principal, payload: web::Payload, kind: Kind) -> Res {
+async fn create(
+    app: &AppState,
+    req: &HttpRequest,
+    who: Principal,
+    payload: web::Payload,
+    kind: Kind,
+) -> Res {
     let params = body(app, payload, false).await?;
     let method = match kind {
         Kind::Task => Method::TaskCreate,
@@ -199,15 +247,25 @@ async fn create(app: &AppState, req: &HttpRequest, who: Principal, payload: web:
 
 async fn get_one(app: &AppState, id: &str, kind: Kind) -> Res {
     let id = path_id(id)?;
-    let entity = read(app, match kind {
-        Kind::Task => Read::Task(id),
-        Kind::Agent => Read::Agent(id),
-    })
+    let entity = read(
+        app,
+        match kind {
+            Kind::Task => Read::Task(id),
+            Kind::Agent => Read::Agent(id),
+        },
+    )
     .await?;
     Ok(HttpResponse::Ok().insert_header(etag(&entity)).json(entity))
 }
 
-async fn update(app: &AppState, req: &HttpRequest, who: Principal, id: &str, payload: web::Payload, kind: Kind) -> Res {
+async fn update(
+    app: &AppState,
+    req: &HttpRequest,
+    who: Principal,
+    id: &str,
+    payload: web::Payload,
+    kind: Kind,
+) -> Res {
     let id = path_id(id)?;
     let if_version = if_match(req)?;
     let patch = body(app, payload, false).await?;
@@ -220,7 +278,9 @@ async fn update(app: &AppState, req: &HttpRequest, who: Principal, id: &str, pay
         params["if_version"] = json!(v);
     }
     let c = execute(app, req, who, method, params).await?;
-    Ok(written(HttpResponse::Ok(), c.seq).insert_header(etag(&c.data)).json(c.data))
+    Ok(written(HttpResponse::Ok(), c.seq)
+        .insert_header(etag(&c.data))
+        .json(c.data))
 }
 
 async fn delete(app: &AppState, req: &HttpRequest, who: Principal, id: &str, kind: Kind) -> Res {
@@ -237,7 +297,11 @@ async fn delete(app: &AppState, req: &HttpRequest, who: Principal, id: &str, kin
     Ok(written(HttpResponse::NoContent(), c.seq).finish())
 }
 
-async fn list_tasks(app: web::Data<AppState>, _who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
+async fn list_tasks(
+    app: web::Data<AppState>,
+    _who: Principal,
+    query: web::Query<HashMap<String, String>>,
+) -> Res {
     let mut status = None;
     let mut assignee_id = None;
     for (k, v) in query.into_inner() {
@@ -247,18 +311,37 @@ async fn list_tasks(app: web::Data<AppState>, _who: Principal, query: web::Query
             other => return Err(ApiError::bad_request(format!("unknown filter {other:?}"))),
         }
     }
-    Ok(HttpResponse::Ok().json(read(&app, Read::Tasks { status, assignee_id }).await?))
+    Ok(HttpResponse::Ok().json(
+        read(
+            &app,
+            Read::Tasks {
+                status,
+                assignee_id,
+            },
+        )
+        .await?,
+    ))
 }
 
 async fn list_agents(app: web::Data<AppState>, _who: Principal) -> Res {
     Ok(HttpResponse::Ok().json(read(&app, Read::Agents).await?))
 }
 
-async fn create_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, payload: web::Payload) -> Res {
+async fn create_task(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    payload: web::Payload,
+) -> Res {
     create(&app, &req, who, payload, Kind::Task).await
 }
 
-async fn create_agent(app: web::Data<AppState>, req: HttpRequest, who: Principal, payload: web::Payload) -> Res {
+async fn create_agent(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    payload: web::Payload,
+) -> Res {
     create(&app, &req, who, payload, Kind::Agent).await
 }
 
@@ -270,37 +353,82 @@ async fn get_agent(app: web::Data<AppState>, _who: Principal, id: web::Path<Stri
     get_one(&app, &id, Kind::Agent).await
 }
 
-async fn update_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>, payload: web::Payload) -> Res {
+async fn update_task(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
     update(&app, &req, who, &id, payload, Kind::Task).await
 }
 
-async fn update_agent(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>, payload: web::Payload) -> Res {
+async fn update_agent(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
     update(&app, &req, who, &id, payload, Kind::Agent).await
 }
 
-async fn delete_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>) -> Res {
+async fn delete_task(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    id: web::Path<String>,
+) -> Res {
     delete(&app, &req, who, &id, Kind::Task).await
 }
 
-async fn delete_agent(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>) -> Res {
+async fn delete_agent(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    id: web::Path<String>,
+) -> Res {
     delete(&app, &req, who, &id, Kind::Agent).await
 }
 
-async fn heartbeat(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>, payload: web::Payload) -> Res {
+async fn heartbeat(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
     let id = path_id(&id)?;
     let mut params = body(&app, payload, true).await?;
     params.insert("id".into(), json!(id));
-    let c = execute(&app, &req, who, Method::AgentHeartbeat, Value::Object(params)).await?;
+    let c = execute(
+        &app,
+        &req,
+        who,
+        Method::AgentHeartbeat,
+        Value::Object(params),
+    )
+    .await?;
     Ok(written(HttpResponse::NoContent(), c.seq).finish())
 }
 
-async fn changes(app: web::Data<AppState>, _who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
+async fn changes(
+    app: web::Data<AppState>,
+    _who: Principal,
+    query: web::Query<HashMap<String, String>>,
+) -> Res {
     let mut since = 0;
     let mut topic = None;
     let mut limit = 1000;
     for (k, v) in query.into_inner() {
         match k.as_str() {
-            "since" => since = v.parse().ok().filter(|s| *s >= 0).ok_or_else(|| ApiError::bad_request("since must be a seq"))?,
+            "since" => {
+                since = v
+                    .parse()
+                    .ok()
+                    .filter(|s| *s >= 0)
+                    .ok_or_else(|| ApiError::bad_request("since must be a seq"))?
+            }
             "topic" => topic = Some(Topic::parse(&v)?),
             "limit" => {
                 limit = v
@@ -309,16 +437,33 @@ async fn changes(app: web::Data<AppState>, _who: Principal, query: web::Query<Ha
                     .filter(|l| (1..=10_000).contains(l))
                     .ok_or_else(|| ApiError::bad_request("limit must be 1 to 10000"))?
             }
-            other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {other:?}"
+                )))
+            }
         }
     }
-    Ok(HttpResponse::Ok().json(read(&app, Read::Changes { since, topic, limit }).await?))
+    Ok(HttpResponse::Ok().json(
+        read(
+            &app,
+            Read::Changes {
+                since,
+                topic,
+                limit,
+            },
+        )
+        .await?,
+    ))
 }
 
 // ---- tokens ----
 
 async fn tokens(app: &AppState, msg: Tokens) -> Result<Value, ApiError> {
-    app.db.send(msg).await.map_err(|_| ApiError::unavailable("the database is not running"))?
+    app.db
+        .send(msg)
+        .await
+        .map_err(|_| ApiError::unavailable("the database is not running"))?
 }
 
 async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Payload) -> Res {
@@ -330,10 +475,24 @@ async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Pa
         agent_id: Option<i64>,
     }
     crate::auth::authorize(&who, crate::auth::Action::ManageTokens)?;
-    let b: NewToken = crate::protocol::from_value(Value::Object(body(&app, payload, false).await?))?;
-    let role = b.role.ok_or_else(|| ApiError::invalid("role is required"))?;
-    let name = b.name.ok_or_else(|| ApiError::invalid("name is required"))?;
-    let created = tokens(&app, Tokens::Create { by: who, role, name, agent_id: b.agent_id }).await?;
+    let b: NewToken =
+        crate::protocol::from_value(Value::Object(body(&app, payload, false).await?))?;
+    let role = b
+        .role
+        .ok_or_else(|| ApiError::invalid("role is required"))?;
+    let name = b
+        .name
+        .ok_or_else(|| ApiError::invalid("name is required"))?;
+    let created = tokens(
+        &app,
+        Tokens::Create {
+            by: who,
+            role,
+            name,
+            agent_id: b.agent_id,
+        },
+    )
+    .await?;
     Ok(HttpResponse::Created().json(created))
 }
 

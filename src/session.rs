@@ -41,12 +41,18 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: u32) -> Bucket {
-        Bucket { rate: rate as f64, tokens: rate as f64, at: Instant::now(), over_since: None }
+        Bucket {
+            rate: rate as f64,
+            tokens: rate as f64,
+            at: Instant::now(),
+            over_since: None,
+        }
     }
 
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -84,28 +90,37 @@ pub struct Session {
 impl Session {
     fn send(&self, ctx: &mut WebsocketContext<Self>, text: impl Into<ByteString>) {
         let text = text.into();
-        self.queued.fetch_add(frame_len(text.len()), Ordering::Relaxed);
+        self.queued
+            .fetch_add(frame_len(text.len()), Ordering::Relaxed);
         ctx.text(text);
     }
 
     fn close(&self, ctx: &mut WebsocketContext<Self>, code: CloseCode, reason: &str) {
-        ctx.close(Some(CloseReason { code, description: Some(reason.to_string()) }));
+        ctx.close(Some(CloseReason {
+            code,
+            description: Some(reason.to_string()),
+        }));
         ctx.stop();
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
         let max_frame = self.app.config.max_frame_bytes;
         if !self.bucket.take() {
-            let abusive = self.bucket.over_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(10));
+            let abusive = self
+                .bucket
+                .over_since
+                .is_some_and(|t| t.elapsed() >= Duration::from_secs(10));
             if abusive {
                 return self.close(ctx, CloseCode::Policy, "rate limit exceeded for too long");
             }
             let e = ApiError::rate_limited("too many frames; slow down");
             // Read the ref only from frames small enough to be real requests.
-            let reference = (text.len() <= max_frame).then(|| protocol::parse_frame(text)).and_then(|p| match p {
-                Ok((r, _)) => Some(r),
-                Err((r, _)) => r,
-            });
+            let reference = (text.len() <= max_frame)
+                .then(|| protocol::parse_frame(text))
+                .and_then(|p| match p {
+                    Ok((r, _)) => Some(r),
+                    Err((r, _)) => r,
+                });
             return self.answer(ctx, reference, Err(e));
         }
         match protocol::parse_frame(text) {
@@ -115,7 +130,12 @@ impl Session {
     }
 
     /// Sends a reply (with a ref) or an error frame (without one).
-    fn answer(&self, ctx: &mut WebsocketContext<Self>, reference: Option<Ref>, result: Result<(serde_json::Value, Option<i64>), ApiError>) {
+    fn answer(
+        &self,
+        ctx: &mut WebsocketContext<Self>,
+        reference: Option<Ref>,
+        result: Result<(serde_json::Value, Option<i64>), ApiError>,
+    ) {
         let frame = match (&reference, &result) {
             (Some(r), Ok((data, seq))) => protocol::reply_ok(r, data.clone(), *seq),
             (Some(r), Err(e)) => protocol::reply_err(r, e),
@@ -130,7 +150,9 @@ impl Session {
             Request::Ping => self.answer(ctx, Some(reference), Ok((serde_json::json!({}), None))),
             Request::Subscribe { topic, resume } => {
                 let already = self.subs.contains_key(&topic) || self.pending.contains(&topic);
-                if !already && self.subs.len() + self.pending.len() >= self.app.config.max_subscriptions {
+                if !already
+                    && self.subs.len() + self.pending.len() >= self.app.config.max_subscriptions
+                {
                     let e = ApiError::invalid(format!(
                         "this connection holds {} subscriptions, the most allowed",
                         self.app.config.max_subscriptions
@@ -153,11 +175,17 @@ impl Session {
             Request::Unsubscribe { topic } => {
                 self.subs.remove(&topic);
                 self.pending.remove(&topic);
-                self.app.registry.do_send(Leave { session_id: self.id, topic });
+                self.app.registry.do_send(Leave {
+                    session_id: self.id,
+                    topic,
+                });
                 self.answer(ctx, Some(reference), Ok((serde_json::json!({}), None)));
             }
             Request::Call(call) => {
-                let request = self.app.db.send(Execute { principal: self.principal.clone(), call });
+                let request = self.app.db.send(Execute {
+                    principal: self.principal.clone(),
+                    call,
+                });
                 ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
                     let result = match result {
                         Ok(r) => r.map(|c| (c.data, c.seq)),
@@ -177,9 +205,26 @@ impl Session {
             Item::Last(b) => (false, false, b, true),
         };
         match (&mut self.fragments, first) {
-            (Some(_), true) => return self.close(ctx, CloseCode::Protocol, "a new message began inside a fragmented one"),
-            (None, false) => return self.close(ctx, CloseCode::Protocol, "a continuation with nothing to continue"),
-            (None, true) => self.fragments = Some(Fragments { text, buf: BytesMut::new() }),
+            (Some(_), true) => {
+                return self.close(
+                    ctx,
+                    CloseCode::Protocol,
+                    "a new message began inside a fragmented one",
+                )
+            }
+            (None, false) => {
+                return self.close(
+                    ctx,
+                    CloseCode::Protocol,
+                    "a continuation with nothing to continue",
+                )
+            }
+            (None, true) => {
+                self.fragments = Some(Fragments {
+                    text,
+                    buf: BytesMut::new(),
+                })
+            }
             (Some(_), false) => {}
         }
         let frags = self.fragments.as_mut().expect("fragments started above");
@@ -190,7 +235,11 @@ impl Session {
         if last {
             let Fragments { text, buf } = self.fragments.take().expect("fragments started above");
             if !text {
-                return self.answer(ctx, None, Err(ApiError::bad_request("binary messages are not JSON text")));
+                return self.answer(
+                    ctx,
+                    None,
+                    Err(ApiError::bad_request("binary messages are not JSON text")),
+                );
             }
             match std::str::from_utf8(&buf) {
                 Ok(s) => self.on_text(s, ctx),
@@ -244,7 +293,9 @@ impl Actor for Session {
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        self.app.registry.do_send(Disconnect { session_id: self.id });
+        self.app.registry.do_send(Disconnect {
+            session_id: self.id,
+        });
         Running::Stop
     }
 
@@ -260,15 +311,27 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
         match msg {
             Ok(ws::Message::Text(text)) => {
                 if self.fragments.is_some() {
-                    return self.close(ctx, CloseCode::Protocol, "a new message began inside a fragmented one");
+                    return self.close(
+                        ctx,
+                        CloseCode::Protocol,
+                        "a new message began inside a fragmented one",
+                    );
                 }
                 self.on_text(&text, ctx)
             }
             Ok(ws::Message::Binary(_)) => {
                 if self.fragments.is_some() {
-                    return self.close(ctx, CloseCode::Protocol, "a new message began inside a fragmented one");
+                    return self.close(
+                        ctx,
+                        CloseCode::Protocol,
+                        "a new message began inside a fragmented one",
+                    );
                 }
-                self.answer(ctx, None, Err(ApiError::bad_request("binary messages are not JSON text")))
+                self.answer(
+                    ctx,
+                    None,
+                    Err(ApiError::bad_request("binary messages are not JSON text")),
+                )
             }
             Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
             Ok(ws::Message::Ping(p)) => {
@@ -306,7 +369,10 @@ impl Handler<Subscribed> for Session {
                     self.subs.insert(msg.topic, seq);
                 } else {
                     // Unsubscribed while the subscribe was on its way.
-                    self.app.registry.do_send(Leave { session_id: self.id, topic: msg.topic });
+                    self.app.registry.do_send(Leave {
+                        session_id: self.id,
+                        topic: msg.topic,
+                    });
                 }
                 self.answer(ctx, Some(msg.reference), Ok((data, None)));
             }
@@ -318,7 +384,9 @@ impl Handler<Subscribed> for Session {
 impl Handler<Deliver> for Session {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        let Some(last) = self.subs.get_mut(&msg.topic) else { return };
+        let Some(last) = self.subs.get_mut(&msg.topic) else {
+            return;
+        };
         if let Some(seq) = msg.seq {
             // Already in the snapshot or sent: never twice.
             if seq <= *last {
@@ -330,7 +398,11 @@ impl Handler<Deliver> for Session {
         if queued + msg.frame.len() > self.app.config.max_queue_bytes {
             log::info!("session {} is {queued} bytes behind; closing it", self.id);
             self.app.metrics.sockets_closed_slow.inc();
-            return self.close(ctx, CloseCode::Again, "too slow to keep up; reconnect and resume");
+            return self.close(
+                ctx,
+                CloseCode::Again,
+                "too slow to keep up; reconnect and resume",
+            );
         }
         self.send(ctx, msg.frame);
     }
@@ -355,14 +427,23 @@ impl<S: Stream<Item = Result<Bytes, actix_web::Error>> + Unpin> Stream for Count
         let polled = Pin::new(&mut self.inner).poll_next(cx);
         if let Poll::Ready(Some(Ok(chunk))) = &polled {
             let n = chunk.len();
-            let _ = self.queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(n)));
+            let _ = self
+                .queued
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                    Some(q.saturating_sub(n))
+                });
         }
         polled
     }
 }
 
 /// Upgrades an authenticated request to a WebSocket served by a new Session.
-pub fn start(req: &HttpRequest, payload: web::Payload, app: AppState, principal: Principal) -> Result<HttpResponse, actix_web::Error> {
+pub fn start(
+    req: &HttpRequest,
+    payload: web::Payload,
+    app: AppState,
+    principal: Principal,
+) -> Result<HttpResponse, actix_web::Error> {
     let mut res = ws::handshake(req)?;
     let queued = Arc::new(AtomicUsize::new(0));
     let session = Session {
@@ -378,5 +459,8 @@ pub fn start(req: &HttpRequest, payload: web::Payload, app: AppState, principal:
     };
     let codec = Codec::new().max_size(app.config.max_frame_bytes);
     let stream = WebsocketContext::with_codec(session, payload, codec);
-    Ok(res.streaming(Counted { inner: Box::pin(stream), queued }))
+    Ok(res.streaming(Counted {
+        inner: Box::pin(stream),
+        queued,
+    }))
 }

@@ -54,8 +54,7 @@ impl<'a> WriteCtx<'a> {
         &mut self,
         conn: &mut SqliteConnection,
         out: &mut Outcome,
-        entity: Entity,
-        entity_id: i64,
+        (entity, entity_id): (Entity, i64),
         kind: &'static str,
         changed: Vec<String>,
         data: Value,
@@ -72,7 +71,14 @@ impl<'a> WriteCtx<'a> {
         };
         q::append_change(conn, &row)?;
         out.seq = Some(*self.seq);
-        out.changes.push(Change { seq: *self.seq, entity, entity_id, kind, changed, data });
+        out.changes.push(Change {
+            seq: *self.seq,
+            entity,
+            entity_id,
+            kind,
+            changed,
+            data,
+        });
         Ok(())
     }
 
@@ -105,10 +111,16 @@ pub fn execute(
     let fp = fingerprint(call);
     if let Some(row) = q::find_op(conn, principal.token_id, op_id)? {
         if row.fingerprint != fp {
-            return Err(ApiError::conflict(format!("op_id {op_id:?} was already used for another call")));
+            return Err(ApiError::conflict(format!(
+                "op_id {op_id:?} was already used for another call"
+            )));
         }
         let data = serde_json::from_str(&row.reply).map_err(ApiError::internal)?;
-        return Ok(Outcome { data, seq: row.seq, ..Outcome::default() });
+        return Ok(Outcome {
+            data,
+            seq: row.seq,
+            ..Outcome::default()
+        });
     }
     let out = dispatch(conn, ctx, principal, call)?;
     let mut stored = out.data.clone();
@@ -130,7 +142,12 @@ pub fn execute(
     Ok(out)
 }
 
-fn dispatch(conn: &mut SqliteConnection, ctx: &mut WriteCtx, principal: &Principal, call: &Call) -> Result<Outcome, ApiError> {
+fn dispatch(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    principal: &Principal,
+    call: &Call,
+) -> Result<Outcome, ApiError> {
     let params = call.params.clone();
     match call.method {
         Method::TaskCreate => task_create(conn, ctx, principal, from_value(params)?),
@@ -164,7 +181,9 @@ fn valid_title(title: &str) -> Result<String, ApiError> {
 
 fn valid_description(d: &str) -> Result<(), ApiError> {
     if d.chars().count() > 20_000 {
-        return Err(ApiError::invalid("description must have at most 20000 characters"));
+        return Err(ApiError::invalid(
+            "description must have at most 20000 characters",
+        ));
     }
     Ok(())
 }
@@ -173,7 +192,10 @@ fn valid_task_status(s: &str) -> Result<(), ApiError> {
     if TASK_STATUSES.contains(&s) {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!("unknown task status {s:?}; one of {}", TASK_STATUSES.join(", "))))
+        Err(ApiError::invalid(format!(
+            "unknown task status {s:?}; one of {}",
+            TASK_STATUSES.join(", ")
+        )))
     }
 }
 
@@ -189,7 +211,10 @@ fn valid_agent_status(s: &str) -> Result<(), ApiError> {
     if AGENT_STATUSES.contains(&s) {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!("unknown agent status {s:?}; one of {}", AGENT_STATUSES.join(", "))))
+        Err(ApiError::invalid(format!(
+            "unknown agent status {s:?}; one of {}",
+            AGENT_STATUSES.join(", ")
+        )))
     }
 }
 
@@ -199,7 +224,9 @@ fn valid_name(conn: &mut SqliteConnection, name: &str, id: i64) -> Result<(), Ap
         return Err(ApiError::invalid("name must have 1 to 100 characters"));
     }
     if q::agent_name_taken(conn, name, id)? {
-        return Err(ApiError::conflict(format!("the name {name:?} is already taken")));
+        return Err(ApiError::conflict(format!(
+            "the name {name:?} is already taken"
+        )));
     }
     Ok(())
 }
@@ -214,19 +241,28 @@ fn valid_meta(meta: &Map<String, Value>) -> Result<String, ApiError> {
 
 fn valid_assignee(conn: &mut SqliteConnection, id: Option<i64>) -> Result<(), ApiError> {
     match id {
-        Some(a) if q::find_agent(conn, a)?.is_none() => Err(ApiError::invalid(format!("assignee {a} is not an agent"))),
+        Some(a) if q::find_agent(conn, a)?.is_none() => {
+            Err(ApiError::invalid(format!("assignee {a} is not an agent")))
+        }
         _ => Ok(()),
     }
 }
 
 fn valid_current_task(conn: &mut SqliteConnection, id: Option<i64>) -> Result<(), ApiError> {
     match id {
-        Some(t) if q::find_task(conn, t)?.is_none() => Err(ApiError::invalid(format!("task {t} does not exist"))),
+        Some(t) if q::find_task(conn, t)?.is_none() => {
+            Err(ApiError::invalid(format!("task {t} does not exist")))
+        }
         _ => Ok(()),
     }
 }
 
-fn check_version(entity: &str, id: i64, current: i64, expected: Option<i64>) -> Result<(), ApiError> {
+fn check_version(
+    entity: &str,
+    id: i64,
+    current: i64,
+    expected: Option<i64>,
+) -> Result<(), ApiError> {
     match expected {
         Some(v) if v != current => Err(ApiError::stale(entity, id, current, v)),
         _ => Ok(()),
@@ -234,20 +270,26 @@ fn check_version(entity: &str, id: i64, current: i64, expected: Option<i64>) -> 
 }
 
 fn load_task(conn: &mut SqliteConnection, id: i64) -> Result<Task, ApiError> {
-    q::find_task(conn, check_id(id)?)?.ok_or_else(|| ApiError::not_found(format!("task {id} not found")))
+    q::find_task(conn, check_id(id)?)?
+        .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))
 }
 
 fn load_agent(conn: &mut SqliteConnection, ctx: &WriteCtx, id: i64) -> Result<Agent, ApiError> {
-    let agent = q::find_agent(conn, check_id(id)?)?.ok_or_else(|| ApiError::not_found(format!("agent {id} not found")))?;
+    let agent = q::find_agent(conn, check_id(id)?)?
+        .ok_or_else(|| ApiError::not_found(format!("agent {id} not found")))?;
     Ok(ctx.overlay(agent))
 }
 
 /// The keys of `after` whose values differ from `before`, but `version` and
 /// `updated_at`, which every change sets.
 fn changed_fields(before: &Value, after: &Value) -> Vec<String> {
-    let (Some(b), Some(a)) = (before.as_object(), after.as_object()) else { return vec![] };
+    let (Some(b), Some(a)) = (before.as_object(), after.as_object()) else {
+        return vec![];
+    };
     a.iter()
-        .filter(|(k, v)| k.as_str() != "version" && k.as_str() != "updated_at" && b.get(*k) != Some(v))
+        .filter(|(k, v)| {
+            k.as_str() != "version" && k.as_str() != "updated_at" && b.get(*k) != Some(v)
+        })
         .map(|(k, _)| k.clone())
         .collect()
 }
@@ -258,9 +300,18 @@ fn all_fields(data: &Value) -> Vec<String> {
 
 // ---- tasks ----
 
-fn task_create(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal, c: p::TaskCreate) -> Result<Outcome, ApiError> {
+fn task_create(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    who: &Principal,
+    c: p::TaskCreate,
+) -> Result<Outcome, ApiError> {
     authorize(who, Action::CreateTask)?;
-    let title = valid_title(c.title.as_deref().ok_or_else(|| ApiError::invalid("title is required"))?)?;
+    let title = valid_title(
+        c.title
+            .as_deref()
+            .ok_or_else(|| ApiError::invalid("title is required"))?,
+    )?;
     let description = c.description.unwrap_or_default();
     valid_description(&description)?;
     let status = c.status.unwrap_or_else(|| "todo".to_string());
@@ -282,14 +333,31 @@ fn task_create(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal,
     )?;
     let data = task.to_json();
     let mut out = Outcome::default();
-    ctx.record(conn, &mut out, Entity::Task, task.id, "created", all_fields(&data), data.clone())?;
+    ctx.record(
+        conn,
+        &mut out,
+        (Entity::Task, task.id),
+        "created",
+        all_fields(&data),
+        data.clone(),
+    )?;
     out.data = data;
     Ok(out)
 }
 
-fn task_update(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal, u: p::Update<p::TaskPatch>) -> Result<Outcome, ApiError> {
+fn task_update(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    who: &Principal,
+    u: p::Update<p::TaskPatch>,
+) -> Result<Outcome, ApiError> {
     let task = load_task(conn, u.id)?;
-    authorize(who, Action::UpdateTask { assignee_id: task.assignee_id })?;
+    authorize(
+        who,
+        Action::UpdateTask {
+            assignee_id: task.assignee_id,
+        },
+    )?;
     check_version("task", task.id, task.version, u.if_version)?;
     let mut next = task.clone();
     let patch = u.patch;
@@ -314,19 +382,34 @@ fn task_update(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal,
     let before = task.to_json();
     let changed = changed_fields(&before, &next.to_json());
     if changed.is_empty() {
-        return Ok(Outcome { data: before, ..Outcome::default() });
+        return Ok(Outcome {
+            data: before,
+            ..Outcome::default()
+        });
     }
     next.version += 1;
     next.updated_at = ctx.now.clone();
     q::save_task(conn, &next)?;
     let data = next.to_json();
     let mut out = Outcome::default();
-    ctx.record(conn, &mut out, Entity::Task, next.id, "updated", changed, data.clone())?;
+    ctx.record(
+        conn,
+        &mut out,
+        (Entity::Task, next.id),
+        "updated",
+        changed,
+        data.clone(),
+    )?;
     out.data = data;
     Ok(out)
 }
 
-fn task_delete(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal, d: p::Delete) -> Result<Outcome, ApiError> {
+fn task_delete(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    who: &Principal,
+    d: p::Delete,
+) -> Result<Outcome, ApiError> {
     let task = load_task(conn, d.id)?;
     authorize(who, Action::DeleteTask)?;
     check_version("task", task.id, task.version, d.if_version)?;
@@ -337,19 +420,40 @@ fn task_delete(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal,
         next.version += 1;
         next.updated_at = ctx.now.clone();
         q::save_agent(conn, &next)?;
-        ctx.record(conn, &mut out, Entity::Agent, next.id, "updated", vec!["current_task_id".into()], next.to_json())?;
+        ctx.record(
+            conn,
+            &mut out,
+            (Entity::Agent, next.id),
+            "updated",
+            vec!["current_task_id".into()],
+            next.to_json(),
+        )?;
     }
     q::delete_task(conn, task.id)?;
-    ctx.record(conn, &mut out, Entity::Task, task.id, "deleted", vec![], json!({"id": task.id}))?;
+    ctx.record(
+        conn,
+        &mut out,
+        (Entity::Task, task.id),
+        "deleted",
+        vec![],
+        json!({"id": task.id}),
+    )?;
     out.data = json!({});
     Ok(out)
 }
 
 // ---- agents ----
 
-fn agent_create(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal, c: p::AgentCreate) -> Result<Outcome, ApiError> {
+fn agent_create(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    who: &Principal,
+    c: p::AgentCreate,
+) -> Result<Outcome, ApiError> {
     authorize(who, Action::CreateAgent)?;
-    let name = c.name.ok_or_else(|| ApiError::invalid("name is required"))?;
+    let name = c
+        .name
+        .ok_or_else(|| ApiError::invalid("name is required"))?;
     valid_name(conn, &name, 0)?;
     let status = c.status.unwrap_or_else(|| "idle".to_string());
     valid_agent_status(&status)?;
@@ -372,20 +476,45 @@ fn agent_create(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal
     let hash = auth::hash_token(&token);
     let row = q::insert_token(
         conn,
-        &NewToken { hash: &hash, role: Role::Agent.as_str(), name: &name, agent_id: Some(agent.id), created_at: &ctx.now },
+        &NewToken {
+            hash: &hash,
+            role: Role::Agent.as_str(),
+            name: &name,
+            agent_id: Some(agent.id),
+            created_at: &ctx.now,
+        },
     )?;
     let data = agent.to_json();
     let mut out = Outcome::default();
-    ctx.record(conn, &mut out, Entity::Agent, agent.id, "created", all_fields(&data), data.clone())?;
+    ctx.record(
+        conn,
+        &mut out,
+        (Entity::Agent, agent.id),
+        "created",
+        all_fields(&data),
+        data.clone(),
+    )?;
     let mut reply = data;
     reply["token"] = json!(token);
     out.data = reply;
     out.new_agent = Some(agent.id);
-    out.new_token = Some((hash, Principal { token_id: row.id, role: Role::Agent, agent_id: Some(agent.id) }));
+    out.new_token = Some((
+        hash,
+        Principal {
+            token_id: row.id,
+            role: Role::Agent,
+            agent_id: Some(agent.id),
+        },
+    ));
     Ok(out)
 }
 
-fn agent_update(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal, u: p::Update<p::AgentPatch>) -> Result<Outcome, ApiError> {
+fn agent_update(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    who: &Principal,
+    u: p::Update<p::AgentPatch>,
+) -> Result<Outcome, ApiError> {
     let agent = load_agent(conn, ctx, u.id)?;
     authorize(who, Action::UpdateAgent { id: agent.id })?;
     check_version("agent", agent.id, agent.version, u.if_version)?;
@@ -412,7 +541,12 @@ fn agent_update(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal
 
 /// Saves `next` over `before` as one `agent.updated` change, or commits nothing
 /// when no visible field differs.
-fn finish_agent_update(conn: &mut SqliteConnection, ctx: &mut WriteCtx, before: Agent, mut next: Agent) -> Result<Outcome, ApiError> {
+fn finish_agent_update(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    before: Agent,
+    mut next: Agent,
+) -> Result<Outcome, ApiError> {
     let before_json = before.to_json();
     let changed = changed_fields(&before_json, &next.to_json());
     if changed.is_empty() {
@@ -420,19 +554,34 @@ fn finish_agent_update(conn: &mut SqliteConnection, ctx: &mut WriteCtx, before: 
             // Invisible but kept: what to go back to after `offline`.
             q::save_agent(conn, &next)?;
         }
-        return Ok(Outcome { data: before_json, ..Outcome::default() });
+        return Ok(Outcome {
+            data: before_json,
+            ..Outcome::default()
+        });
     }
     next.version += 1;
     next.updated_at = ctx.now.clone();
     q::save_agent(conn, &next)?;
     let data = next.to_json();
     let mut out = Outcome::default();
-    ctx.record(conn, &mut out, Entity::Agent, next.id, "updated", changed, data.clone())?;
+    ctx.record(
+        conn,
+        &mut out,
+        (Entity::Agent, next.id),
+        "updated",
+        changed,
+        data.clone(),
+    )?;
     out.data = data;
     Ok(out)
 }
 
-fn agent_delete(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal, d: p::Delete) -> Result<Outcome, ApiError> {
+fn agent_delete(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    who: &Principal,
+    d: p::Delete,
+) -> Result<Outcome, ApiError> {
     let agent = load_agent(conn, ctx, d.id)?;
     authorize(who, Action::DeleteAgent)?;
     check_version("agent", agent.id, agent.version, d.if_version)?;
@@ -443,17 +592,36 @@ fn agent_delete(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal
         next.version += 1;
         next.updated_at = ctx.now.clone();
         q::save_task(conn, &next)?;
-        ctx.record(conn, &mut out, Entity::Task, next.id, "updated", vec!["assignee_id".into()], next.to_json())?;
+        ctx.record(
+            conn,
+            &mut out,
+            (Entity::Task, next.id),
+            "updated",
+            vec!["assignee_id".into()],
+            next.to_json(),
+        )?;
     }
     out.revoked_tokens = q::revoke_agent_tokens(conn, agent.id, &ctx.now)?;
     q::delete_agent(conn, agent.id)?;
     ctx.beats.remove(&agent.id);
-    ctx.record(conn, &mut out, Entity::Agent, agent.id, "deleted", vec![], json!({"id": agent.id}))?;
+    ctx.record(
+        conn,
+        &mut out,
+        (Entity::Agent, agent.id),
+        "deleted",
+        vec![],
+        json!({"id": agent.id}),
+    )?;
     out.data = json!({});
     Ok(out)
 }
 
-fn heartbeat(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal, h: p::Heartbeat) -> Result<Outcome, ApiError> {
+fn heartbeat(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    who: &Principal,
+    h: p::Heartbeat,
+) -> Result<Outcome, ApiError> {
     let agent = load_agent(conn, ctx, h.id)?;
     authorize(who, Action::Heartbeat { id: agent.id })?;
     let mut next = agent.clone();
@@ -470,7 +638,8 @@ fn heartbeat(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal, h
     let at = ctx.now.clone();
     ctx.beats.insert(agent.id, at.clone());
     next.last_heartbeat_at = Some(at.clone());
-    let status_or_task = next.status != agent.status || next.current_task_id != agent.current_task_id;
+    let status_or_task =
+        next.status != agent.status || next.current_task_id != agent.current_task_id;
     let mut out = if status_or_task {
         finish_agent_update(conn, ctx, agent, next)?
     } else {
@@ -486,8 +655,14 @@ fn heartbeat(conn: &mut SqliteConnection, ctx: &mut WriteCtx, who: &Principal, h
 
 /// The server's own change: an agent that stopped heartbeating goes `offline`.
 /// Returns nothing when the agent is gone or already offline.
-pub fn mark_offline(conn: &mut SqliteConnection, ctx: &mut WriteCtx, agent_id: i64) -> Result<Outcome, ApiError> {
-    let Some(agent) = q::find_agent(conn, agent_id)? else { return Ok(Outcome::default()) };
+pub fn mark_offline(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    agent_id: i64,
+) -> Result<Outcome, ApiError> {
+    let Some(agent) = q::find_agent(conn, agent_id)? else {
+        return Ok(Outcome::default());
+    };
     let agent = ctx.overlay(agent);
     if agent.status == "offline" {
         return Ok(Outcome::default());
@@ -500,12 +675,22 @@ pub fn mark_offline(conn: &mut SqliteConnection, ctx: &mut WriteCtx, agent_id: i
 // ---- reads ----
 
 /// Every task, ordered by id, filtered by status and assignee.
-pub fn list_tasks(conn: &mut SqliteConnection, status: Option<&str>, assignee_id: Option<i64>) -> Result<Vec<Value>, ApiError> {
-    Ok(q::list_tasks(conn, status, assignee_id)?.iter().map(Task::to_json).collect())
+pub fn list_tasks(
+    conn: &mut SqliteConnection,
+    status: Option<&str>,
+    assignee_id: Option<i64>,
+) -> Result<Vec<Value>, ApiError> {
+    Ok(q::list_tasks(conn, status, assignee_id)?
+        .iter()
+        .map(Task::to_json)
+        .collect())
 }
 
 /// Every agent, ordered by id, with heartbeat times not yet on disk.
-pub fn list_agents(conn: &mut SqliteConnection, beats: &HashMap<i64, String>) -> Result<Vec<Value>, ApiError> {
+pub fn list_agents(
+    conn: &mut SqliteConnection,
+    beats: &HashMap<i64, String>,
+) -> Result<Vec<Value>, ApiError> {
     Ok(q::list_agents(conn)?
         .into_iter()
         .map(|mut a| {
@@ -521,7 +706,11 @@ pub fn get_task(conn: &mut SqliteConnection, id: i64) -> Result<Option<Value>, A
     Ok(q::find_task(conn, id)?.map(|t| t.to_json()))
 }
 
-pub fn get_agent(conn: &mut SqliteConnection, beats: &HashMap<i64, String>, id: i64) -> Result<Option<Value>, ApiError> {
+pub fn get_agent(
+    conn: &mut SqliteConnection,
+    beats: &HashMap<i64, String>,
+    id: i64,
+) -> Result<Option<Value>, ApiError> {
     Ok(q::find_agent(conn, id)?.map(|mut a| {
         if let Some(at) = beats.get(&a.id) {
             a.last_heartbeat_at = Some(at.clone());
@@ -532,7 +721,8 @@ pub fn get_agent(conn: &mut SqliteConnection, beats: &HashMap<i64, String>, id: 
 
 /// A change-log row as the change it records.
 pub fn change_of_row(row: ChangeRow) -> Result<Change, ApiError> {
-    let entity = Entity::parse(&row.entity).ok_or_else(|| ApiError::internal(format!("bad entity {:?} in log", row.entity)))?;
+    let entity = Entity::parse(&row.entity)
+        .ok_or_else(|| ApiError::internal(format!("bad entity {:?} in log", row.entity)))?;
     let kind = match row.kind.as_str() {
         "created" => "created",
         "updated" => "updated",

@@ -83,22 +83,35 @@ pub fn open(path: &str) -> Result<Opened, String> {
         None => {
             let mut bytes = [0u8; 12];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-            let e = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+            let e =
+                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
             q::set_meta(&mut conn, "epoch", &e).map_err(|e| e.to_string())?;
             e
         }
     };
-    let seq = q::max_seq(&mut conn).map_err(|e| e.to_string())?.unwrap_or(0);
+    let seq = q::max_seq(&mut conn)
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0);
     let floor = q::get_meta(&mut conn, "pruned_through")
         .map_err(|e| e.to_string())?
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    Ok(Opened { conn, position: Arc::new(Head { epoch, seq: AtomicI64::new(seq) }), floor })
+    Ok(Opened {
+        conn,
+        position: Arc::new(Head {
+            epoch,
+            seq: AtomicI64::new(seq),
+        }),
+        floor,
+    })
 }
 
 /// On a database without tokens, creates the admin token: `given` if set, else a
 /// new random one, which is returned so it can be shown once.
-pub fn ensure_admin_token(conn: &mut SqliteConnection, given: Option<&str>) -> Result<Option<String>, String> {
+pub fn ensure_admin_token(
+    conn: &mut SqliteConnection,
+    given: Option<&str>,
+) -> Result<Option<String>, String> {
     if q::count_tokens(conn).map_err(|e| e.to_string())? > 0 {
         return Ok(None);
     }
@@ -109,7 +122,13 @@ pub fn ensure_admin_token(conn: &mut SqliteConnection, given: Option<&str>) -> R
     let now = logic::now();
     q::insert_token(
         conn,
-        &models::NewToken { hash: &auth::hash_token(&token), role: "admin", name: "admin", agent_id: None, created_at: &now },
+        &models::NewToken {
+            hash: &auth::hash_token(&token),
+            role: "admin",
+            name: "admin",
+            agent_id: None,
+            created_at: &now,
+        },
     )
     .map_err(|e| e.to_string())?;
     Ok(generated.then_some(token))
@@ -120,7 +139,14 @@ pub fn load_tokens(conn: &mut SqliteConnection, cache: &TokenCache) -> Result<()
     for t in q::list_tokens(conn).map_err(|e| e.to_string())? {
         if t.revoked_at.is_none() {
             if let Some(role) = Role::parse(&t.role) {
-                cache.insert(t.hash.clone(), Principal { token_id: t.id, role, agent_id: t.agent_id });
+                cache.insert(
+                    t.hash.clone(),
+                    Principal {
+                        token_id: t.id,
+                        role,
+                        agent_id: t.agent_id,
+                    },
+                );
             }
         }
     }
@@ -170,20 +196,37 @@ pub struct Subscribe {
 #[derive(Message)]
 #[rtype(result = "Result<Value, ApiError>")]
 pub enum Read {
-    Tasks { status: Option<String>, assignee_id: Option<i64> },
+    Tasks {
+        status: Option<String>,
+        assignee_id: Option<i64>,
+    },
     Task(i64),
     Agents,
     Agent(i64),
-    Changes { since: i64, topic: Option<Topic>, limit: i64 },
+    Changes {
+        since: i64,
+        topic: Option<Topic>,
+        limit: i64,
+    },
 }
 
 /// Token administration (not changes: nothing is published).
 #[derive(Message)]
 #[rtype(result = "Result<Value, ApiError>")]
 pub enum Tokens {
-    Create { by: Principal, role: String, name: String, agent_id: Option<i64> },
-    List { by: Principal },
-    Revoke { by: Principal, id: i64 },
+    Create {
+        by: Principal,
+        role: String,
+        name: String,
+        agent_id: Option<i64>,
+    },
+    List {
+        by: Principal,
+    },
+    Revoke {
+        by: Principal,
+        id: i64,
+    },
 }
 
 /// Stops taking writes: commits what is pending, writes heartbeat times, and
@@ -198,7 +241,11 @@ pub struct Drain;
 struct Flush;
 
 enum Job {
-    Call { principal: Principal, call: Call, reply: oneshot::Sender<Result<Committed, ApiError>> },
+    Call {
+        principal: Principal,
+        call: Call,
+        reply: oneshot::Sender<Result<Committed, ApiError>>,
+    },
     Offline(i64),
 }
 
@@ -230,9 +277,17 @@ impl Db {
         metrics: Arc<Metrics>,
         config: DbConfig,
     ) -> Result<Db, String> {
-        let Opened { mut conn, position, floor } = opened;
+        let Opened {
+            mut conn,
+            position,
+            floor,
+        } = opened;
         let now = Instant::now();
-        let seen = q::list_agents(&mut conn).map_err(|e| e.to_string())?.into_iter().map(|a| (a.id, now)).collect();
+        let seen = q::list_agents(&mut conn)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|a| (a.id, now))
+            .collect();
         Ok(Db {
             seq: position.seq(),
             conn,
@@ -278,9 +333,15 @@ impl Db {
             for job in &jobs {
                 let before = seq;
                 let result = conn.transaction::<_, ApiError, _>(|conn| {
-                    let mut ctx = WriteCtx { seq: &mut seq, beats, now: now.clone() };
+                    let mut ctx = WriteCtx {
+                        seq: &mut seq,
+                        beats,
+                        now: now.clone(),
+                    };
                     match job {
-                        Job::Call { principal, call, .. } => logic::execute(conn, &mut ctx, principal, call),
+                        Job::Call {
+                            principal, call, ..
+                        } => logic::execute(conn, &mut ctx, principal, call),
                         Job::Offline(id) => logic::mark_offline(conn, &mut ctx, *id),
                     }
                 });
@@ -296,10 +357,11 @@ impl Db {
             }
             Ok(())
         });
-        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.observe(jobs.len() as f64);
         if let Err(e) = committed {
-            let e = if e.code == ErrorCode::Unavailable { e } else { ApiError::from(e) };
             for job in jobs {
                 if let Job::Call { reply, .. } = job {
                     let _ = reply.send(Err(e.clone()));
@@ -327,7 +389,10 @@ impl Db {
                     self.tokens.insert(hash, p);
                 }
                 revoked.extend(out.revoked_tokens);
-                Committed { data: out.data, seq: out.seq }
+                Committed {
+                    data: out.data,
+                    seq: out.seq,
+                }
             });
             if let Job::Call { reply, .. } = job {
                 answers.push((reply, answer));
@@ -340,7 +405,11 @@ impl Db {
             for id in &revoked {
                 self.tokens.remove_token(*id);
             }
-            self.registry.do_send(CloseTokens { token_ids: revoked, code: 1008, reason: "token revoked" });
+            self.registry.do_send(CloseTokens {
+                token_ids: revoked,
+                code: 1008,
+                reason: "token revoked",
+            });
         }
         for (reply, answer) in answers {
             let _ = reply.send(answer);
@@ -352,9 +421,14 @@ impl Db {
         if self.dirty.is_empty() {
             return;
         }
-        let beats: Vec<(i64, String)> =
-            self.dirty.iter().filter_map(|id| self.beats.get(id).map(|at| (*id, at.clone()))).collect();
-        let written = self.conn.immediate_transaction(|conn| q::write_heartbeats(conn, &beats));
+        let beats: Vec<(i64, String)> = self
+            .dirty
+            .iter()
+            .filter_map(|id| self.beats.get(id).map(|at| (*id, at.clone())))
+            .collect();
+        let written = self
+            .conn
+            .immediate_transaction(|conn| q::write_heartbeats(conn, &beats));
         match written {
             Ok(()) => self.dirty.clear(),
             Err(e) => log::warn!("heartbeat times not written yet: {e}"),
@@ -364,7 +438,12 @@ impl Db {
     /// Queues agents that stopped heartbeating to go offline.
     fn sweep_offline(&mut self, ctx: &mut Context<Self>) {
         let timeout = self.config.heartbeat_timeout;
-        let late: Vec<i64> = self.seen.iter().filter(|(_, t)| t.elapsed() >= timeout).map(|(id, _)| *id).collect();
+        let late: Vec<i64> = self
+            .seen
+            .iter()
+            .filter(|(_, t)| t.elapsed() >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
         for id in late {
             // Until it heartbeats again there is nothing more to check.
             self.seen.remove(&id);
@@ -374,19 +453,25 @@ impl Db {
 
     /// Prunes the change log by count and age, and old op_ids.
     fn prune(&mut self) {
-        let max_age = chrono::Duration::from_std(self.config.log_max_age).unwrap_or(chrono::TimeDelta::MAX);
-        let cutoff = (chrono::Utc::now() - max_age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let op_age = chrono::Duration::from_std(self.config.op_keep).unwrap_or(chrono::TimeDelta::MAX);
-        let op_cutoff = (chrono::Utc::now() - op_age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let max_age =
+            chrono::Duration::from_std(self.config.log_max_age).unwrap_or(chrono::TimeDelta::MAX);
+        let cutoff =
+            (chrono::Utc::now() - max_age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let op_age =
+            chrono::Duration::from_std(self.config.op_keep).unwrap_or(chrono::TimeDelta::MAX);
+        let op_cutoff =
+            (chrono::Utc::now() - op_age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let keep = self.config.log_keep;
-        let result = self.conn.immediate_transaction::<_, diesel::result::Error, _>(|conn| {
-            let cut = q::prune_changes(conn, keep, &cutoff)?;
-            if let Some(cut) = cut {
-                q::set_meta(conn, "pruned_through", &cut.to_string())?;
-            }
-            q::prune_ops(conn, &op_cutoff)?;
-            Ok(cut)
-        });
+        let result = self
+            .conn
+            .immediate_transaction::<_, diesel::result::Error, _>(|conn| {
+                let cut = q::prune_changes(conn, keep, &cutoff)?;
+                if let Some(cut) = cut {
+                    q::set_meta(conn, "pruned_through", &cut.to_string())?;
+                }
+                q::prune_ops(conn, &op_cutoff)?;
+                Ok(cut)
+            });
         match result {
             Ok(Some(cut)) => self.floor = self.floor.max(cut),
             Ok(None) => {}
@@ -409,7 +494,12 @@ impl Db {
                     Topic::Agents => (Entity::Agent, None),
                     Topic::Agent(id) => (Entity::Agent, Some(*id)),
                 };
-                let rows = q::changes_since(&mut self.conn, pos.since, Some(filter), self.config.max_replay + 1)?;
+                let rows = q::changes_since(
+                    &mut self.conn,
+                    pos.since,
+                    Some(filter),
+                    self.config.max_replay + 1,
+                )?;
                 if rows.len() as i64 <= self.config.max_replay {
                     if rows.is_empty() && filter.1.is_some() && self.snapshot(topic)?.is_none() {
                         return Err(ApiError::not_found(format!("{topic} does not exist")));
@@ -418,19 +508,28 @@ impl Db {
                         .into_iter()
                         .map(|r| logic::change_of_row(r).map(|c| c.event(topic)))
                         .collect::<Result<Vec<_>, _>>()?;
-                    return Ok(json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "events": events}));
+                    return Ok(
+                        json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "events": events}),
+                    );
                 }
             }
         }
-        let snapshot = self.snapshot(topic)?.ok_or_else(|| ApiError::not_found(format!("{topic} does not exist")))?;
-        Ok(json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "snapshot": snapshot}))
+        let snapshot = self
+            .snapshot(topic)?
+            .ok_or_else(|| ApiError::not_found(format!("{topic} does not exist")))?;
+        Ok(
+            json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "snapshot": snapshot}),
+        )
     }
 
     /// The current state of a topic; `None` for a single entity that does not exist.
     fn snapshot(&mut self, topic: &Topic) -> Result<Option<Value>, ApiError> {
         Ok(match topic {
             Topic::Tasks => Some(Value::Array(logic::list_tasks(&mut self.conn, None, None)?)),
-            Topic::Agents => Some(Value::Array(logic::list_agents(&mut self.conn, &self.beats)?)),
+            Topic::Agents => Some(Value::Array(logic::list_agents(
+                &mut self.conn,
+                &self.beats,
+            )?)),
             Topic::Task(id) => logic::get_task(&mut self.conn, *id)?,
             Topic::Agent(id) => logic::get_agent(&mut self.conn, &self.beats, *id)?,
         })
@@ -440,7 +539,10 @@ impl Db {
         let epoch = self.position.epoch.clone();
         let seq = self.seq;
         match read {
-            Read::Tasks { status, assignee_id } => {
+            Read::Tasks {
+                status,
+                assignee_id,
+            } => {
                 let items = logic::list_tasks(&mut self.conn, status.as_deref(), assignee_id)?;
                 Ok(json!({"epoch": epoch, "seq": seq, "items": items}))
             }
@@ -448,10 +550,15 @@ impl Db {
                 let items = logic::list_agents(&mut self.conn, &self.beats)?;
                 Ok(json!({"epoch": epoch, "seq": seq, "items": items}))
             }
-            Read::Task(id) => logic::get_task(&mut self.conn, id)?.ok_or_else(|| ApiError::not_found(format!("task {id} not found"))),
+            Read::Task(id) => logic::get_task(&mut self.conn, id)?
+                .ok_or_else(|| ApiError::not_found(format!("task {id} not found"))),
             Read::Agent(id) => logic::get_agent(&mut self.conn, &self.beats, id)?
                 .ok_or_else(|| ApiError::not_found(format!("agent {id} not found"))),
-            Read::Changes { since, topic, limit } => {
+            Read::Changes {
+                since,
+                topic,
+                limit,
+            } => {
                 if since < self.floor {
                     return Err(ApiError::gone(format!(
                         "changes up to {} are no longer kept; load a snapshot",
@@ -466,7 +573,11 @@ impl Db {
                 });
                 let rows = q::changes_since(&mut self.conn, since, filter, limit)?;
                 // A page cut short by `limit` is complete up to its last event.
-                let upto = if rows.len() as i64 == limit { rows.last().map_or(seq, |r| r.seq) } else { seq };
+                let upto = if rows.len() as i64 == limit {
+                    rows.last().map_or(seq, |r| r.seq)
+                } else {
+                    seq
+                };
                 let events = rows
                     .into_iter()
                     .map(|r| {
@@ -485,15 +596,23 @@ impl Db {
 
     fn tokens(&mut self, msg: Tokens) -> Result<Value, ApiError> {
         match msg {
-            Tokens::Create { by, role, name, agent_id } => {
+            Tokens::Create {
+                by,
+                role,
+                name,
+                agent_id,
+            } => {
                 authorize(&by, Action::ManageTokens)?;
-                let r = Role::parse(&role).ok_or_else(|| ApiError::invalid(format!("unknown role {role:?}")))?;
+                let r = Role::parse(&role)
+                    .ok_or_else(|| ApiError::invalid(format!("unknown role {role:?}")))?;
                 let n = name.chars().count();
                 if n == 0 || n > 100 {
                     return Err(ApiError::invalid("name must have 1 to 100 characters"));
                 }
                 match (r, agent_id) {
-                    (Role::Agent, None) => return Err(ApiError::invalid("an agent token needs agent_id")),
+                    (Role::Agent, None) => {
+                        return Err(ApiError::invalid("an agent token needs agent_id"))
+                    }
                     (Role::Agent, Some(a)) if q::find_agent(&mut self.conn, a)?.is_none() => {
                         return Err(ApiError::invalid(format!("agent {a} does not exist")))
                     }
@@ -506,26 +625,52 @@ impl Db {
                 let hash = auth::hash_token(&token);
                 let now = logic::now();
                 let row = self.conn.immediate_transaction(|conn| {
-                    q::insert_token(conn, &models::NewToken { hash: &hash, role: r.as_str(), name: &name, agent_id, created_at: &now })
+                    q::insert_token(
+                        conn,
+                        &models::NewToken {
+                            hash: &hash,
+                            role: r.as_str(),
+                            name: &name,
+                            agent_id,
+                            created_at: &now,
+                        },
+                    )
                 })?;
-                self.tokens.insert(hash, Principal { token_id: row.id, role: r, agent_id });
+                self.tokens.insert(
+                    hash,
+                    Principal {
+                        token_id: row.id,
+                        role: r,
+                        agent_id,
+                    },
+                );
                 let mut v = row.to_json();
                 v["token"] = json!(token);
                 Ok(v)
             }
             Tokens::List { by } => {
                 authorize(&by, Action::ManageTokens)?;
-                let items: Vec<Value> = q::list_tokens(&mut self.conn)?.iter().map(models::TokenRow::to_json).collect();
+                let items: Vec<Value> = q::list_tokens(&mut self.conn)?
+                    .iter()
+                    .map(models::TokenRow::to_json)
+                    .collect();
                 Ok(json!({ "items": items }))
             }
             Tokens::Revoke { by, id } => {
                 authorize(&by, Action::ManageTokens)?;
                 let now = logic::now();
-                if !self.conn.immediate_transaction(|conn| q::revoke_token(conn, id, &now))? {
+                if !self
+                    .conn
+                    .immediate_transaction(|conn| q::revoke_token(conn, id, &now))?
+                {
                     return Err(ApiError::not_found(format!("token {id} not found")));
                 }
                 self.tokens.remove_token(id);
-                self.registry.do_send(CloseTokens { token_ids: vec![id], code: 1008, reason: "token revoked" });
+                self.registry.do_send(CloseTokens {
+                    token_ids: vec![id],
+                    code: 1008,
+                    reason: "token revoked",
+                });
                 Ok(json!({}))
             }
         }
@@ -538,7 +683,8 @@ impl Actor for Db {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.prune();
         ctx.run_interval(Duration::from_secs(1), |db, _| db.flush_beats());
-        let sweep = (self.config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let sweep = (self.config.heartbeat_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         ctx.run_interval(sweep, |db, ctx| db.sweep_offline(ctx));
         ctx.run_interval(Duration::from_secs(60), |db, _| db.prune());
     }
@@ -557,8 +703,18 @@ impl Handler<Execute> for Db {
             return Box::pin(async { Err(ApiError::unavailable("the server is shutting down")) });
         }
         let (tx, rx) = oneshot::channel();
-        self.enqueue(Job::Call { principal: msg.principal, call: msg.call, reply: tx }, ctx);
-        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(ApiError::unavailable("the database stopped"))) })
+        self.enqueue(
+            Job::Call {
+                principal: msg.principal,
+                call: msg.call,
+                reply: tx,
+            },
+            ctx,
+        );
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(ApiError::unavailable("the database stopped")))
+        })
     }
 }
 
@@ -574,9 +730,17 @@ impl Handler<Subscribe> for Db {
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
         let result = self.subscribe(&msg.topic, msg.resume.as_ref());
         let ok = result.is_ok();
-        msg.reply_to.do_send(Subscribed { reference: msg.reference, topic: msg.topic.clone(), result: result.map(|d| (d, self.seq)) });
+        msg.reply_to.do_send(Subscribed {
+            reference: msg.reference,
+            topic: msg.topic.clone(),
+            result: result.map(|d| (d, self.seq)),
+        });
         if ok {
-            self.registry.do_send(Join { session_id: msg.session_id, topic: msg.topic, deliver: msg.deliver });
+            self.registry.do_send(Join {
+                session_id: msg.session_id,
+                topic: msg.topic,
+                deliver: msg.deliver,
+            });
         }
     }
 }

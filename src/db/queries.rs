@@ -16,10 +16,12 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 pub fn open(path: &str) -> Result<SqliteConnection, String> {
     if let Some(dir) = std::path::Path::new(path).parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
     }
-    let mut conn = SqliteConnection::establish(path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    let mut conn =
+        SqliteConnection::establish(path).map_err(|e| format!("cannot open {path}: {e}"))?;
     conn.batch_execute(
         "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )
@@ -30,7 +32,11 @@ pub fn open(path: &str) -> Result<SqliteConnection, String> {
 }
 
 pub fn get_meta(conn: &mut SqliteConnection, key: &str) -> QueryResult<Option<String>> {
-    meta::table.find(key).select(meta::value).first(conn).optional()
+    meta::table
+        .find(key)
+        .select(meta::value)
+        .first(conn)
+        .optional()
 }
 
 pub fn set_meta(conn: &mut SqliteConnection, key: &str, value: &str) -> QueryResult<()> {
@@ -43,11 +49,22 @@ pub fn set_meta(conn: &mut SqliteConnection, key: &str, value: &str) -> QueryRes
 // ---- tasks ----
 
 pub fn find_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Task>> {
-    tasks::table.find(id).select(Task::as_select()).first(conn).optional()
+    tasks::table
+        .find(id)
+        .select(Task::as_select())
+        .first(conn)
+        .optional()
 }
 
-pub fn list_tasks(conn: &mut SqliteConnection, status: Option<&str>, assignee_id: Option<i64>) -> QueryResult<Vec<Task>> {
-    let mut q = tasks::table.select(Task::as_select()).order(tasks::id).into_boxed();
+pub fn list_tasks(
+    conn: &mut SqliteConnection,
+    status: Option<&str>,
+    assignee_id: Option<i64>,
+) -> QueryResult<Vec<Task>> {
+    let mut q = tasks::table
+        .select(Task::as_select())
+        .order(tasks::id)
+        .into_boxed();
     if let Some(s) = status {
         q = q.filter(tasks::status.eq(s));
     }
@@ -58,7 +75,10 @@ pub fn list_tasks(conn: &mut SqliteConnection, status: Option<&str>, assignee_id
 }
 
 pub fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> QueryResult<Task> {
-    diesel::insert_into(tasks::table).values(new).returning(Task::as_returning()).get_result(conn)
+    diesel::insert_into(tasks::table)
+        .values(new)
+        .returning(Task::as_returning())
+        .get_result(conn)
 }
 
 pub fn save_task(conn: &mut SqliteConnection, task: &Task) -> QueryResult<()> {
@@ -66,7 +86,9 @@ pub fn save_task(conn: &mut SqliteConnection, task: &Task) -> QueryResult<()> {
 }
 
 pub fn delete_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<()> {
-    diesel::delete(tasks::table.find(id)).execute(conn).map(drop)
+    diesel::delete(tasks::table.find(id))
+        .execute(conn)
+        .map(drop)
 }
 
 pub fn tasks_assigned_to(conn: &mut SqliteConnection, agent_id: i64) -> QueryResult<Vec<Task>> {
@@ -80,22 +102,38 @@ pub fn tasks_assigned_to(conn: &mut SqliteConnection, agent_id: i64) -> QueryRes
 // ---- agents ----
 
 pub fn find_agent(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Agent>> {
-    agents::table.find(id).select(Agent::as_select()).first(conn).optional()
+    agents::table
+        .find(id)
+        .select(Agent::as_select())
+        .first(conn)
+        .optional()
 }
 
-pub fn agent_name_taken(conn: &mut SqliteConnection, name: &str, except_id: i64) -> QueryResult<bool> {
+pub fn agent_name_taken(
+    conn: &mut SqliteConnection,
+    name: &str,
+    except_id: i64,
+) -> QueryResult<bool> {
     diesel::select(diesel::dsl::exists(
-        agents::table.filter(agents::name.eq(name)).filter(agents::id.ne(except_id)),
+        agents::table
+            .filter(agents::name.eq(name))
+            .filter(agents::id.ne(except_id)),
     ))
     .get_result(conn)
 }
 
 pub fn list_agents(conn: &mut SqliteConnection) -> QueryResult<Vec<Agent>> {
-    agents::table.select(Agent::as_select()).order(agents::id).load(conn)
+    agents::table
+        .select(Agent::as_select())
+        .order(agents::id)
+        .load(conn)
 }
 
 pub fn insert_agent(conn: &mut SqliteConnection, new: &NewAgent) -> QueryResult<Agent> {
-    diesel::insert_into(agents::table).values(new).returning(Agent::as_returning()).get_result(conn)
+    diesel::insert_into(agents::table)
+        .values(new)
+        .returning(Agent::as_returning())
+        .get_result(conn)
 }
 
 pub fn save_agent(conn: &mut SqliteConnection, agent: &Agent) -> QueryResult<()> {
@@ -103,7 +141,9 @@ pub fn save_agent(conn: &mut SqliteConnection, agent: &Agent) -> QueryResult<()>
 }
 
 pub fn delete_agent(conn: &mut SqliteConnection, id: i64) -> QueryResult<()> {
-    diesel::delete(agents::table.find(id)).execute(conn).map(drop)
+    diesel::delete(agents::table.find(id))
+        .execute(conn)
+        .map(drop)
 }
 
 pub fn agents_on_task(conn: &mut SqliteConnection, task_id: i64) -> QueryResult<Vec<Agent>> {
@@ -127,11 +167,16 @@ pub fn write_heartbeats(conn: &mut SqliteConnection, beats: &[(i64, String)]) ->
 // ---- change log ----
 
 pub fn append_change(conn: &mut SqliteConnection, row: &ChangeRow) -> QueryResult<()> {
-    diesel::insert_into(changes::table).values(row).execute(conn).map(drop)
+    diesel::insert_into(changes::table)
+        .values(row)
+        .execute(conn)
+        .map(drop)
 }
 
 pub fn max_seq(conn: &mut SqliteConnection) -> QueryResult<Option<i64>> {
-    changes::table.select(diesel::dsl::max(changes::seq)).first(conn)
+    changes::table
+        .select(diesel::dsl::max(changes::seq))
+        .first(conn)
 }
 
 /// Changes after `since`, oldest first, optionally only those of one entity kind
@@ -160,8 +205,14 @@ pub fn changes_since(
 /// Deletes changes beyond the newest `keep`, and those older than `before`,
 /// but never the newest one (it carries the position across restarts).
 /// Returns the seq of the newest change removed, if any.
-pub fn prune_changes(conn: &mut SqliteConnection, keep: i64, before: &str) -> QueryResult<Option<i64>> {
-    let Some(newest) = max_seq(conn)? else { return Ok(None) };
+pub fn prune_changes(
+    conn: &mut SqliteConnection,
+    keep: i64,
+    before: &str,
+) -> QueryResult<Option<i64>> {
+    let Some(newest) = max_seq(conn)? else {
+        return Ok(None);
+    };
     let by_count = newest - keep.max(1);
     let by_age: Option<i64> = changes::table
         .filter(changes::at.lt(before))
@@ -182,12 +233,23 @@ pub fn count_changes(conn: &mut SqliteConnection) -> QueryResult<i64> {
 
 // ---- remembered op_ids ----
 
-pub fn find_op(conn: &mut SqliteConnection, token_id: i64, op_id: &str) -> QueryResult<Option<OpRow>> {
-    ops::table.find((token_id, op_id)).select(OpRow::as_select()).first(conn).optional()
+pub fn find_op(
+    conn: &mut SqliteConnection,
+    token_id: i64,
+    op_id: &str,
+) -> QueryResult<Option<OpRow>> {
+    ops::table
+        .find((token_id, op_id))
+        .select(OpRow::as_select())
+        .first(conn)
+        .optional()
 }
 
 pub fn insert_op(conn: &mut SqliteConnection, row: &OpRow) -> QueryResult<()> {
-    diesel::insert_into(ops::table).values(row).execute(conn).map(drop)
+    diesel::insert_into(ops::table)
+        .values(row)
+        .execute(conn)
+        .map(drop)
 }
 
 pub fn prune_ops(conn: &mut SqliteConnection, before: &str) -> QueryResult<usize> {
@@ -197,15 +259,28 @@ pub fn prune_ops(conn: &mut SqliteConnection, before: &str) -> QueryResult<usize
 // ---- tokens ----
 
 pub fn insert_token(conn: &mut SqliteConnection, new: &NewToken) -> QueryResult<TokenRow> {
-    diesel::insert_into(tokens::table).values(new).returning(TokenRow::as_returning()).get_result(conn)
+    diesel::insert_into(tokens::table)
+        .values(new)
+        .returning(TokenRow::as_returning())
+        .get_result(conn)
 }
 
-pub fn find_token_by_hash(conn: &mut SqliteConnection, hash: &str) -> QueryResult<Option<TokenRow>> {
-    tokens::table.filter(tokens::hash.eq(hash)).select(TokenRow::as_select()).first(conn).optional()
+pub fn find_token_by_hash(
+    conn: &mut SqliteConnection,
+    hash: &str,
+) -> QueryResult<Option<TokenRow>> {
+    tokens::table
+        .filter(tokens::hash.eq(hash))
+        .select(TokenRow::as_select())
+        .first(conn)
+        .optional()
 }
 
 pub fn list_tokens(conn: &mut SqliteConnection) -> QueryResult<Vec<TokenRow>> {
-    tokens::table.select(TokenRow::as_select()).order(tokens::id).load(conn)
+    tokens::table
+        .select(TokenRow::as_select())
+        .order(tokens::id)
+        .load(conn)
 }
 
 pub fn count_tokens(conn: &mut SqliteConnection) -> QueryResult<i64> {
@@ -221,7 +296,11 @@ pub fn revoke_token(conn: &mut SqliteConnection, id: i64, at: &str) -> QueryResu
 }
 
 /// Revokes every token bound to an agent (the agent is gone).
-pub fn revoke_agent_tokens(conn: &mut SqliteConnection, agent_id: i64, at: &str) -> QueryResult<Vec<i64>> {
+pub fn revoke_agent_tokens(
+    conn: &mut SqliteConnection,
+    agent_id: i64,
+    at: &str,
+) -> QueryResult<Vec<i64>> {
     let ids: Vec<i64> = tokens::table
         .filter(tokens::agent_id.eq(agent_id))
         .filter(tokens::revoked_at.is_null())

@@ -1,0 +1,313 @@
+//! The test harness: a real server on port 0 with a fresh database, and a small
+//! WebSocket client that speaks the protocol as outside clients will.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use taskwire::Config;
+
+/// How long any single await in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server started for one test, with its own database file.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub admin: String,
+    pub db_path: PathBuf,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts a server with the default settings.
+pub fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {})
+}
+
+/// Starts a server after `tweak` adjusted its settings.
+pub fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_path = dir.path().join("data").join("taskwire.db");
+    start_on(dir, db_path, tweak)
+}
+
+fn start_on(dir: tempfile::TempDir, db_path: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let admin = "tw_test_admin_token".to_string();
+    let mut config = Config {
+        db_path: db_path.to_string_lossy().into_owned(),
+        admin_token: Some(admin.clone()),
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let listener = taskwire::bind("127.0.0.1:0".parse().unwrap()).expect("bind port 0");
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(taskwire::run(listener, config, async move {
+            let _ = stopped.await;
+        }))
+    });
+    TestApp {
+        addr,
+        admin,
+        db_path,
+        dir,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// An HTTP client; requests carry the admin token unless told otherwise.
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::builder().timeout(WAIT).build().unwrap()
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http().get(self.url(path)).bearer_auth(&self.admin)
+    }
+    pub fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
+        self.http()
+            .post(self.url(path))
+            .bearer_auth(&self.admin)
+            .json(&body)
+    }
+    pub fn patch(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
+        self.http()
+            .patch(self.url(path))
+            .bearer_auth(&self.admin)
+            .json(&body)
+    }
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http().delete(self.url(path)).bearer_auth(&self.admin)
+    }
+
+    /// A socket with the admin token, its hello already read.
+    pub async fn ws(&self) -> Ws {
+        self.ws_as(&self.admin).await
+    }
+
+    /// A socket with `token`, its hello already read.
+    pub async fn ws_as(&self, token: &str) -> Ws {
+        let mut req = self.ws_url().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let mut ws = Ws {
+            stream,
+            backlog: VecDeque::new(),
+            next_ref: 1,
+            hello: Value::Null,
+        };
+        let hello = ws.recv().await;
+        assert_eq!(hello["type"], "hello", "{hello}");
+        ws.hello = hello;
+        ws
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().expect("server thread").expect("server ran");
+        }
+    }
+
+    /// Stops the server and starts a new one on the same database file.
+    pub fn restart(mut self, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        self.stop();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        start_on(dir, self.db_path.clone(), tweak)
+    }
+
+    /// Creates a task over REST and returns it.
+    pub async fn create_task(&self, title: &str) -> Value {
+        let res = self
+            .post("/api/tasks", json!({ "title": title }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.json().await.unwrap()
+    }
+
+    /// Opens a separate SQLite connection on the file, as another process would.
+    pub fn sqlite(&self) -> sqlite::Conn {
+        sqlite::Conn::open(&self.db_path)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A second connection on the database file through diesel, independent of the
+/// server's.
+pub mod sqlite {
+    use diesel::prelude::*;
+    use diesel::sql_types::{BigInt, Text};
+
+    pub struct Conn(SqliteConnection);
+
+    #[derive(QueryableByName)]
+    struct One {
+        #[diesel(sql_type = Text)]
+        v: String,
+    }
+    #[derive(QueryableByName)]
+    struct Num {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+
+    impl Conn {
+        pub fn open(path: &std::path::Path) -> Conn {
+            Conn(SqliteConnection::establish(path.to_str().unwrap()).expect("open the file"))
+        }
+        /// One text value of a query, if a row came back.
+        pub fn text(&mut self, sql: &str) -> Option<String> {
+            diesel::sql_query(sql)
+                .load::<One>(&mut self.0)
+                .unwrap()
+                .pop()
+                .map(|r| r.v)
+        }
+        /// One integer value of a query.
+        pub fn int(&mut self, sql: &str) -> i64 {
+            diesel::sql_query(sql)
+                .load::<Num>(&mut self.0)
+                .unwrap()
+                .pop()
+                .map(|r| r.n)
+                .unwrap_or(0)
+        }
+    }
+}
+
+/// A protocol client: sends frames, matches replies by ref, keeps other frames
+/// (events) in order for the test to read.
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    backlog: VecDeque<Value>,
+    next_ref: i64,
+    pub hello: Value,
+}
+
+impl Ws {
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::Text(text.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send(&mut self, frame: &Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    /// The next text frame from the socket (not the backlog), as JSON.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("no frame within the wait")
+                .expect("socket ended")
+                .expect("socket error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame that is not a reply: from the backlog, else the socket.
+    pub async fn next_event(&mut self) -> Value {
+        if let Some(v) = self.backlog.pop_front() {
+            return v;
+        }
+        self.recv().await
+    }
+
+    /// Sends `frame` with a fresh ref and waits for its reply; frames that come
+    /// meanwhile are kept for `next_event`.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        let r = self.next_ref;
+        self.next_ref += 1;
+        frame["ref"] = json!(r);
+        self.send(&frame).await;
+        self.reply_to(json!(r)).await
+    }
+
+    /// Waits for the reply with `reference`, keeping other frames.
+    pub async fn reply_to(&mut self, reference: Value) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "reply" && v["ref"] == reference {
+                return v;
+            }
+            self.backlog.push_back(v);
+        }
+    }
+
+    pub async fn subscribe(&mut self, topic: &str) -> Value {
+        self.request(json!({"type": "subscribe", "topic": topic}))
+            .await
+    }
+
+    pub async fn resume(&mut self, topic: &str, epoch: &str, since: i64) -> Value {
+        self.request(json!({"type": "subscribe", "topic": topic, "epoch": epoch, "since": since}))
+            .await
+    }
+
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.request(json!({"type": "call", "method": method, "params": params}))
+            .await
+    }
+
+    /// Like `call`, but panics unless the reply is ok; returns the whole reply.
+    pub async fn call_ok(&mut self, method: &str, params: Value) -> Value {
+        let r = self.call(method, params).await;
+        assert_eq!(r["ok"], true, "{r}");
+        r
+    }
+
+    /// Waits for the socket's close frame and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("no close within the wait")
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
