@@ -3,10 +3,11 @@
 //! Tokens are 256 random bits; only their SHA-256 is stored. A verified token's
 //! principal is cached in memory and dropped from the cache on revocation.
 
+use diesel::{Connection, SqliteConnection};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
@@ -83,12 +84,8 @@ pub fn authorize(p: &Principal, action: Action) -> Result<(), ApiError> {
         (Role::Admin, _) => true,
         (_, Action::Read) => true,
         (Role::Member, Action::CreateTask | Action::UpdateTask { .. } | Action::DeleteTask) => true,
-        (Role::Agent, Action::UpdateTask { assignee_id }) => {
-            assignee_id.is_some() && assignee_id == p.agent_id
-        }
-        (Role::Agent, Action::UpdateAgent { id } | Action::Heartbeat { id }) => {
-            p.agent_id == Some(id)
-        }
+        (Role::Agent, Action::UpdateTask { assignee_id }) => assignee_id.is_some() && assignee_id == p.agent_id,
+        (Role::Agent, Action::UpdateAgent { id } | Action::Heartbeat { id }) => p.agent_id == Some(id),
         _ => false,
     };
     if allowed {
@@ -113,36 +110,106 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Verified tokens by hash. Filled at start from the database and kept in step by
-/// the Db actor when tokens are created or revoked.
+/// Verified tokens by hash, and browser sessions by hash. Filled at start from
+/// the database and kept in step by the Db actor when tokens are created or
+/// revoked. A token created by the command line while the server runs is found
+/// in the file on its first use.
 #[derive(Default)]
 pub struct TokenCache {
     by_hash: RwLock<HashMap<String, Principal>>,
+    sessions: RwLock<HashMap<String, i64>>,
+    file: Option<Mutex<SqliteConnection>>,
 }
 
 impl TokenCache {
-    pub fn insert(&self, hash: String, p: Principal) {
-        self.by_hash
-            .write()
-            .expect("token cache poisoned")
-            .insert(hash, p);
+    /// A cache that looks up unknown tokens in the database file at `path`.
+    pub fn with_file(path: &str) -> Result<TokenCache, String> {
+        let conn = SqliteConnection::establish(path).map_err(|e| format!("cannot open {path}: {e}"))?;
+        Ok(TokenCache {
+            file: Some(Mutex::new(conn)),
+            ..TokenCache::default()
+        })
     }
 
+    pub fn insert(&self, hash: String, p: Principal) {
+        self.by_hash.write().expect("token cache poisoned").insert(hash, p);
+    }
+
+    /// Forgets a token and every browser session made with it.
     pub fn remove_token(&self, token_id: i64) {
         self.by_hash
             .write()
             .expect("token cache poisoned")
             .retain(|_, p| p.token_id != token_id);
+        self.sessions
+            .write()
+            .expect("session cache poisoned")
+            .retain(|_, t| *t != token_id);
+    }
+
+    /// True if the token is live in the cache.
+    pub fn has_token(&self, token_id: i64) -> bool {
+        self.by_hash
+            .read()
+            .expect("token cache poisoned")
+            .values()
+            .any(|p| p.token_id == token_id)
+    }
+
+    pub fn insert_session(&self, hash: String, token_id: i64) {
+        self.sessions
+            .write()
+            .expect("session cache poisoned")
+            .insert(hash, token_id);
+    }
+
+    pub fn remove_session(&self, hash: &str) {
+        self.sessions.write().expect("session cache poisoned").remove(hash);
     }
 
     /// The principal of a presented token, if it is a live one.
     pub fn verify(&self, token: &str) -> Option<Principal> {
         let hash = hash_token(token);
+        if let Some(p) = self.cached(&hash) {
+            return Some(p);
+        }
+        let p = self.from_file(&hash)?;
+        self.insert(hash, p.clone());
+        Some(p)
+    }
+
+    fn cached(&self, hash: &str) -> Option<Principal> {
         let map = self.by_hash.read().expect("token cache poisoned");
-        let (stored, p) = map.get_key_value(&hash)?;
+        let (stored, p) = map.get_key_value(hash)?;
         // The lookup is by equality of a hash of 256 random bits; the constant-time
         // compare keeps the last step free of timing differences too.
         bool::from(stored.as_bytes().ct_eq(hash.as_bytes())).then(|| p.clone())
+    }
+
+    fn from_file(&self, hash: &str) -> Option<Principal> {
+        let mut conn = self.file.as_ref()?.lock().expect("token file poisoned");
+        let row = crate::db::queries::find_token_by_hash(&mut conn, hash).ok()??;
+        if row.revoked_at.is_some() {
+            return None;
+        }
+        Some(Principal {
+            token_id: row.id,
+            role: Role::parse(&row.role)?,
+            agent_id: row.agent_id,
+        })
+    }
+
+    /// The principal of a browser session cookie, if the session and its token
+    /// are live.
+    pub fn verify_session(&self, secret: &str) -> Option<Principal> {
+        let hash = hash_token(secret);
+        let token_id = *self.sessions.read().expect("session cache poisoned").get(&hash)?;
+        self.by_hash
+            .read()
+            .expect("token cache poisoned")
+            .values()
+            .find(|p| p.token_id == token_id)
+            .cloned()
     }
 }
 
@@ -181,20 +248,8 @@ mod tests {
         assert!(authorize(&agent, Action::Heartbeat { id: 8 }).is_err());
         assert!(authorize(&agent, Action::UpdateAgent { id: 7 }).is_ok());
         assert!(authorize(&agent, Action::UpdateAgent { id: 8 }).is_err());
-        assert!(authorize(
-            &agent,
-            Action::UpdateTask {
-                assignee_id: Some(7)
-            }
-        )
-        .is_ok());
-        assert!(authorize(
-            &agent,
-            Action::UpdateTask {
-                assignee_id: Some(8)
-            }
-        )
-        .is_err());
+        assert!(authorize(&agent, Action::UpdateTask { assignee_id: Some(7) }).is_ok());
+        assert!(authorize(&agent, Action::UpdateTask { assignee_id: Some(8) }).is_err());
         assert!(authorize(&agent, Action::UpdateTask { assignee_id: None }).is_err());
         assert!(authorize(&agent, Action::CreateTask).is_err());
         assert!(authorize(&agent, Action::DeleteTask).is_err());

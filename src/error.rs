@@ -92,9 +92,7 @@ impl ApiError {
     pub fn stale(entity: &str, id: i64, current: i64, expected: i64) -> Self {
         ApiError {
             stale_version: true,
-            ..Self::conflict(format!(
-                "{entity} {id} is at version {current}, not {expected}"
-            ))
+            ..Self::conflict(format!("{entity} {id} is at version {current}, not {expected}"))
         }
     }
     pub fn unauthorized(m: impl Into<String>) -> Self {
@@ -132,9 +130,7 @@ impl From<diesel::result::Error> for ApiError {
         use diesel::result::{DatabaseErrorKind, Error};
         match &e {
             Error::NotFound => ApiError::not_found("no such entity"),
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-                ApiError::conflict("already exists")
-            }
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => ApiError::conflict("already exists"),
             Error::DatabaseError(_, info) if is_storage_fault(info.message()) => {
                 log::warn!("database refuses writes: {}", info.message());
                 ApiError::unavailable("the database cannot take writes right now")

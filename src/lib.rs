@@ -11,6 +11,7 @@
 //! - [`session`]: the Session actor, one per WebSocket.
 //! - [`rest`]: the REST routes, auth extraction, `/healthz`, `/metrics`.
 //! - [`auth`]: tokens, roles and the policy table.
+//! - [`limits`]: rate limits and socket counts.
 //! - [`metrics`]: the Prometheus metrics.
 //!
 //! [`run`] starts the whole server on an already bound listener and stops it
@@ -19,7 +20,9 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
@@ -28,15 +31,15 @@ pub mod session;
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use auth::{Principal, Role, TokenCache};
+use auth::TokenCache;
 pub use config::Config;
 use db::{Db, Drain, Head};
+use limits::{RestLimiter, SocketCounts};
 use metrics::Metrics;
 use registry::{CloseAll, Registry};
 
@@ -50,70 +53,13 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub sockets: Arc<SocketCounts>,
-}
-
-/// Open sockets, in total and per token, against the configured limits.
-#[derive(Default)]
-pub struct SocketCounts {
-    inner: Mutex<(usize, HashMap<i64, usize>)>,
-    max_total: usize,
-    max_per_token: usize,
-}
-
-impl SocketCounts {
-    pub fn new(max_total: usize, max_per_token: usize) -> Self {
-        SocketCounts {
-            inner: Mutex::default(),
-            max_total,
-            max_per_token,
-        }
-    }
-
-    /// Takes a socket slot for `p`, or says why not. Admin tokens count only
-    /// toward the total.
-    pub fn acquire(&self, p: &Principal) -> Result<(), error::ApiError> {
-        let mut g = self.inner.lock().expect("socket counts poisoned");
-        if g.0 >= self.max_total {
-            return Err(error::ApiError::unavailable(
-                "the server holds as many sockets as it may",
-            ));
-        }
-        if p.role != Role::Admin {
-            let n = g.1.entry(p.token_id).or_default();
-            if *n >= self.max_per_token {
-                return Err(error::ApiError::unavailable(
-                    "this token holds as many sockets as it may",
-                ));
-            }
-            *n += 1;
-        }
-        g.0 += 1;
-        Ok(())
-    }
-
-    /// Gives back a slot taken by [`SocketCounts::acquire`].
-    pub fn release(&self, p: &Principal) {
-        let mut g = self.inner.lock().expect("socket counts poisoned");
-        g.0 = g.0.saturating_sub(1);
-        if p.role != Role::Admin {
-            if let Some(n) = g.1.get_mut(&p.token_id) {
-                *n -= 1;
-                if *n == 0 {
-                    g.1.remove(&p.token_id);
-                }
-            }
-        }
-    }
+    pub rest_limits: Arc<RestLimiter>,
 }
 
 /// Binds a listener with a backlog large enough for thousands of clients
 /// connecting at once.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
@@ -123,29 +69,21 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Runs the server on `listener` until `shutdown` resolves, then stops
 /// gracefully: pending commits finish and are answered, every socket is closed
 /// with 1001. Must be called inside an actix system.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let other = |e: String| std::io::Error::other(e);
     let mut opened = db::open(&config.db_path).map_err(other)?;
-    if let Some(token) =
-        db::ensure_admin_token(&mut opened.conn, config.admin_token.as_deref()).map_err(other)?
-    {
+    if let Some(token) = db::ensure_admin_token(&mut opened.conn, config.admin_token.as_deref()).map_err(other)? {
         let addr = listener.local_addr()?;
         // Shown once, on the terminal only, so the token is in no log file.
         eprintln!("taskwire: created the admin token. Log in at http://{addr}/login?token={token}");
     }
-    let tokens = Arc::new(TokenCache::default());
+    let tokens = Arc::new(TokenCache::with_file(&config.db_path).map_err(other)?);
     db::load_tokens(&mut opened.conn, &tokens).map_err(other)?;
     let metrics = Arc::new(Metrics::new());
     let head = opened.position.clone();
 
     let registry_metrics = metrics.clone();
-    let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-        Registry::new(registry_metrics)
-    });
+    let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| Registry::new(registry_metrics));
     let db = Db::new(
         opened,
         registry.clone(),
@@ -161,24 +99,33 @@ pub async fn run(
         registry: registry.clone(),
         tokens,
         head,
-        sockets: Arc::new(SocketCounts::new(
-            config.max_sockets,
-            config.max_sockets_per_token,
-        )),
+        sockets: Arc::new(SocketCounts::new(config.max_sockets, config.max_sockets_per_token)),
+        rest_limits: Arc::new(RestLimiter::new(config.rest_rate_limit)),
         config: Arc::new(config),
         metrics,
     };
     let addr = listener.local_addr()?;
     let data = web::Data::new(state.clone());
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(rest::routes))
-        .workers(state.config.workers)
-        .backlog(4096)
-        .max_connection_rate(4096)
-        .client_request_timeout(Duration::from_secs(10))
-        .shutdown_timeout(3)
-        .disable_signals()
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add(("Content-Security-Policy", rest::CSP))
+                    .add(("X-Content-Type-Options", "nosniff"))
+                    .add(("X-Frame-Options", "DENY"))
+                    .add(("Referrer-Policy", "no-referrer")),
+            )
+            .configure(rest::routes)
+    })
+    .workers(state.config.workers)
+    .backlog(4096)
+    .max_connection_rate(4096)
+    .client_request_timeout(Duration::from_secs(10))
+    .shutdown_timeout(3)
+    .disable_signals()
+    .listen(listener)?
+    .run();
     log::info!(
         "taskwire listening on http://{addr} (database {})",
         state.config.db_path

@@ -1,9 +1,6 @@
 //! Prometheus metrics, served at `/metrics` in the text format.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Every metric the server keeps.
 pub struct Metrics {
@@ -22,49 +19,34 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let sockets_open =
-            IntGauge::new("taskwire_sockets_open", "WebSocket connections open").unwrap();
+        let sockets_open = IntGauge::new("taskwire_sockets_open", "WebSocket connections open").unwrap();
         let subscriptions = IntGaugeVec::new(
-            Opts::new(
-                "taskwire_subscriptions",
-                "subscriptions held, by topic kind",
-            ),
+            Opts::new("taskwire_subscriptions", "subscriptions held, by topic kind"),
             &["kind"],
         )
         .unwrap();
-        let events_published =
-            IntCounter::new("taskwire_events_published_total", "changes published").unwrap();
-        let events_delivered = IntCounter::new(
-            "taskwire_events_delivered_total",
-            "event frames handed to sessions",
-        )
-        .unwrap();
+        let events_published = IntCounter::new("taskwire_events_published_total", "changes published").unwrap();
+        let events_delivered =
+            IntCounter::new("taskwire_events_delivered_total", "event frames handed to sessions").unwrap();
         let sockets_closed_slow = IntCounter::new(
             "taskwire_sockets_closed_slow_total",
             "sockets closed 1013 for not keeping up",
         )
         .unwrap();
         let commit_seconds = Histogram::with_opts(
-            HistogramOpts::new("taskwire_commit_seconds", "time of one group commit").buckets(
-                vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
-                ],
-            ),
+            HistogramOpts::new("taskwire_commit_seconds", "time of one group commit").buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ]),
         )
         .unwrap();
         let batch_size = Histogram::with_opts(
-            HistogramOpts::new("taskwire_commit_batch_size", "writes per group commit").buckets(
-                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
-            ),
+            HistogramOpts::new("taskwire_commit_batch_size", "writes per group commit")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
         )
         .unwrap();
-        let db_mailbox = IntGauge::new(
-            "taskwire_db_pending_writes",
-            "writes waiting for the next group commit",
-        )
-        .unwrap();
-        let change_log_len =
-            IntGauge::new("taskwire_change_log_length", "changes kept in the log").unwrap();
+        let db_mailbox =
+            IntGauge::new("taskwire_db_pending_writes", "writes waiting for the next group commit").unwrap();
+        let change_log_len = IntGauge::new("taskwire_change_log_length", "changes kept in the log").unwrap();
         for m in [
             Box::new(sockets_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(subscriptions.clone()),

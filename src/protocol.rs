@@ -32,8 +32,7 @@ impl Topic {
             _ => {}
         }
         let (kind, id) = s.split_once(':').ok_or_else(bad)?;
-        let canonical =
-            !id.is_empty() && !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit());
+        let canonical = !id.is_empty() && !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit());
         let id: i64 = if canonical {
             id.parse().map_err(|_| bad())?
         } else {
@@ -131,13 +130,8 @@ pub fn readable_ref(frame: &Map<String, Value>) -> Option<Ref> {
 /// A parsed client frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Subscribe {
-        topic: Topic,
-        resume: Option<Position>,
-    },
-    Unsubscribe {
-        topic: Topic,
-    },
+    Subscribe { topic: Topic, resume: Option<Position> },
+    Unsubscribe { topic: Topic },
     Call(Call),
     Ping,
 }
@@ -202,8 +196,8 @@ pub type Rejected = (Option<Ref>, ApiError);
 /// Parses one text frame into its `ref` and request. Whatever is wrong becomes
 /// the error to answer, with the `ref` when one could be read.
 pub fn parse_frame(text: &str) -> Result<(Ref, Request), Rejected> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| (None, ApiError::bad_request(format!("not JSON: {e}"))))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| (None, ApiError::bad_request(format!("not JSON: {e}"))))?;
     let Value::Object(frame) = value else {
         return Err((None, ApiError::bad_request("a frame must be a JSON object")));
     };
@@ -250,10 +244,7 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
                 .map_err(|_| ApiError::bad_request("`since` is too large"))?;
             Ok(Request::Subscribe {
                 topic,
-                resume: since.map(|since| Position {
-                    epoch: f.epoch,
-                    since,
-                }),
+                resume: since.map(|since| Position { epoch: f.epoch, since }),
             })
         }
         "unsubscribe" => {
@@ -305,9 +296,7 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
             let _: F = from_value(frame)?;
             Ok(Request::Ping)
         }
-        other => Err(ApiError::bad_request(format!(
-            "unknown frame type {other:?}"
-        ))),
+        other => Err(ApiError::bad_request(format!("unknown frame type {other:?}"))),
     }
 }
 
@@ -548,10 +537,8 @@ mod tests {
 
     #[test]
     fn good_frames_parse() {
-        let (_, request) = parse_frame(
-            r#"{"ref":2,"type":"subscribe","topic":"task:42","epoch":"e","since":1200}"#,
-        )
-        .unwrap();
+        let (_, request) =
+            parse_frame(r#"{"ref":2,"type":"subscribe","topic":"task:42","epoch":"e","since":1200}"#).unwrap();
         assert_eq!(
             request,
             Request::Subscribe {
@@ -562,7 +549,9 @@ mod tests {
                 })
             }
         );
-        let (_, request) = parse_frame(r#"{"ref":5,"type":"call","method":"task.update","params":{"id":1,"patch":{}},"op_id":"x"}"#).unwrap();
+        let (_, request) =
+            parse_frame(r#"{"ref":5,"type":"call","method":"task.update","params":{"id":1,"patch":{}},"op_id":"x"}"#)
+                .unwrap();
         match request {
             Request::Call(c) => {
                 assert_eq!(c.method, Method::TaskUpdate);

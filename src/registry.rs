@@ -119,10 +119,7 @@ impl Registry {
     fn leave(&mut self, session_id: u64, topic: &Topic) {
         if let Some(subs) = self.topics.get_mut(topic) {
             if subs.remove(&session_id).is_some() {
-                self.metrics
-                    .subscriptions
-                    .with_label_values(&[topic.kind()])
-                    .dec();
+                self.metrics.subscriptions.with_label_values(&[topic.kind()]).dec();
             }
             if subs.is_empty() {
                 self.topics.remove(topic);
@@ -149,9 +146,7 @@ impl Registry {
                 dead.push(*id);
             }
         }
-        self.metrics
-            .events_delivered
-            .inc_by((subs.len() - dead.len()) as u64);
+        self.metrics.events_delivered.inc_by((subs.len() - dead.len()) as u64);
         for id in dead {
             self.leave(id, topic);
         }
@@ -226,16 +221,12 @@ impl Handler<Publish> for Registry {
                 Published::Change(change) => {
                     self.metrics.events_published.inc();
                     for topic in Topic::for_entity(change.entity, change.entity_id) {
-                        self.fan_out(&topic, Some(change.seq), || {
-                            change.event(&topic).to_string()
-                        });
+                        self.fan_out(&topic, Some(change.seq), || change.event(&topic).to_string());
                     }
                 }
                 Published::Heartbeat { agent_id, at } => {
                     for topic in [Topic::Agents, Topic::Agent(agent_id)] {
-                        self.fan_out(&topic, None, || {
-                            heartbeat_event(&topic, agent_id, &at).to_string()
-                        });
+                        self.fan_out(&topic, None, || heartbeat_event(&topic, agent_id, &at).to_string());
                     }
                 }
             }

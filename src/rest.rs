@@ -18,50 +18,67 @@ use crate::AppState;
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::QueryConfig::default()
-            .error_handler(|e, _| ApiError::bad_request(e.to_string()).into()),
-    )
-    .route("/healthz", web::get().to(healthz))
-    .route("/metrics", web::get().to(metrics))
-    .route("/ws", web::get().to(upgrade))
-    .service(
-        web::scope("/api")
-            .route("/tasks", web::get().to(list_tasks))
-            .route("/tasks", web::post().to(create_task))
-            .route("/tasks/{id}", web::get().to(get_task))
-            .route("/tasks/{id}", web::patch().to(update_task))
-            .route("/tasks/{id}", web::delete().to(delete_task))
-            .route("/agents", web::get().to(list_agents))
-            .route("/agents", web::post().to(create_agent))
-            .route("/agents/{id}", web::get().to(get_agent))
-            .route("/agents/{id}", web::patch().to(update_agent))
-            .route("/agents/{id}", web::delete().to(delete_agent))
-            .route("/agents/{id}/heartbeat", web::post().to(heartbeat))
-            .route("/changes", web::get().to(changes))
-            .route("/tokens", web::post().to(create_token))
-            .route("/tokens", web::get().to(list_tokens))
-            .route("/tokens/{id}", web::delete().to(revoke_token)),
-    )
-    .default_service(web::to(not_found));
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request(e.to_string()).into()))
+        .route("/", web::get().to(index_page))
+        .route("/tasks/{id}", web::get().to(task_page))
+        .route("/agents/{id}", web::get().to(agent_page))
+        .route("/static/{path:.*}", web::get().to(static_file))
+        .route("/login", web::get().to(login))
+        .route("/logout", web::get().to(logout))
+        .route("/logout", web::post().to(logout))
+        .route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/ws", web::get().to(upgrade))
+        .service(
+            web::scope("/api")
+                .route("/tasks", web::get().to(list_tasks))
+                .route("/tasks", web::post().to(create_task))
+                .route("/tasks/{id}", web::get().to(get_task))
+                .route("/tasks/{id}", web::patch().to(update_task))
+                .route("/tasks/{id}", web::delete().to(delete_task))
+                .route("/agents", web::get().to(list_agents))
+                .route("/agents", web::post().to(create_agent))
+                .route("/agents/{id}", web::get().to(get_agent))
+                .route("/agents/{id}", web::patch().to(update_agent))
+                .route("/agents/{id}", web::delete().to(delete_agent))
+                .route("/agents/{id}/heartbeat", web::post().to(heartbeat))
+                .route("/changes", web::get().to(changes))
+                .route("/tokens", web::post().to(create_token))
+                .route("/tokens", web::get().to(list_tokens))
+                .route("/tokens/{id}", web::delete().to(revoke_token)),
+        )
+        .default_service(web::to(not_found));
 }
 
 type Res = Result<HttpResponse, ApiError>;
+
+/// The name of the browser session cookie.
+pub const SESSION_COOKIE: &str = "taskwire_session";
+
+/// The Content-Security-Policy of every response: only the server's own
+/// scripts, styles and connections; no framing.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// The static pages and the browser client, embedded in the binary.
+#[derive(rust_embed::RustEmbed)]
+#[folder = "static/"]
+struct Assets;
 
 impl FromRequest for Principal {
     type Error = ApiError;
     type Future = Ready<Result<Principal, ApiError>>;
 
+    /// REST callers authenticate with a bearer token, and each token has its
+    /// own request budget.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let app = req
-            .app_data::<web::Data<AppState>>()
-            .expect("app state is registered");
-        ready(authenticate(app, req.headers()))
+        let app = req.app_data::<web::Data<AppState>>().expect("app state is registered");
+        ready(bearer(app, req.headers()).and_then(|p| app.rest_limits.check(&p).map(|()| p)))
     }
 }
 
 /// The principal of a request's bearer token.
-fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+fn bearer(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
@@ -74,6 +91,32 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiErr
     app.tokens
         .verify(token)
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
+}
+
+/// The principal of a socket upgrade: a bearer token, or the session cookie
+/// from a page of an allowed origin (anything else could be cross-site
+/// WebSocket hijacking).
+fn socket_principal(app: &AppState, req: &HttpRequest) -> Result<Principal, ApiError> {
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        return bearer(app, req.headers());
+    }
+    let Some(cookie) = req.cookie(SESSION_COOKIE) else {
+        return Err(ApiError::unauthorized(
+            "send Authorization: Bearer <token>, or log in at /login",
+        ));
+    };
+    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let own = {
+        let info = req.connection_info();
+        format!("{}://{}", info.scheme(), info.host())
+    };
+    let allowed = origin.is_some_and(|o| o == own || app.config.allowed_origins.iter().any(|a| a == o));
+    if !allowed {
+        return Err(ApiError::forbidden("this origin may not use the session cookie"));
+    }
+    app.tokens
+        .verify_session(cookie.value())
+        .ok_or_else(|| ApiError::unauthorized("the session has ended; log in again"))
 }
 
 async fn not_found() -> Res {
@@ -91,7 +134,7 @@ async fn metrics(app: web::Data<AppState>, _who: Principal) -> HttpResponse {
 }
 
 async fn upgrade(req: HttpRequest, payload: web::Payload, app: web::Data<AppState>) -> Res {
-    let who = authenticate(&app, req.headers())?;
+    let who = socket_principal(&app, &req)?;
     app.sockets.acquire(&who)?;
     match crate::session::start(&req, payload, app.get_ref().clone(), who.clone()) {
         Ok(res) => Ok(res),
@@ -102,23 +145,101 @@ async fn upgrade(req: HttpRequest, payload: web::Payload, app: web::Data<AppStat
     }
 }
 
+// ---- pages and login ----
+
+fn asset(path: &str) -> Res {
+    let file = Assets::get(path).ok_or_else(|| ApiError::not_found("no such file"))?;
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    Ok(HttpResponse::Ok()
+        .content_type(mime.as_ref())
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(file.data.into_owned()))
+}
+
+async fn index_page() -> Res {
+    asset("index.html")
+}
+
+async fn task_page(id: web::Path<String>) -> Res {
+    path_id(&id)?;
+    asset("task.html")
+}
+
+async fn agent_page(id: web::Path<String>) -> Res {
+    path_id(&id)?;
+    asset("agent.html")
+}
+
+async fn static_file(path: web::Path<String>) -> Res {
+    asset(&path)
+}
+
+/// `/login?token=...` opens a browser session and redirects to `/`; without a
+/// token it shows a form that asks for one.
+async fn login(app: web::Data<AppState>, query: web::Query<HashMap<String, String>>) -> Res {
+    let Some(token) = query.get("token") else {
+        return Ok(HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(LOGIN_FORM));
+    };
+    let who = app
+        .tokens
+        .verify(token)
+        .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
+    let session = tokens(&app, Tokens::Login { by: who }).await?;
+    let secret = session["secret"].as_str().unwrap_or_default().to_string();
+    let cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, secret)
+        .path("/")
+        .http_only(true)
+        .same_site(actix_web::cookie::SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            session["max_age"].as_i64().unwrap_or(0),
+        ))
+        .finish();
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/"))
+        .cookie(cookie)
+        .finish())
+}
+
+const LOGIN_FORM: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>taskwire: log in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><main><h1>taskwire</h1>
+<form action="/login" method="get"><label for="token">Access token</label>
+<input id="token" name="token" type="password" autocomplete="off" required>
+<button type="submit">Log in</button></form></main></body></html>"#;
+
+/// Ends the browser session and forgets the cookie.
+async fn logout(app: web::Data<AppState>, req: HttpRequest) -> Res {
+    if let Some(cookie) = req.cookie(SESSION_COOKIE) {
+        tokens(
+            &app,
+            Tokens::Logout {
+                secret: cookie.value().to_string(),
+            },
+        )
+        .await?;
+    }
+    let mut gone = actix_web::cookie::Cookie::build(SESSION_COOKIE, "").path("/").finish();
+    gone.make_removal();
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/login"))
+        .cookie(gone)
+        .finish())
+}
+
 // ---- helpers ----
 
 /// Reads a JSON object body of at most the configured size. An empty body is
 /// an empty object when `empty_ok`.
-async fn body(
-    app: &AppState,
-    mut payload: web::Payload,
-    empty_ok: bool,
-) -> Result<Map<String, Value>, ApiError> {
+async fn body(app: &AppState, mut payload: web::Payload, empty_ok: bool) -> Result<Map<String, Value>, ApiError> {
     let limit = app.config.max_frame_bytes;
     let mut buf = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
         if buf.len() + chunk.len() > limit {
-            return Err(ApiError::too_large(format!(
-                "the body is over {limit} bytes"
-            )));
+            return Err(ApiError::too_large(format!("the body is over {limit} bytes")));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -145,10 +266,7 @@ fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     let Some(v) = req.headers().get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let s = v
-        .to_str()
-        .map_err(|_| ApiError::bad_request("bad If-Match"))?
-        .trim();
+    let s = v.to_str().map_err(|_| ApiError::bad_request("bad If-Match"))?.trim();
     if s == "*" {
         return Ok(None);
     }
@@ -162,9 +280,7 @@ fn op_id(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(v) = req.headers().get("Idempotency-Key") else {
         return Ok(None);
     };
-    let s = v
-        .to_str()
-        .map_err(|_| ApiError::bad_request("bad Idempotency-Key"))?;
+    let s = v.to_str().map_err(|_| ApiError::bad_request("bad Idempotency-Key"))?;
     check_op_id(s.to_string()).map(Some)
 }
 
@@ -181,10 +297,7 @@ async fn execute(
         op_id: op_id(req)?,
     };
     app.db
-        .send(Execute {
-            principal: who,
-            call,
-        })
+        .send(Execute { principal: who, call })
         .await
         .map_err(|_| ApiError::unavailable("the database is not running"))?
 }
@@ -225,13 +338,7 @@ impl Kind {
     }
 }
 
-async fn create(
-    app: &AppState,
-    req: &HttpRequest,
-    who: Principal,
-    payload: web::Payload,
-    kind: Kind,
-) -> Res {
+async fn create(app: &AppState, req: &HttpRequest, who: Principal, payload: web::Payload, kind: Kind) -> Res {
     let params = body(app, payload, false).await?;
     let method = match kind {
         Kind::Task => Method::TaskCreate,
@@ -258,14 +365,7 @@ async fn get_one(app: &AppState, id: &str, kind: Kind) -> Res {
     Ok(HttpResponse::Ok().insert_header(etag(&entity)).json(entity))
 }
 
-async fn update(
-    app: &AppState,
-    req: &HttpRequest,
-    who: Principal,
-    id: &str,
-    payload: web::Payload,
-    kind: Kind,
-) -> Res {
+async fn update(app: &AppState, req: &HttpRequest, who: Principal, id: &str, payload: web::Payload, kind: Kind) -> Res {
     let id = path_id(id)?;
     let if_version = if_match(req)?;
     let patch = body(app, payload, false).await?;
@@ -297,11 +397,7 @@ async fn delete(app: &AppState, req: &HttpRequest, who: Principal, id: &str, kin
     Ok(written(HttpResponse::NoContent(), c.seq).finish())
 }
 
-async fn list_tasks(
-    app: web::Data<AppState>,
-    _who: Principal,
-    query: web::Query<HashMap<String, String>>,
-) -> Res {
+async fn list_tasks(app: web::Data<AppState>, _who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
     let mut status = None;
     let mut assignee_id = None;
     for (k, v) in query.into_inner() {
@@ -311,37 +407,18 @@ async fn list_tasks(
             other => return Err(ApiError::bad_request(format!("unknown filter {other:?}"))),
         }
     }
-    Ok(HttpResponse::Ok().json(
-        read(
-            &app,
-            Read::Tasks {
-                status,
-                assignee_id,
-            },
-        )
-        .await?,
-    ))
+    Ok(HttpResponse::Ok().json(read(&app, Read::Tasks { status, assignee_id }).await?))
 }
 
 async fn list_agents(app: web::Data<AppState>, _who: Principal) -> Res {
     Ok(HttpResponse::Ok().json(read(&app, Read::Agents).await?))
 }
 
-async fn create_task(
-    app: web::Data<AppState>,
-    req: HttpRequest,
-    who: Principal,
-    payload: web::Payload,
-) -> Res {
+async fn create_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, payload: web::Payload) -> Res {
     create(&app, &req, who, payload, Kind::Task).await
 }
 
-async fn create_agent(
-    app: web::Data<AppState>,
-    req: HttpRequest,
-    who: Principal,
-    payload: web::Payload,
-) -> Res {
+async fn create_agent(app: web::Data<AppState>, req: HttpRequest, who: Principal, payload: web::Payload) -> Res {
     create(&app, &req, who, payload, Kind::Agent).await
 }
 
@@ -373,21 +450,11 @@ async fn update_agent(
     update(&app, &req, who, &id, payload, Kind::Agent).await
 }
 
-async fn delete_task(
-    app: web::Data<AppState>,
-    req: HttpRequest,
-    who: Principal,
-    id: web::Path<String>,
-) -> Res {
+async fn delete_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>) -> Res {
     delete(&app, &req, who, &id, Kind::Task).await
 }
 
-async fn delete_agent(
-    app: web::Data<AppState>,
-    req: HttpRequest,
-    who: Principal,
-    id: web::Path<String>,
-) -> Res {
+async fn delete_agent(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>) -> Res {
     delete(&app, &req, who, &id, Kind::Agent).await
 }
 
@@ -401,22 +468,11 @@ async fn heartbeat(
     let id = path_id(&id)?;
     let mut params = body(&app, payload, true).await?;
     params.insert("id".into(), json!(id));
-    let c = execute(
-        &app,
-        &req,
-        who,
-        Method::AgentHeartbeat,
-        Value::Object(params),
-    )
-    .await?;
+    let c = execute(&app, &req, who, Method::AgentHeartbeat, Value::Object(params)).await?;
     Ok(written(HttpResponse::NoContent(), c.seq).finish())
 }
 
-async fn changes(
-    app: web::Data<AppState>,
-    _who: Principal,
-    query: web::Query<HashMap<String, String>>,
-) -> Res {
+async fn changes(app: web::Data<AppState>, _who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
     let mut since = 0;
     let mut topic = None;
     let mut limit = 1000;
@@ -437,24 +493,10 @@ async fn changes(
                     .filter(|l| (1..=10_000).contains(l))
                     .ok_or_else(|| ApiError::bad_request("limit must be 1 to 10000"))?
             }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown parameter {other:?}"
-                )))
-            }
+            other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
         }
     }
-    Ok(HttpResponse::Ok().json(
-        read(
-            &app,
-            Read::Changes {
-                since,
-                topic,
-                limit,
-            },
-        )
-        .await?,
-    ))
+    Ok(HttpResponse::Ok().json(read(&app, Read::Changes { since, topic, limit }).await?))
 }
 
 // ---- tokens ----
@@ -475,14 +517,9 @@ async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Pa
         agent_id: Option<i64>,
     }
     crate::auth::authorize(&who, crate::auth::Action::ManageTokens)?;
-    let b: NewToken =
-        crate::protocol::from_value(Value::Object(body(&app, payload, false).await?))?;
-    let role = b
-        .role
-        .ok_or_else(|| ApiError::invalid("role is required"))?;
-    let name = b
-        .name
-        .ok_or_else(|| ApiError::invalid("name is required"))?;
+    let b: NewToken = crate::protocol::from_value(Value::Object(body(&app, payload, false).await?))?;
+    let role = b.role.ok_or_else(|| ApiError::invalid("role is required"))?;
+    let name = b.name.ok_or_else(|| ApiError::invalid("name is required"))?;
     let created = tokens(
         &app,
         Tokens::Create {

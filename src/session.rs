@@ -24,46 +24,12 @@ use std::time::{Duration, Instant};
 use crate::auth::Principal;
 use crate::db::{Execute, Subscribe, Subscribed};
 use crate::error::ApiError;
+use crate::limits::Bucket;
 use crate::protocol::{self, Hello, Ref, Request, Topic};
 use crate::registry::{CloseSession, Connect, Deliver, Disconnect, Leave};
 use crate::AppState;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A token bucket: `rate` frames per second, holding one second's worth.
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
-    /// Since when frames have been refused without a break.
-    over_since: Option<Instant>,
-}
-
-impl Bucket {
-    fn new(rate: u32) -> Bucket {
-        Bucket {
-            rate: rate as f64,
-            tokens: rate as f64,
-            at: Instant::now(),
-            over_since: None,
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.over_since = None;
-            true
-        } else {
-            self.over_since.get_or_insert(now);
-            false
-        }
-    }
-}
 
 /// A message that arrives in fragments, joined before it is read.
 struct Fragments {
@@ -90,8 +56,7 @@ pub struct Session {
 impl Session {
     fn send(&self, ctx: &mut WebsocketContext<Self>, text: impl Into<ByteString>) {
         let text = text.into();
-        self.queued
-            .fetch_add(frame_len(text.len()), Ordering::Relaxed);
+        self.queued.fetch_add(frame_len(text.len()), Ordering::Relaxed);
         ctx.text(text);
     }
 
@@ -150,9 +115,7 @@ impl Session {
             Request::Ping => self.answer(ctx, Some(reference), Ok((serde_json::json!({}), None))),
             Request::Subscribe { topic, resume } => {
                 let already = self.subs.contains_key(&topic) || self.pending.contains(&topic);
-                if !already
-                    && self.subs.len() + self.pending.len() >= self.app.config.max_subscriptions
-                {
+                if !already && self.subs.len() + self.pending.len() >= self.app.config.max_subscriptions {
                     let e = ApiError::invalid(format!(
                         "this connection holds {} subscriptions, the most allowed",
                         self.app.config.max_subscriptions
@@ -206,19 +169,9 @@ impl Session {
         };
         match (&mut self.fragments, first) {
             (Some(_), true) => {
-                return self.close(
-                    ctx,
-                    CloseCode::Protocol,
-                    "a new message began inside a fragmented one",
-                )
+                return self.close(ctx, CloseCode::Protocol, "a new message began inside a fragmented one")
             }
-            (None, false) => {
-                return self.close(
-                    ctx,
-                    CloseCode::Protocol,
-                    "a continuation with nothing to continue",
-                )
-            }
+            (None, false) => return self.close(ctx, CloseCode::Protocol, "a continuation with nothing to continue"),
             (None, true) => {
                 self.fragments = Some(Fragments {
                     text,
@@ -293,9 +246,7 @@ impl Actor for Session {
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        self.app.registry.do_send(Disconnect {
-            session_id: self.id,
-        });
+        self.app.registry.do_send(Disconnect { session_id: self.id });
         Running::Stop
     }
 
@@ -311,21 +262,13 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
         match msg {
             Ok(ws::Message::Text(text)) => {
                 if self.fragments.is_some() {
-                    return self.close(
-                        ctx,
-                        CloseCode::Protocol,
-                        "a new message began inside a fragmented one",
-                    );
+                    return self.close(ctx, CloseCode::Protocol, "a new message began inside a fragmented one");
                 }
                 self.on_text(&text, ctx)
             }
             Ok(ws::Message::Binary(_)) => {
                 if self.fragments.is_some() {
-                    return self.close(
-                        ctx,
-                        CloseCode::Protocol,
-                        "a new message began inside a fragmented one",
-                    );
+                    return self.close(ctx, CloseCode::Protocol, "a new message began inside a fragmented one");
                 }
                 self.answer(
                     ctx,
@@ -398,11 +341,7 @@ impl Handler<Deliver> for Session {
         if queued + msg.frame.len() > self.app.config.max_queue_bytes {
             log::info!("session {} is {queued} bytes behind; closing it", self.id);
             self.app.metrics.sockets_closed_slow.inc();
-            return self.close(
-                ctx,
-                CloseCode::Again,
-                "too slow to keep up; reconnect and resume",
-            );
+            return self.close(ctx, CloseCode::Again, "too slow to keep up; reconnect and resume");
         }
         self.send(ctx, msg.frame);
     }
@@ -429,9 +368,7 @@ impl<S: Stream<Item = Result<Bytes, actix_web::Error>> + Unpin> Stream for Count
             let n = chunk.len();
             let _ = self
                 .queued
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
-                    Some(q.saturating_sub(n))
-                });
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(n)));
         }
         polled
     }

@@ -181,9 +181,7 @@ fn valid_title(title: &str) -> Result<String, ApiError> {
 
 fn valid_description(d: &str) -> Result<(), ApiError> {
     if d.chars().count() > 20_000 {
-        return Err(ApiError::invalid(
-            "description must have at most 20000 characters",
-        ));
+        return Err(ApiError::invalid("description must have at most 20000 characters"));
     }
     Ok(())
 }
@@ -224,9 +222,7 @@ fn valid_name(conn: &mut SqliteConnection, name: &str, id: i64) -> Result<(), Ap
         return Err(ApiError::invalid("name must have 1 to 100 characters"));
     }
     if q::agent_name_taken(conn, name, id)? {
-        return Err(ApiError::conflict(format!(
-            "the name {name:?} is already taken"
-        )));
+        return Err(ApiError::conflict(format!("the name {name:?} is already taken")));
     }
     Ok(())
 }
@@ -241,28 +237,19 @@ fn valid_meta(meta: &Map<String, Value>) -> Result<String, ApiError> {
 
 fn valid_assignee(conn: &mut SqliteConnection, id: Option<i64>) -> Result<(), ApiError> {
     match id {
-        Some(a) if q::find_agent(conn, a)?.is_none() => {
-            Err(ApiError::invalid(format!("assignee {a} is not an agent")))
-        }
+        Some(a) if q::find_agent(conn, a)?.is_none() => Err(ApiError::invalid(format!("assignee {a} is not an agent"))),
         _ => Ok(()),
     }
 }
 
 fn valid_current_task(conn: &mut SqliteConnection, id: Option<i64>) -> Result<(), ApiError> {
     match id {
-        Some(t) if q::find_task(conn, t)?.is_none() => {
-            Err(ApiError::invalid(format!("task {t} does not exist")))
-        }
+        Some(t) if q::find_task(conn, t)?.is_none() => Err(ApiError::invalid(format!("task {t} does not exist"))),
         _ => Ok(()),
     }
 }
 
-fn check_version(
-    entity: &str,
-    id: i64,
-    current: i64,
-    expected: Option<i64>,
-) -> Result<(), ApiError> {
+fn check_version(entity: &str, id: i64, current: i64, expected: Option<i64>) -> Result<(), ApiError> {
     match expected {
         Some(v) if v != current => Err(ApiError::stale(entity, id, current, v)),
         _ => Ok(()),
@@ -270,13 +257,12 @@ fn check_version(
 }
 
 fn load_task(conn: &mut SqliteConnection, id: i64) -> Result<Task, ApiError> {
-    q::find_task(conn, check_id(id)?)?
-        .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))
+    q::find_task(conn, check_id(id)?)?.ok_or_else(|| ApiError::not_found(format!("task {id} not found")))
 }
 
 fn load_agent(conn: &mut SqliteConnection, ctx: &WriteCtx, id: i64) -> Result<Agent, ApiError> {
-    let agent = q::find_agent(conn, check_id(id)?)?
-        .ok_or_else(|| ApiError::not_found(format!("agent {id} not found")))?;
+    let agent =
+        q::find_agent(conn, check_id(id)?)?.ok_or_else(|| ApiError::not_found(format!("agent {id} not found")))?;
     Ok(ctx.overlay(agent))
 }
 
@@ -287,9 +273,7 @@ fn changed_fields(before: &Value, after: &Value) -> Vec<String> {
         return vec![];
     };
     a.iter()
-        .filter(|(k, v)| {
-            k.as_str() != "version" && k.as_str() != "updated_at" && b.get(*k) != Some(v)
-        })
+        .filter(|(k, v)| k.as_str() != "version" && k.as_str() != "updated_at" && b.get(*k) != Some(v))
         .map(|(k, _)| k.clone())
         .collect()
 }
@@ -451,9 +435,7 @@ fn agent_create(
     c: p::AgentCreate,
 ) -> Result<Outcome, ApiError> {
     authorize(who, Action::CreateAgent)?;
-    let name = c
-        .name
-        .ok_or_else(|| ApiError::invalid("name is required"))?;
+    let name = c.name.ok_or_else(|| ApiError::invalid("name is required"))?;
     valid_name(conn, &name, 0)?;
     let status = c.status.unwrap_or_else(|| "idle".to_string());
     valid_agent_status(&status)?;
@@ -638,8 +620,7 @@ fn heartbeat(
     let at = ctx.now.clone();
     ctx.beats.insert(agent.id, at.clone());
     next.last_heartbeat_at = Some(at.clone());
-    let status_or_task =
-        next.status != agent.status || next.current_task_id != agent.current_task_id;
+    let status_or_task = next.status != agent.status || next.current_task_id != agent.current_task_id;
     let mut out = if status_or_task {
         finish_agent_update(conn, ctx, agent, next)?
     } else {
@@ -655,11 +636,7 @@ fn heartbeat(
 
 /// The server's own change: an agent that stopped heartbeating goes `offline`.
 /// Returns nothing when the agent is gone or already offline.
-pub fn mark_offline(
-    conn: &mut SqliteConnection,
-    ctx: &mut WriteCtx,
-    agent_id: i64,
-) -> Result<Outcome, ApiError> {
+pub fn mark_offline(conn: &mut SqliteConnection, ctx: &mut WriteCtx, agent_id: i64) -> Result<Outcome, ApiError> {
     let Some(agent) = q::find_agent(conn, agent_id)? else {
         return Ok(Outcome::default());
     };
@@ -687,10 +664,7 @@ pub fn list_tasks(
 }
 
 /// Every agent, ordered by id, with heartbeat times not yet on disk.
-pub fn list_agents(
-    conn: &mut SqliteConnection,
-    beats: &HashMap<i64, String>,
-) -> Result<Vec<Value>, ApiError> {
+pub fn list_agents(conn: &mut SqliteConnection, beats: &HashMap<i64, String>) -> Result<Vec<Value>, ApiError> {
     Ok(q::list_agents(conn)?
         .into_iter()
         .map(|mut a| {
@@ -721,8 +695,8 @@ pub fn get_agent(
 
 /// A change-log row as the change it records.
 pub fn change_of_row(row: ChangeRow) -> Result<Change, ApiError> {
-    let entity = Entity::parse(&row.entity)
-        .ok_or_else(|| ApiError::internal(format!("bad entity {:?} in log", row.entity)))?;
+    let entity =
+        Entity::parse(&row.entity).ok_or_else(|| ApiError::internal(format!("bad entity {:?} in log", row.entity)))?;
     let kind = match row.kind.as_str() {
         "created" => "created",
         "updated" => "updated",

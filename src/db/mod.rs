@@ -83,15 +83,12 @@ pub fn open(path: &str) -> Result<Opened, String> {
         None => {
             let mut bytes = [0u8; 12];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-            let e =
-                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+            let e = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
             q::set_meta(&mut conn, "epoch", &e).map_err(|e| e.to_string())?;
             e
         }
     };
-    let seq = q::max_seq(&mut conn)
-        .map_err(|e| e.to_string())?
-        .unwrap_or(0);
+    let seq = q::max_seq(&mut conn).map_err(|e| e.to_string())?.unwrap_or(0);
     let floor = q::get_meta(&mut conn, "pruned_through")
         .map_err(|e| e.to_string())?
         .and_then(|s| s.parse().ok())
@@ -108,10 +105,7 @@ pub fn open(path: &str) -> Result<Opened, String> {
 
 /// On a database without tokens, creates the admin token: `given` if set, else a
 /// new random one, which is returned so it can be shown once.
-pub fn ensure_admin_token(
-    conn: &mut SqliteConnection,
-    given: Option<&str>,
-) -> Result<Option<String>, String> {
+pub fn ensure_admin_token(conn: &mut SqliteConnection, given: Option<&str>) -> Result<Option<String>, String> {
     if q::count_tokens(conn).map_err(|e| e.to_string())? > 0 {
         return Ok(None);
     }
@@ -149,6 +143,9 @@ pub fn load_tokens(conn: &mut SqliteConnection, cache: &TokenCache) -> Result<()
                 );
             }
         }
+    }
+    for (hash, token_id) in q::live_web_sessions(conn, &logic::now()).map_err(|e| e.to_string())? {
+        cache.insert_session(hash, token_id);
     }
     Ok(())
 }
@@ -227,7 +224,18 @@ pub enum Tokens {
         by: Principal,
         id: i64,
     },
+    /// Opens a browser session acting as `by`; answers `{"secret", "max_age"}`.
+    Login {
+        by: Principal,
+    },
+    /// Ends the browser session whose cookie holds `secret`.
+    Logout {
+        secret: String,
+    },
 }
+
+/// How long a browser session lasts.
+pub const WEB_SESSION_DAYS: i64 = 30;
 
 /// Stops taking writes: commits what is pending, writes heartbeat times, and
 /// answers every later write `unavailable`.
@@ -339,9 +347,7 @@ impl Db {
                         now: now.clone(),
                     };
                     match job {
-                        Job::Call {
-                            principal, call, ..
-                        } => logic::execute(conn, &mut ctx, principal, call),
+                        Job::Call { principal, call, .. } => logic::execute(conn, &mut ctx, principal, call),
                         Job::Offline(id) => logic::mark_offline(conn, &mut ctx, *id),
                     }
                 });
@@ -357,9 +363,7 @@ impl Db {
             }
             Ok(())
         });
-        self.metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.observe(jobs.len() as f64);
         if let Err(e) = committed {
             for job in jobs {
@@ -453,25 +457,20 @@ impl Db {
 
     /// Prunes the change log by count and age, and old op_ids.
     fn prune(&mut self) {
-        let max_age =
-            chrono::Duration::from_std(self.config.log_max_age).unwrap_or(chrono::TimeDelta::MAX);
-        let cutoff =
-            (chrono::Utc::now() - max_age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let op_age =
-            chrono::Duration::from_std(self.config.op_keep).unwrap_or(chrono::TimeDelta::MAX);
-        let op_cutoff =
-            (chrono::Utc::now() - op_age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let max_age = chrono::Duration::from_std(self.config.log_max_age).unwrap_or(chrono::TimeDelta::MAX);
+        let cutoff = (chrono::Utc::now() - max_age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let op_age = chrono::Duration::from_std(self.config.op_keep).unwrap_or(chrono::TimeDelta::MAX);
+        let op_cutoff = (chrono::Utc::now() - op_age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let keep = self.config.log_keep;
-        let result = self
-            .conn
-            .immediate_transaction::<_, diesel::result::Error, _>(|conn| {
-                let cut = q::prune_changes(conn, keep, &cutoff)?;
-                if let Some(cut) = cut {
-                    q::set_meta(conn, "pruned_through", &cut.to_string())?;
-                }
-                q::prune_ops(conn, &op_cutoff)?;
-                Ok(cut)
-            });
+        let result = self.conn.immediate_transaction::<_, diesel::result::Error, _>(|conn| {
+            let cut = q::prune_changes(conn, keep, &cutoff)?;
+            if let Some(cut) = cut {
+                q::set_meta(conn, "pruned_through", &cut.to_string())?;
+            }
+            q::prune_ops(conn, &op_cutoff)?;
+            q::prune_web_sessions(conn, &logic::now())?;
+            Ok(cut)
+        });
         match result {
             Ok(Some(cut)) => self.floor = self.floor.max(cut),
             Ok(None) => {}
@@ -494,12 +493,7 @@ impl Db {
                     Topic::Agents => (Entity::Agent, None),
                     Topic::Agent(id) => (Entity::Agent, Some(*id)),
                 };
-                let rows = q::changes_since(
-                    &mut self.conn,
-                    pos.since,
-                    Some(filter),
-                    self.config.max_replay + 1,
-                )?;
+                let rows = q::changes_since(&mut self.conn, pos.since, Some(filter), self.config.max_replay + 1)?;
                 if rows.len() as i64 <= self.config.max_replay {
                     if rows.is_empty() && filter.1.is_some() && self.snapshot(topic)?.is_none() {
                         return Err(ApiError::not_found(format!("{topic} does not exist")));
@@ -508,28 +502,21 @@ impl Db {
                         .into_iter()
                         .map(|r| logic::change_of_row(r).map(|c| c.event(topic)))
                         .collect::<Result<Vec<_>, _>>()?;
-                    return Ok(
-                        json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "events": events}),
-                    );
+                    return Ok(json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "events": events}));
                 }
             }
         }
         let snapshot = self
             .snapshot(topic)?
             .ok_or_else(|| ApiError::not_found(format!("{topic} does not exist")))?;
-        Ok(
-            json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "snapshot": snapshot}),
-        )
+        Ok(json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "snapshot": snapshot}))
     }
 
     /// The current state of a topic; `None` for a single entity that does not exist.
     fn snapshot(&mut self, topic: &Topic) -> Result<Option<Value>, ApiError> {
         Ok(match topic {
             Topic::Tasks => Some(Value::Array(logic::list_tasks(&mut self.conn, None, None)?)),
-            Topic::Agents => Some(Value::Array(logic::list_agents(
-                &mut self.conn,
-                &self.beats,
-            )?)),
+            Topic::Agents => Some(Value::Array(logic::list_agents(&mut self.conn, &self.beats)?)),
             Topic::Task(id) => logic::get_task(&mut self.conn, *id)?,
             Topic::Agent(id) => logic::get_agent(&mut self.conn, &self.beats, *id)?,
         })
@@ -539,10 +526,7 @@ impl Db {
         let epoch = self.position.epoch.clone();
         let seq = self.seq;
         match read {
-            Read::Tasks {
-                status,
-                assignee_id,
-            } => {
+            Read::Tasks { status, assignee_id } => {
                 let items = logic::list_tasks(&mut self.conn, status.as_deref(), assignee_id)?;
                 Ok(json!({"epoch": epoch, "seq": seq, "items": items}))
             }
@@ -550,15 +534,12 @@ impl Db {
                 let items = logic::list_agents(&mut self.conn, &self.beats)?;
                 Ok(json!({"epoch": epoch, "seq": seq, "items": items}))
             }
-            Read::Task(id) => logic::get_task(&mut self.conn, id)?
-                .ok_or_else(|| ApiError::not_found(format!("task {id} not found"))),
+            Read::Task(id) => {
+                logic::get_task(&mut self.conn, id)?.ok_or_else(|| ApiError::not_found(format!("task {id} not found")))
+            }
             Read::Agent(id) => logic::get_agent(&mut self.conn, &self.beats, id)?
                 .ok_or_else(|| ApiError::not_found(format!("agent {id} not found"))),
-            Read::Changes {
-                since,
-                topic,
-                limit,
-            } => {
+            Read::Changes { since, topic, limit } => {
                 if since < self.floor {
                     return Err(ApiError::gone(format!(
                         "changes up to {} are no longer kept; load a snapshot",
@@ -603,16 +584,13 @@ impl Db {
                 agent_id,
             } => {
                 authorize(&by, Action::ManageTokens)?;
-                let r = Role::parse(&role)
-                    .ok_or_else(|| ApiError::invalid(format!("unknown role {role:?}")))?;
+                let r = Role::parse(&role).ok_or_else(|| ApiError::invalid(format!("unknown role {role:?}")))?;
                 let n = name.chars().count();
                 if n == 0 || n > 100 {
                     return Err(ApiError::invalid("name must have 1 to 100 characters"));
                 }
                 match (r, agent_id) {
-                    (Role::Agent, None) => {
-                        return Err(ApiError::invalid("an agent token needs agent_id"))
-                    }
+                    (Role::Agent, None) => return Err(ApiError::invalid("an agent token needs agent_id")),
                     (Role::Agent, Some(a)) if q::find_agent(&mut self.conn, a)?.is_none() => {
                         return Err(ApiError::invalid(format!("agent {a} does not exist")))
                     }
@@ -673,7 +651,45 @@ impl Db {
                 });
                 Ok(json!({}))
             }
+            Tokens::Login { by } => {
+                let secret = auth::generate_token();
+                let hash = auth::hash_token(&secret);
+                let now = logic::now();
+                let expires = (chrono::Utc::now() + chrono::Duration::days(WEB_SESSION_DAYS))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                self.conn
+                    .immediate_transaction(|conn| q::insert_web_session(conn, &hash, by.token_id, &now, &expires))?;
+                self.tokens.insert_session(hash, by.token_id);
+                Ok(json!({"secret": secret, "max_age": WEB_SESSION_DAYS * 24 * 3600}))
+            }
+            Tokens::Logout { secret } => {
+                let hash = auth::hash_token(&secret);
+                self.conn
+                    .immediate_transaction(|conn| q::delete_web_session(conn, &hash))?;
+                self.tokens.remove_session(&hash);
+                Ok(json!({}))
+            }
         }
+    }
+
+    /// Closes the sockets of tokens revoked in the file by someone else (the
+    /// command line), so revocation takes effect within a second either way.
+    fn watch_revocations(&mut self) {
+        let Ok(ids) = q::revoked_token_ids(&mut self.conn) else {
+            return;
+        };
+        let newly: Vec<i64> = ids.into_iter().filter(|id| self.tokens.has_token(*id)).collect();
+        if newly.is_empty() {
+            return;
+        }
+        for id in &newly {
+            self.tokens.remove_token(*id);
+        }
+        self.registry.do_send(CloseTokens {
+            token_ids: newly,
+            code: 1008,
+            reason: "token revoked",
+        });
     }
 }
 
@@ -683,8 +699,8 @@ impl Actor for Db {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.prune();
         ctx.run_interval(Duration::from_secs(1), |db, _| db.flush_beats());
-        let sweep = (self.config.heartbeat_timeout / 4)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        ctx.run_interval(Duration::from_millis(500), |db, _| db.watch_revocations());
+        let sweep = (self.config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         ctx.run_interval(sweep, |db, ctx| db.sweep_offline(ctx));
         ctx.run_interval(Duration::from_secs(60), |db, _| db.prune());
     }

@@ -6,7 +6,7 @@ use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::models::*;
-use super::schema::{agents, changes, meta, ops, tasks, tokens};
+use super::schema::{agents, changes, meta, ops, tasks, tokens, web_sessions};
 use crate::protocol::Entity;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -16,12 +16,10 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 pub fn open(path: &str) -> Result<SqliteConnection, String> {
     if let Some(dir) = std::path::Path::new(path).parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
     }
-    let mut conn =
-        SqliteConnection::establish(path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    let mut conn = SqliteConnection::establish(path).map_err(|e| format!("cannot open {path}: {e}"))?;
     conn.batch_execute(
         "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )
@@ -32,11 +30,7 @@ pub fn open(path: &str) -> Result<SqliteConnection, String> {
 }
 
 pub fn get_meta(conn: &mut SqliteConnection, key: &str) -> QueryResult<Option<String>> {
-    meta::table
-        .find(key)
-        .select(meta::value)
-        .first(conn)
-        .optional()
+    meta::table.find(key).select(meta::value).first(conn).optional()
 }
 
 pub fn set_meta(conn: &mut SqliteConnection, key: &str, value: &str) -> QueryResult<()> {
@@ -49,11 +43,7 @@ pub fn set_meta(conn: &mut SqliteConnection, key: &str, value: &str) -> QueryRes
 // ---- tasks ----
 
 pub fn find_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Task>> {
-    tasks::table
-        .find(id)
-        .select(Task::as_select())
-        .first(conn)
-        .optional()
+    tasks::table.find(id).select(Task::as_select()).first(conn).optional()
 }
 
 pub fn list_tasks(
@@ -61,10 +51,7 @@ pub fn list_tasks(
     status: Option<&str>,
     assignee_id: Option<i64>,
 ) -> QueryResult<Vec<Task>> {
-    let mut q = tasks::table
-        .select(Task::as_select())
-        .order(tasks::id)
-        .into_boxed();
+    let mut q = tasks::table.select(Task::as_select()).order(tasks::id).into_boxed();
     if let Some(s) = status {
         q = q.filter(tasks::status.eq(s));
     }
@@ -86,9 +73,7 @@ pub fn save_task(conn: &mut SqliteConnection, task: &Task) -> QueryResult<()> {
 }
 
 pub fn delete_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<()> {
-    diesel::delete(tasks::table.find(id))
-        .execute(conn)
-        .map(drop)
+    diesel::delete(tasks::table.find(id)).execute(conn).map(drop)
 }
 
 pub fn tasks_assigned_to(conn: &mut SqliteConnection, agent_id: i64) -> QueryResult<Vec<Task>> {
@@ -102,18 +87,10 @@ pub fn tasks_assigned_to(conn: &mut SqliteConnection, agent_id: i64) -> QueryRes
 // ---- agents ----
 
 pub fn find_agent(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Agent>> {
-    agents::table
-        .find(id)
-        .select(Agent::as_select())
-        .first(conn)
-        .optional()
+    agents::table.find(id).select(Agent::as_select()).first(conn).optional()
 }
 
-pub fn agent_name_taken(
-    conn: &mut SqliteConnection,
-    name: &str,
-    except_id: i64,
-) -> QueryResult<bool> {
+pub fn agent_name_taken(conn: &mut SqliteConnection, name: &str, except_id: i64) -> QueryResult<bool> {
     diesel::select(diesel::dsl::exists(
         agents::table
             .filter(agents::name.eq(name))
@@ -123,10 +100,7 @@ pub fn agent_name_taken(
 }
 
 pub fn list_agents(conn: &mut SqliteConnection) -> QueryResult<Vec<Agent>> {
-    agents::table
-        .select(Agent::as_select())
-        .order(agents::id)
-        .load(conn)
+    agents::table.select(Agent::as_select()).order(agents::id).load(conn)
 }
 
 pub fn insert_agent(conn: &mut SqliteConnection, new: &NewAgent) -> QueryResult<Agent> {
@@ -141,9 +115,7 @@ pub fn save_agent(conn: &mut SqliteConnection, agent: &Agent) -> QueryResult<()>
 }
 
 pub fn delete_agent(conn: &mut SqliteConnection, id: i64) -> QueryResult<()> {
-    diesel::delete(agents::table.find(id))
-        .execute(conn)
-        .map(drop)
+    diesel::delete(agents::table.find(id)).execute(conn).map(drop)
 }
 
 pub fn agents_on_task(conn: &mut SqliteConnection, task_id: i64) -> QueryResult<Vec<Agent>> {
@@ -167,16 +139,11 @@ pub fn write_heartbeats(conn: &mut SqliteConnection, beats: &[(i64, String)]) ->
 // ---- change log ----
 
 pub fn append_change(conn: &mut SqliteConnection, row: &ChangeRow) -> QueryResult<()> {
-    diesel::insert_into(changes::table)
-        .values(row)
-        .execute(conn)
-        .map(drop)
+    diesel::insert_into(changes::table).values(row).execute(conn).map(drop)
 }
 
 pub fn max_seq(conn: &mut SqliteConnection) -> QueryResult<Option<i64>> {
-    changes::table
-        .select(diesel::dsl::max(changes::seq))
-        .first(conn)
+    changes::table.select(diesel::dsl::max(changes::seq)).first(conn)
 }
 
 /// Changes after `since`, oldest first, optionally only those of one entity kind
@@ -205,11 +172,7 @@ pub fn changes_since(
 /// Deletes changes beyond the newest `keep`, and those older than `before`,
 /// but never the newest one (it carries the position across restarts).
 /// Returns the seq of the newest change removed, if any.
-pub fn prune_changes(
-    conn: &mut SqliteConnection,
-    keep: i64,
-    before: &str,
-) -> QueryResult<Option<i64>> {
+pub fn prune_changes(conn: &mut SqliteConnection, keep: i64, before: &str) -> QueryResult<Option<i64>> {
     let Some(newest) = max_seq(conn)? else {
         return Ok(None);
     };
@@ -233,11 +196,7 @@ pub fn count_changes(conn: &mut SqliteConnection) -> QueryResult<i64> {
 
 // ---- remembered op_ids ----
 
-pub fn find_op(
-    conn: &mut SqliteConnection,
-    token_id: i64,
-    op_id: &str,
-) -> QueryResult<Option<OpRow>> {
+pub fn find_op(conn: &mut SqliteConnection, token_id: i64, op_id: &str) -> QueryResult<Option<OpRow>> {
     ops::table
         .find((token_id, op_id))
         .select(OpRow::as_select())
@@ -246,10 +205,7 @@ pub fn find_op(
 }
 
 pub fn insert_op(conn: &mut SqliteConnection, row: &OpRow) -> QueryResult<()> {
-    diesel::insert_into(ops::table)
-        .values(row)
-        .execute(conn)
-        .map(drop)
+    diesel::insert_into(ops::table).values(row).execute(conn).map(drop)
 }
 
 pub fn prune_ops(conn: &mut SqliteConnection, before: &str) -> QueryResult<usize> {
@@ -265,10 +221,7 @@ pub fn insert_token(conn: &mut SqliteConnection, new: &NewToken) -> QueryResult<
         .get_result(conn)
 }
 
-pub fn find_token_by_hash(
-    conn: &mut SqliteConnection,
-    hash: &str,
-) -> QueryResult<Option<TokenRow>> {
+pub fn find_token_by_hash(conn: &mut SqliteConnection, hash: &str) -> QueryResult<Option<TokenRow>> {
     tokens::table
         .filter(tokens::hash.eq(hash))
         .select(TokenRow::as_select())
@@ -277,10 +230,7 @@ pub fn find_token_by_hash(
 }
 
 pub fn list_tokens(conn: &mut SqliteConnection) -> QueryResult<Vec<TokenRow>> {
-    tokens::table
-        .select(TokenRow::as_select())
-        .order(tokens::id)
-        .load(conn)
+    tokens::table.select(TokenRow::as_select()).order(tokens::id).load(conn)
 }
 
 pub fn count_tokens(conn: &mut SqliteConnection) -> QueryResult<i64> {
@@ -296,11 +246,7 @@ pub fn revoke_token(conn: &mut SqliteConnection, id: i64, at: &str) -> QueryResu
 }
 
 /// Revokes every token bound to an agent (the agent is gone).
-pub fn revoke_agent_tokens(
-    conn: &mut SqliteConnection,
-    agent_id: i64,
-    at: &str,
-) -> QueryResult<Vec<i64>> {
+pub fn revoke_agent_tokens(conn: &mut SqliteConnection, agent_id: i64, at: &str) -> QueryResult<Vec<i64>> {
     let ids: Vec<i64> = tokens::table
         .filter(tokens::agent_id.eq(agent_id))
         .filter(tokens::revoked_at.is_null())
@@ -310,4 +256,50 @@ pub fn revoke_agent_tokens(
         .set(tokens::revoked_at.eq(at))
         .execute(conn)?;
     Ok(ids)
+}
+
+/// Ids of every revoked token.
+pub fn revoked_token_ids(conn: &mut SqliteConnection) -> QueryResult<Vec<i64>> {
+    tokens::table
+        .filter(tokens::revoked_at.is_not_null())
+        .select(tokens::id)
+        .load(conn)
+}
+
+// ---- browser sessions ----
+
+pub fn insert_web_session(
+    conn: &mut SqliteConnection,
+    hash: &str,
+    token_id: i64,
+    now: &str,
+    expires_at: &str,
+) -> QueryResult<()> {
+    diesel::insert_into(web_sessions::table)
+        .values((
+            web_sessions::hash.eq(hash),
+            web_sessions::token_id.eq(token_id),
+            web_sessions::created_at.eq(now),
+            web_sessions::expires_at.eq(expires_at),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
+pub fn delete_web_session(conn: &mut SqliteConnection, hash: &str) -> QueryResult<()> {
+    diesel::delete(web_sessions::table.find(hash)).execute(conn).map(drop)
+}
+
+/// Sessions not yet expired whose token is live: (hash, token id).
+pub fn live_web_sessions(conn: &mut SqliteConnection, now: &str) -> QueryResult<Vec<(String, i64)>> {
+    web_sessions::table
+        .inner_join(tokens::table.on(tokens::id.eq(web_sessions::token_id)))
+        .filter(web_sessions::expires_at.gt(now))
+        .filter(tokens::revoked_at.is_null())
+        .select((web_sessions::hash, web_sessions::token_id))
+        .load(conn)
+}
+
+pub fn prune_web_sessions(conn: &mut SqliteConnection, now: &str) -> QueryResult<usize> {
+    diesel::delete(web_sessions::table.filter(web_sessions::expires_at.le(now))).execute(conn)
 }

@@ -72,3 +72,14 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(agents, changes, meta, ops, tasks, tokens);
+
+diesel::table! {
+    web_sessions (hash) {
+        hash -> Text,
+        token_id -> BigInt,
+        created_at -> Text,
+        expires_at -> Text,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(web_sessions, tokens);

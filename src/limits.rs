@@ -1,0 +1,165 @@
+//! Limits that keep one client from starving the others: token buckets for
+//! frames and REST requests, and socket counts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::auth::{Principal, Role};
+use crate::error::ApiError;
+
+/// A token bucket: `rate` per second, holding one second's worth.
+pub struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+    /// Since when requests have been refused without a break.
+    pub over_since: Option<Instant>,
+}
+
+impl Bucket {
+    pub fn new(rate: u32) -> Bucket {
+        Bucket {
+            rate: rate as f64,
+            tokens: rate as f64,
+            at: Instant::now(),
+            over_since: None,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.over_since = None;
+            true
+        } else {
+            self.over_since.get_or_insert(now);
+            false
+        }
+    }
+
+    /// True once requests have been refused for `d` without a break.
+    pub fn over_for(&self, d: Duration) -> bool {
+        self.over_since.is_some_and(|t| t.elapsed() >= d)
+    }
+}
+
+/// REST requests per second per token.
+pub struct RestLimiter {
+    rate: u32,
+    buckets: Mutex<HashMap<i64, Bucket>>,
+}
+
+impl RestLimiter {
+    pub fn new(rate: u32) -> RestLimiter {
+        RestLimiter {
+            rate,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Counts one request of `p`; `rate_limited` when its bucket is empty.
+    pub fn check(&self, p: &Principal) -> Result<(), ApiError> {
+        let mut buckets = self.buckets.lock().expect("rest limiter poisoned");
+        if buckets.len() > 10_000 {
+            // Full buckets of idle tokens carry no information.
+            buckets.retain(|_, b| b.over_since.is_some());
+        }
+        let bucket = buckets.entry(p.token_id).or_insert_with(|| Bucket::new(self.rate));
+        if bucket.take() {
+            Ok(())
+        } else {
+            Err(ApiError::rate_limited(format!(
+                "more than {} requests per second with this token",
+                self.rate
+            )))
+        }
+    }
+}
+
+/// Open sockets, in total and per token, against the configured limits.
+#[derive(Default)]
+pub struct SocketCounts {
+    inner: Mutex<(usize, HashMap<i64, usize>)>,
+    max_total: usize,
+    max_per_token: usize,
+}
+
+impl SocketCounts {
+    pub fn new(max_total: usize, max_per_token: usize) -> Self {
+        SocketCounts {
+            inner: Mutex::default(),
+            max_total,
+            max_per_token,
+        }
+    }
+
+    /// Takes a socket slot for `p`, or says why not. Admin tokens count only
+    /// toward the total.
+    pub fn acquire(&self, p: &Principal) -> Result<(), ApiError> {
+        let mut g = self.inner.lock().expect("socket counts poisoned");
+        if g.0 >= self.max_total {
+            return Err(ApiError::unavailable("the server holds as many sockets as it may"));
+        }
+        if p.role != Role::Admin {
+            let n = g.1.entry(p.token_id).or_default();
+            if *n >= self.max_per_token {
+                return Err(ApiError::unavailable("this token holds as many sockets as it may"));
+            }
+            *n += 1;
+        }
+        g.0 += 1;
+        Ok(())
+    }
+
+    /// Gives back a slot taken by [`SocketCounts::acquire`].
+    pub fn release(&self, p: &Principal) {
+        let mut g = self.inner.lock().expect("socket counts poisoned");
+        g.0 = g.0.saturating_sub(1);
+        if p.role != Role::Admin {
+            if let Some(n) = g.1.get_mut(&p.token_id) {
+                *n -= 1;
+                if *n == 0 {
+                    g.1.remove(&p.token_id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(role: Role, token_id: i64) -> Principal {
+        Principal {
+            token_id,
+            role,
+            agent_id: None,
+        }
+    }
+
+    #[test]
+    fn bucket_holds_one_second() {
+        let mut b = Bucket::new(3);
+        assert!(b.take() && b.take() && b.take());
+        assert!(!b.take());
+        assert!(b.over_since.is_some());
+    }
+
+    #[test]
+    fn socket_counts_per_token_and_total() {
+        let c = SocketCounts::new(3, 1);
+        assert!(c.acquire(&p(Role::Member, 1)).is_ok());
+        assert!(c.acquire(&p(Role::Member, 1)).is_err());
+        assert!(c.acquire(&p(Role::Admin, 2)).is_ok());
+        assert!(c.acquire(&p(Role::Admin, 2)).is_ok());
+        assert!(c.acquire(&p(Role::Admin, 2)).is_err());
+        c.release(&p(Role::Member, 1));
+        assert!(c.acquire(&p(Role::Member, 1)).is_ok());
+    }
+}
