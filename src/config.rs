@@ -57,6 +57,19 @@ pub struct ServeArgs {
     pub admin_token: Option<String>,
 }
 
+impl ServeArgs {
+    /// The `serve` flags at their defaults, with the environment applied: what
+    /// `taskwire` alone runs with.
+    pub fn default_from_env() -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        <Only as clap::Parser>::parse_from(["taskwire"]).args
+    }
+}
+
 /// Everything the running server needs to know.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -95,6 +108,28 @@ impl Default for Config {
             max_sockets_per_token: 1000,
             max_queue_bytes: 8_388_608,
             workers: 2,
+        }
+    }
+}
+
+impl Config {
+    /// Raises the open-file limit to the hard limit, and lowers `max_sockets` to
+    /// what that limit can hold (each socket is one file; the rest is headroom
+    /// for the database and listeners).
+    pub fn fit_open_file_limit(&mut self) {
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => {
+                let fits = (limit as usize).saturating_sub(64);
+                log::info!("open-file limit {limit}");
+                if fits < self.max_sockets {
+                    log::warn!(
+                        "max sockets lowered from {} to {fits} to fit the open-file limit",
+                        self.max_sockets
+                    );
+                    self.max_sockets = fits;
+                }
+            }
+            Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
         }
     }
 }

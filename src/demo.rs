@@ -156,7 +156,10 @@ async fn seed(db: &Addr<Db>, rng: &mut StdRng) -> Result<Vec<(i64, String)>, Api
             params.insert("priority".into(), json!(rng.gen_range(0..4)));
             params.insert(
                 "description".into(),
-                json!(format!("Demo task {}. Simulated agents pick these up by priority.", i + 1)),
+                json!(format!(
+                    "Demo task {}. Simulated agents pick these up by priority.",
+                    i + 1
+                )),
             );
             if i % 6 == 5 {
                 params.insert("status".into(), json!("done"));
@@ -164,11 +167,7 @@ async fn seed(db: &Addr<Db>, rng: &mut StdRng) -> Result<Vec<(i64, String)>, Api
             }
             exec(db, Method::TaskCreate, Value::Object(params)).await?;
         }
-        log::info!(
-            "demo: created {} agents and {} tasks",
-            AGENTS.len(),
-            TITLES.len()
-        );
+        log::info!("demo: created {} agents and {} tasks", AGENTS.len(), TITLES.len());
     }
     let agents = items(db, Read::Agents).await?;
     Ok(agents
@@ -219,10 +218,7 @@ async fn simulate(db: Addr<Db>, heartbeat_timeout: Duration) -> Result<(), ApiEr
         }
         let tasks = all_tasks(&db).await?;
         let live = items(&db, Read::Agents).await?;
-        let live: HashMap<i64, Value> = live
-            .into_iter()
-            .filter_map(|a| Some((a["id"].as_i64()?, a)))
-            .collect();
+        let live: HashMap<i64, Value> = live.into_iter().filter_map(|a| Some((a["id"].as_i64()?, a))).collect();
         // An agent someone deleted is simulated no more.
         sims.retain(|s| live.contains_key(&s.id));
         if sims.is_empty() {
@@ -316,12 +312,7 @@ async fn step(db: &Addr<Db>, rng: &mut StdRng, sim: &mut Sim, tasks: &[Value]) -
             let todo_left = open.len();
             if let Some(task) = open.first() {
                 if rng.gen_bool(0.7) {
-                    update(
-                        db,
-                        task,
-                        json!({"assignee_id": id, "status": "in_progress"}),
-                    )
-                    .await?;
+                    update(db, task, json!({"assignee_id": id, "status": "in_progress"})).await?;
                     current = task["id"].as_i64();
                 }
             }

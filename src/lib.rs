@@ -3,6 +3,7 @@
 //! committed change pushed, and resume exactly after any disconnect.
 //!
 //! The modules:
+//! - [`admin`]: the `taskwire token` commands, on the database file.
 //! - [`config`]: the server's settings, with the defaults of the contract.
 //! - [`protocol`]: the wire contract in serde types (frames, topics, params).
 //! - [`error`]: the one error type and its stable codes.
@@ -17,6 +18,7 @@
 //! [`run`] starts the whole server on an already bound listener and stops it
 //! when the given shutdown future resolves, so tests can bind port 0.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod db;

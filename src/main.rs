@@ -18,22 +18,74 @@ struct Cli {
 enum Command {
     /// Start the server (the default).
     Serve(ServeArgs),
+    /// Manage access tokens on the database file.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        /// The SQLite file.
+        #[arg(long, env = "DATABASE_URL", default_value = "./data/taskwire.db", global = true)]
+        db: String,
+    },
 }
 
-fn main() -> std::io::Result<()> {
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token and print it (the secret is shown this once).
+    Create {
+        /// admin, member or agent.
+        #[arg(long)]
+        role: String,
+        /// Who or what the token is for.
+        #[arg(long)]
+        name: String,
+        /// For an agent token: the agent it acts as.
+        #[arg(long)]
+        agent_id: Option<i64>,
+    },
+    /// List tokens, without secrets.
+    List,
+    /// Revoke a token by id; its open sockets close within a second.
+    Revoke { id: i64 },
+}
+
+fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => match Cli::try_parse_from(["taskwire", "serve"]) {
-            Ok(Cli {
-                command: Some(Command::Serve(args)),
-            }) => args,
-            _ => unreachable!("`serve` parses with its defaults"),
-        },
+    let result = match Cli::parse().command {
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(ServeArgs::default_from_env()),
+        Some(Command::Token { action, db }) => token(action, &db),
     };
-    let listener = taskwire::bind(args.bind)?;
-    actix_web::rt::System::new().block_on(taskwire::run(listener, args.into(), shutdown_signal()))
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("taskwire: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let listener = taskwire::bind(args.bind).map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
+    let mut config: taskwire::Config = args.into();
+    config.fit_open_file_limit();
+    actix_web::rt::System::new()
+        .block_on(taskwire::run(listener, config, shutdown_signal()))
+        .map_err(|e| e.to_string())
+}
+
+fn token(action: TokenAction, db: &str) -> Result<(), String> {
+    let print = |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).expect("JSON prints"));
+    match action {
+        TokenAction::Create { role, name, agent_id } => {
+            print(&taskwire::admin::create_token(db, &role, &name, agent_id)?)
+        }
+        TokenAction::List => print(&serde_json::Value::Array(taskwire::admin::list_tokens(db)?)),
+        TokenAction::Revoke { id } => {
+            taskwire::admin::revoke_token(db, id)?;
+            println!("revoked token {id}");
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -649,6 +649,65 @@ pub fn mark_offline(conn: &mut SqliteConnection, ctx: &mut WriteCtx, agent_id: i
     finish_agent_update(conn, ctx, agent, next)
 }
 
+// ---- tokens ----
+
+/// Creates a token: `role`, a display `name` and, for an agent token, its
+/// agent. Returns the token as listed plus its secret (shown once), the stored
+/// hash and the principal it stands for.
+pub fn create_token(
+    conn: &mut SqliteConnection,
+    role: &str,
+    name: &str,
+    agent_id: Option<i64>,
+) -> Result<(Value, String, Principal), ApiError> {
+    let r = Role::parse(role).ok_or_else(|| ApiError::invalid(format!("unknown role {role:?}")))?;
+    let n = name.chars().count();
+    if n == 0 || n > 100 {
+        return Err(ApiError::invalid("name must have 1 to 100 characters"));
+    }
+    match (r, agent_id) {
+        (Role::Agent, None) => return Err(ApiError::invalid("an agent token needs agent_id")),
+        (Role::Agent, Some(a)) if q::find_agent(conn, a)?.is_none() => {
+            return Err(ApiError::invalid(format!("agent {a} does not exist")))
+        }
+        (Role::Admin | Role::Member, Some(_)) => return Err(ApiError::invalid("only agent tokens take agent_id")),
+        _ => {}
+    }
+    let token = auth::generate_token();
+    let hash = auth::hash_token(&token);
+    let now = now();
+    let row = q::insert_token(
+        conn,
+        &NewToken {
+            hash: &hash,
+            role: r.as_str(),
+            name,
+            agent_id,
+            created_at: &now,
+        },
+    )?;
+    let mut v = row.to_json();
+    v["token"] = json!(token);
+    Ok((
+        v,
+        hash,
+        Principal {
+            token_id: row.id,
+            role: r,
+            agent_id,
+        },
+    ))
+}
+
+/// Revokes a token; `not_found` if there is no such live token.
+pub fn revoke_token(conn: &mut SqliteConnection, id: i64) -> Result<(), ApiError> {
+    if q::revoke_token(conn, id, &now())? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("token {id} not found")))
+    }
+}
+
 // ---- reads ----
 
 /// Every task, ordered by id, filtered by status and assignee.

@@ -584,47 +584,11 @@ impl Db {
                 agent_id,
             } => {
                 authorize(&by, Action::ManageTokens)?;
-                let r = Role::parse(&role).ok_or_else(|| ApiError::invalid(format!("unknown role {role:?}")))?;
-                let n = name.chars().count();
-                if n == 0 || n > 100 {
-                    return Err(ApiError::invalid("name must have 1 to 100 characters"));
-                }
-                match (r, agent_id) {
-                    (Role::Agent, None) => return Err(ApiError::invalid("an agent token needs agent_id")),
-                    (Role::Agent, Some(a)) if q::find_agent(&mut self.conn, a)?.is_none() => {
-                        return Err(ApiError::invalid(format!("agent {a} does not exist")))
-                    }
-                    (Role::Admin | Role::Member, Some(_)) => {
-                        return Err(ApiError::invalid("only agent tokens take agent_id"))
-                    }
-                    _ => {}
-                }
-                let token = auth::generate_token();
-                let hash = auth::hash_token(&token);
-                let now = logic::now();
-                let row = self.conn.immediate_transaction(|conn| {
-                    q::insert_token(
-                        conn,
-                        &models::NewToken {
-                            hash: &hash,
-                            role: r.as_str(),
-                            name: &name,
-                            agent_id,
-                            created_at: &now,
-                        },
-                    )
-                })?;
-                self.tokens.insert(
-                    hash,
-                    Principal {
-                        token_id: row.id,
-                        role: r,
-                        agent_id,
-                    },
-                );
-                let mut v = row.to_json();
-                v["token"] = json!(token);
-                Ok(v)
+                let (created, hash, principal) = self
+                    .conn
+                    .immediate_transaction(|conn| logic::create_token(conn, &role, &name, agent_id))?;
+                self.tokens.insert(hash, principal);
+                Ok(created)
             }
             Tokens::List { by } => {
                 authorize(&by, Action::ManageTokens)?;
@@ -636,13 +600,7 @@ impl Db {
             }
             Tokens::Revoke { by, id } => {
                 authorize(&by, Action::ManageTokens)?;
-                let now = logic::now();
-                if !self
-                    .conn
-                    .immediate_transaction(|conn| q::revoke_token(conn, id, &now))?
-                {
-                    return Err(ApiError::not_found(format!("token {id} not found")));
-                }
+                self.conn.immediate_transaction(|conn| logic::revoke_token(conn, id))?;
                 self.tokens.remove_token(id);
                 self.registry.do_send(CloseTokens {
                     token_ids: vec![id],
