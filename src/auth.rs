@@ -173,7 +173,7 @@ impl TokenCache {
         if let Some(p) = self.cached(&hash) {
             return Some(p);
         }
-        let p = self.from_file(&hash)?;
+        let p = self.look_up_file(&hash)?;
         self.insert(hash, p.clone());
         Some(p)
     }
@@ -186,7 +186,7 @@ impl TokenCache {
         bool::from(stored.as_bytes().ct_eq(hash.as_bytes())).then(|| p.clone())
     }
 
-    fn from_file(&self, hash: &str) -> Option<Principal> {
+    fn look_up_file(&self, hash: &str) -> Option<Principal> {
         let mut conn = self.file.as_ref()?.lock().expect("token file poisoned");
         let row = crate::db::queries::find_token_by_hash(&mut conn, hash).ok()??;
         if row.revoked_at.is_some() {

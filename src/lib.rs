@@ -6,6 +6,7 @@
 //! - [`admin`]: the `taskwire token` commands, on the database file.
 //! - [`config`]: the server's settings, with the defaults of the contract.
 //! - [`protocol`]: the wire contract in serde types (frames, topics, params).
+//! - [`demo`]: demo data and simulated agents for `serve --demo`.
 //! - [`error`]: the one error type and its stable codes.
 //! - [`db`]: the Db actor (the only writer, the sequencer), its SQL and rules.
 //! - [`registry`]: the Registry actor, topic → subscribed sessions.
@@ -106,6 +107,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         config: Arc::new(config),
         metrics,
     };
+    if state.config.demo {
+        demo::start(&state);
+    }
     let addr = listener.local_addr()?;
     let data = web::Data::new(state.clone());
     let server = HttpServer::new(move || {
