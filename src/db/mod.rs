@@ -333,7 +333,8 @@ impl Db {
             return;
         }
         let started = Instant::now();
-        let mut seq = self.seq;
+        let start_seq = self.seq;
+        let mut seq = start_seq;
         let mut results: Vec<Result<Outcome, ApiError>> = Vec::with_capacity(jobs.len());
         let beats = &mut self.beats;
         let now = logic::now();
@@ -402,6 +403,7 @@ impl Db {
                 answers.push((reply, answer));
             }
         }
+        self.metrics.change_log_len.add(seq - start_seq);
         if !items.is_empty() {
             self.registry.do_send(Publish { items });
         }
