@@ -15,6 +15,7 @@ import {
   setChildren,
   setText,
   startTicking,
+  tickTimes,
 } from './ui.js';
 
 const client = new Client();
@@ -96,6 +97,7 @@ function renderView() {
     desc.classList.add('none');
     setText(desc, 'No description.');
   }
+  tickTimes(client, view);
 }
 
 function formValues() {
