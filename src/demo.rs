@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
@@ -225,6 +225,9 @@ async fn simulate(db: Addr<Db>, heartbeat_timeout: Duration) -> Result<(), ApiEr
             log::info!("demo: every demo agent was deleted; the simulation ends");
             return Ok(());
         }
+        // Tasks taken or moved in this round, so two agents do not reach for
+        // the same one from the same read.
+        let mut claimed = HashSet::new();
         for i in 0..sims.len() {
             if sims[i].next_at > now {
                 continue;
@@ -241,7 +244,7 @@ async fn simulate(db: Addr<Db>, heartbeat_timeout: Duration) -> Result<(), ApiEr
                 sims[i].next_nap = now + nap + Duration::from_secs(rng.gen_range(120..240));
                 continue;
             }
-            match step(&db, &mut rng, &mut sims[i], &tasks).await {
+            match step(&db, &mut rng, &mut sims[i], &tasks, &mut claimed).await {
                 Ok(()) => {}
                 Err(e) if e.code == ErrorCode::Unavailable => return Err(e),
                 // A person changed the task first, or deleted it: try again next time.
@@ -252,7 +255,13 @@ async fn simulate(db: Addr<Db>, heartbeat_timeout: Duration) -> Result<(), ApiEr
 }
 
 /// One action of one agent, then its heartbeat.
-async fn step(db: &Addr<Db>, rng: &mut StdRng, sim: &mut Sim, tasks: &[Value]) -> Result<(), ApiError> {
+async fn step(
+    db: &Addr<Db>,
+    rng: &mut StdRng,
+    sim: &mut Sim,
+    tasks: &[Value],
+    claimed: &mut HashSet<i64>,
+) -> Result<(), ApiError> {
     let id = sim.id;
     let mine = tasks
         .iter()
@@ -307,19 +316,26 @@ async fn step(db: &Addr<Db>, rng: &mut StdRng, sim: &mut Sim, tasks: &[Value]) -
             let mut open: Vec<&Value> = tasks
                 .iter()
                 .filter(|t| t["status"] == "todo" && t["assignee_id"].is_null())
+                .filter(|t| t["id"].as_i64().is_some_and(|id| !claimed.contains(&id)))
                 .collect();
             open.sort_by_key(|t| (-t["priority"].as_i64().unwrap_or(0), t["id"].as_i64()));
             let todo_left = open.len();
             if let Some(task) = open.first() {
                 if rng.gen_bool(0.7) {
+                    claimed.extend(task["id"].as_i64());
                     update(db, task, json!({"assignee_id": id, "status": "in_progress"})).await?;
                     current = task["id"].as_i64();
                 }
             }
             // Keep the board moving: reopen finished work when little is left.
             if todo_left < 4 && rng.gen_bool(0.5) {
-                let done: Vec<&Value> = tasks.iter().filter(|t| t["status"] == "done").collect();
+                let done: Vec<&Value> = tasks
+                    .iter()
+                    .filter(|t| t["status"] == "done")
+                    .filter(|t| t["id"].as_i64().is_some_and(|id| !claimed.contains(&id)))
+                    .collect();
                 if let Some(task) = done.choose(rng) {
+                    claimed.extend(task["id"].as_i64());
                     update(db, task, json!({"status": "todo", "assignee_id": null})).await?;
                 }
             }

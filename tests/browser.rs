@@ -897,3 +897,217 @@ async fn screenshots_of_the_pages() {
     assert_eq!(overflow, false, "no sideways scrolling at phone width");
     phone.screenshot("task-phone.png").await;
 }
+
+/// The client library in the browser, with a socket wrapper that loses what
+/// the test says: a call whose reply was lost is re-sent with its op_id and
+/// committed once; a call made while disconnected is sent after the
+/// reconnect; a socket that stops answering is noticed by the pings; topics
+/// resume from their position, and resync when the server sends a snapshot.
+const CLIENT_SCENARIOS: &str = r#"
+const done = arguments[arguments.length - 1];
+(async () => {
+  const { Client, backoffDelay } = await import('/static/js/client.js');
+  const out = {};
+  const wait = (pred, ms = 10000) => new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const tick = () => {
+      if (pred()) resolve();
+      else if (Date.now() - t0 > ms) reject(new Error('timed out: ' + pred));
+      else setTimeout(tick, 10);
+    };
+    tick();
+  });
+  out.backoff = [0, 1, 2, 5, 6, 20].map((a) => [
+    backoffDelay(a, 500, 30000, () => 0),
+    backoffDelay(a, 500, 30000, () => 0.999999),
+  ]);
+
+  const url = (location.protocol === 'https:' ? 'wss' : 'ws') + '://' + location.host + '/ws';
+  const sent = [];
+  let dropNextCommit = false;
+  let current = null;
+  class Flaky {
+    constructor(u) {
+      const ws = new WebSocket(u);
+      this.ws = ws;
+      this.blackhole = false;
+      current = this;
+      ws.onmessage = (e) => {
+        if (this.blackhole) return;
+        const f = JSON.parse(e.data);
+        if (dropNextCommit && f.type === 'reply' && typeof f.seq === 'number') {
+          dropNextCommit = false;
+          ws.close();
+          return;
+        }
+        if (this.onmessage) this.onmessage(e);
+      };
+      ws.onclose = (e) => this.onclose && this.onclose(e);
+      ws.onerror = (e) => this.onerror && this.onerror(e);
+    }
+    send(d) { sent.push(JSON.parse(d)); this.ws.send(d); }
+    close(c) { this.ws.close(c); }
+  }
+  const states = [];
+  const client = new Client({
+    url,
+    createSocket: (u) => new Flaky(u),
+    backoffBaseMs: 50,
+    pingIntervalMs: 300,
+    pingTimeoutMs: 600,
+  });
+  client.on('state', (s) => states.push(s.state));
+  const events = [];
+  client.subscribe('tasks', {
+    snapshot() {},
+    event(ev, info) { events.push([ev.event, ev.seq, info.replayed]); },
+  });
+  client.connect();
+  await wait(() => client.state.state === 'live');
+
+  // A reply lost with its socket.
+  dropNextCommit = true;
+  const r1 = await client.call('task.create', { title: 'Exactly once' });
+  const calls = sent.filter((f) => f.type === 'call');
+  out.lost = {
+    id: r1.data.id,
+    seq: r1.seq,
+    sends: calls.length,
+    opIds: new Set(calls.map((c) => c.op_id)).size,
+  };
+  await wait(() => client.state.state === 'live');
+
+  // A call made while disconnected.
+  const queued = new Promise((resolve, reject) => {
+    const off = client.on('state', (s) => {
+      if (s.state === 'reconnecting' && s.retryAt) {
+        off();
+        client.call('task.create', { title: 'Queued while down' }).then(resolve, reject);
+      }
+    });
+  });
+  current.close();
+  const r2 = await queued;
+  out.queued = {
+    id: r2.data.id,
+    sends: sent.filter((f) => f.type === 'call' && f.params.title === 'Queued while down').length,
+  };
+
+  // A socket that stops answering.
+  await wait(() => client.state.state === 'live');
+  const before = states.length;
+  current.blackhole = true;
+  const t0 = Date.now();
+  await wait(() => client.state.lastClose && client.state.lastClose.reason === 'ping timeout'
+    && client.state.state === 'live');
+  out.dead = { ms: Date.now() - t0, states: states.slice(before) };
+
+  // Resume from a position, then a resync from a position of another database.
+  const topic = 'task:' + r1.data.id;
+  const first = await new Promise((resolve) => {
+    const sub = client.subscribe(topic, { snapshot(t, info) { resolve({ sub, info }); } });
+  });
+  const pos = first.sub.position();
+  await client.unsubscribe(topic);
+  await client.call('task.update', { id: r1.data.id, patch: { status: 'done' } });
+  out.resumed = await new Promise((resolve) => {
+    const got = [];
+    client.subscribe(topic, {
+      snapshot() { resolve({ snapshot: true }); },
+      event(ev, info) { got.push([ev.event, info.replayed]); },
+      resumed(info) { resolve({ got, replayed: info.replayed }); },
+    }, pos);
+  });
+  await client.unsubscribe(topic);
+  out.resync = await new Promise((resolve) => {
+    client.subscribe(topic, {
+      snapshot(t, info) { resolve({ resync: info.resync, status: t.status }); },
+      resumed() { resolve({ resumed: true }); },
+    }, { epoch: 'another-database', since: 1 });
+  });
+
+  // Errors reject with their code.
+  try {
+    await client.call('task.update', { id: r1.data.id, if_version: 1, patch: { title: 'x' } });
+    out.conflict = null;
+  } catch (e) {
+    out.conflict = e.code;
+  }
+  out.notFound = await new Promise((resolve) => client.subscribe('task:999999', { error: (e) => resolve(e.code) }));
+  const seqs = events.map((e) => e[1]);
+  out.eventsInOrderOnce = seqs.every((s, i) => i === 0 || s > seqs[i - 1]);
+  out.events = events;
+  client.close();
+  return out;
+})().then(done, (e) => done({ error: String((e && e.stack) || e) }));
+"#;
+
+#[tokio::test]
+#[ignore = "needs chromium and chromium-driver"]
+async fn the_client_resends_once_resumes_and_notices_dead_sockets() {
+    let _one = BROWSERS.lock().await;
+    let app = spawn_app();
+    let driver = Driver::start();
+    let b = driver.browser(1280, 800).await;
+    b.login(&app).await;
+    b.wait_live().await;
+    let out = b
+        .client
+        .execute_async(CLIENT_SCENARIOS, vec![])
+        .await
+        .expect("the scenarios ran");
+    eprintln!("{out:#}");
+    assert!(out["error"].is_null(), "{}", out["error"]);
+
+    let backoff: Vec<(i64, i64)> = out["backoff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), p[1].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        backoff.iter().map(|p| p.0).collect::<Vec<_>>(),
+        [0; 6],
+        "full jitter starts at 0"
+    );
+    let highs: Vec<i64> = backoff.iter().map(|p| p.1).collect();
+    assert_eq!(highs, [499, 999, 1999, 15999, 29999, 29999], "doubling, capped at 30 s");
+
+    assert_eq!(out["lost"]["sends"], 2, "re-sent after the reconnect");
+    assert_eq!(out["lost"]["opIds"], 1, "with the same op_id");
+    assert_eq!(
+        out["queued"]["sends"], 1,
+        "a call made while down is sent once, after the hello"
+    );
+    let tasks = rest(app.get("/api/tasks")).await;
+    let titled = |t: &str| {
+        tasks["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["title"] == t)
+            .count()
+    };
+    assert_eq!(titled("Exactly once"), 1, "the lost reply's call committed once");
+    assert_eq!(titled("Queued while down"), 1);
+
+    let dead: Vec<&str> = out["dead"]["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(dead.first(), Some(&"reconnecting"), "{dead:?}");
+    assert_eq!(dead.last(), Some(&"live"), "{dead:?}");
+    assert!(
+        out["dead"]["ms"].as_i64().unwrap() < 5000,
+        "the dead socket was noticed in time"
+    );
+
+    assert_eq!(out["resumed"]["got"], json!([["task.updated", true]]), "replayed once");
+    assert_eq!(out["resumed"]["replayed"], 1);
+    assert_eq!(out["resync"], json!({"resync": true, "status": "done"}));
+    assert_eq!(out["conflict"], "conflict");
+    assert_eq!(out["notFound"], "not_found");
+    assert_eq!(out["eventsInOrderOnce"], true, "{}", out["events"]);
+}

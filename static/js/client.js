@@ -403,6 +403,8 @@ export class Client {
    * (`info.resync` is then true); replace everything you hold.
    * `handlers.event(frame, info)` gets each event in order (`info.replayed`
    * is true for events replayed while catching up), never one twice.
+   * `handlers.resumed(info)` is told when a resume was answered with the
+   * missed events (`info.replayed` of them, already passed to `event`).
    * `handlers.error(err)` gets a subscribe that failed (e.g. `not_found`); the
    * subscription is then over.
    *
@@ -483,18 +485,19 @@ export class Client {
       return;
     }
     const d = f.data || {};
-    const info = { topic: sub.topic, epoch: d.epoch, seq: d.seq, resync: sub.seq !== null };
     if (Object.prototype.hasOwnProperty.call(d, 'snapshot')) {
+      const info = { topic: sub.topic, epoch: d.epoch, seq: d.seq, resync: sub.seq !== null };
       sub.epoch = d.epoch;
       sub.seq = d.seq;
       sub.active = true;
       this._call(sub.handlers.snapshot, d.snapshot, info);
     } else {
       sub.active = true;
-      for (const ev of d.events || []) this._deliver(sub, ev, true);
+      const events = d.events || [];
+      for (const ev of events) this._deliver(sub, ev, true);
       sub.epoch = d.epoch;
       if (sub.seq === null || d.seq > sub.seq) sub.seq = d.seq;
-      this._call(sub.handlers.resumed, info);
+      this._call(sub.handlers.resumed, { topic: sub.topic, epoch: d.epoch, seq: d.seq, replayed: events.length });
     }
     const buffered = sub.buffer;
     sub.buffer = [];
