@@ -1111,3 +1111,68 @@ async fn the_client_resends_once_resumes_and_notices_dead_sockets() {
     assert_eq!(out["notFound"], "not_found");
     assert_eq!(out["eventsInOrderOnce"], true, "{}", out["events"]);
 }
+
+/// Demo mode needs no browser, so this test runs in every `cargo test`: an
+/// empty database gets tasks and agents, the agents heartbeat and move tasks
+/// through the same write path as clients, and a restart on the same file adds
+/// nothing but keeps the agents working.
+#[tokio::test]
+async fn demo_mode_fills_the_board_and_moves_it() {
+    let app = spawn_app_with(|c| c.demo = true);
+    let started = Instant::now();
+    let (tasks, agents) = loop {
+        let tasks = rest(app.get("/api/tasks")).await;
+        let agents = rest(app.get("/api/agents")).await;
+        let n = tasks["items"].as_array().unwrap().len();
+        let busy = agents["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["status"] == "busy" && a["last_heartbeat_at"].is_string())
+            .count();
+        if n >= 30 && busy >= 2 {
+            break (tasks, agents);
+        }
+        assert!(started.elapsed() < WAIT, "demo data: {n} tasks, {busy} busy agents");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let agents = agents["items"].as_array().unwrap();
+    assert!((3..=8).contains(&agents.len()), "a handful of agents");
+    assert!(agents.iter().all(|a| a["meta"]["demo"] == true));
+    let in_progress = tasks["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "in_progress" && t["assignee_id"].is_i64())
+        .count();
+    assert!(in_progress >= 1, "agents took tasks");
+
+    // Changes keep coming, as events like any other client's.
+    let mut ws = app.ws().await;
+    assert_eq!(ws.subscribe("tasks").await["ok"], true);
+    assert_eq!(ws.subscribe("agents").await["ok"], true);
+    let (mut moved, mut beats) = (0, 0);
+    while moved < 2 || beats < 3 {
+        let ev = ws.next_event().await;
+        match ev["event"].as_str() {
+            Some("task.updated") => moved += 1,
+            Some("agent.heartbeat") => beats += 1,
+            _ => {}
+        }
+    }
+    drop(ws);
+
+    let count = tasks["items"].as_array().unwrap().len();
+    let app = app.restart(|c| c.demo = true);
+    let mut ws = app.ws().await;
+    assert_eq!(ws.subscribe("agents").await["ok"], true);
+    loop {
+        if ws.next_event().await["event"] == "agent.heartbeat" {
+            break;
+        }
+    }
+    let after = rest(app.get("/api/tasks")).await;
+    assert_eq!(after["items"].as_array().unwrap().len(), count, "a restart adds no demo data");
+    let agents_after = rest(app.get("/api/agents")).await;
+    assert_eq!(agents_after["items"].as_array().unwrap().len(), agents.len());
+}
