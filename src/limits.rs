@@ -13,8 +13,9 @@ pub struct Bucket {
     rate: f64,
     tokens: f64,
     at: Instant,
-    /// Since when requests have been refused without a break.
+    /// Since when the bucket has been refusing, with no second free of refusals.
     pub over_since: Option<Instant>,
+    last_refused: Option<Instant>,
 }
 
 impl Bucket {
@@ -24,6 +25,7 @@ impl Bucket {
             tokens: rate as f64,
             at: Instant::now(),
             over_since: None,
+            last_refused: None,
         }
     }
 
@@ -32,17 +34,25 @@ impl Bucket {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
         self.at = now;
+        // A whole second without a refusal ends a stretch of abuse; the odd
+        // frame let through by the refill does not.
+        if self
+            .last_refused
+            .is_some_and(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.over_since = None;
+        }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            self.over_since = None;
             true
         } else {
             self.over_since.get_or_insert(now);
+            self.last_refused = Some(now);
             false
         }
     }
 
-    /// True once requests have been refused for `d` without a break.
+    /// True once requests have been refused for `d` with no second's break.
     pub fn over_for(&self, d: Duration) -> bool {
         self.over_since.is_some_and(|t| t.elapsed() >= d)
     }
@@ -149,6 +159,16 @@ mod tests {
         assert!(b.take() && b.take() && b.take());
         assert!(!b.take());
         assert!(b.over_since.is_some());
+    }
+
+    #[test]
+    fn a_refill_does_not_end_a_stretch_of_abuse() {
+        let mut b = Bucket::new(1000);
+        while b.take() {}
+        let since = b.over_since;
+        // Wait for one token to come back; the stretch goes on.
+        while !b.take() {}
+        assert_eq!(b.over_since, since);
     }
 
     #[test]

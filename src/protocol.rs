@@ -313,6 +313,16 @@ pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
     serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// For optional fields that may not be null: absent is `None`, null is a
+/// `bad_request` like any other wrong type.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// For patch fields that may be set to null: absent is `None`, null is
 /// `Some(None)`.
 fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -328,9 +338,13 @@ where
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskCreate {
+    #[serde(default, deserialize_with = "present")]
     pub title: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub status: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub priority: Option<i64>,
     pub assignee_id: Option<i64>,
 }
@@ -339,9 +353,13 @@ pub struct TaskCreate {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskPatch {
+    #[serde(default, deserialize_with = "present")]
     pub title: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub status: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub priority: Option<i64>,
     #[serde(default, deserialize_with = "nullable")]
     pub assignee_id: Option<Option<i64>>,
@@ -351,8 +369,11 @@ pub struct TaskPatch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentCreate {
+    #[serde(default, deserialize_with = "present")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub meta: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "present")]
     pub status: Option<String>,
     pub current_task_id: Option<i64>,
 }
@@ -361,10 +382,13 @@ pub struct AgentCreate {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentPatch {
+    #[serde(default, deserialize_with = "present")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub status: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     pub current_task_id: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
     pub meta: Option<Map<String, Value>>,
 }
 
@@ -374,6 +398,7 @@ pub struct AgentPatch {
 pub struct Update<P> {
     pub id: i64,
     pub patch: P,
+    #[serde(default, deserialize_with = "present")]
     pub if_version: Option<i64>,
 }
 
@@ -382,6 +407,7 @@ pub struct Update<P> {
 #[serde(deny_unknown_fields)]
 pub struct Delete {
     pub id: i64,
+    #[serde(default, deserialize_with = "present")]
     pub if_version: Option<i64>,
 }
 
@@ -390,6 +416,7 @@ pub struct Delete {
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub id: i64,
+    #[serde(default, deserialize_with = "present")]
     pub status: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     pub current_task_id: Option<Option<i64>>,

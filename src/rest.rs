@@ -31,6 +31,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ws", web::get().to(upgrade))
         .service(
             web::scope("/api")
+                .wrap(actix_web::middleware::from_fn(reject_stray_query))
                 .route("/tasks", web::get().to(list_tasks))
                 .route("/tasks", web::post().to(create_task))
                 .route("/tasks/{id}", web::get().to(get_task))
@@ -97,26 +98,47 @@ fn bearer(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
 /// from a page of an allowed origin (anything else could be cross-site
 /// WebSocket hijacking).
 fn socket_principal(app: &AppState, req: &HttpRequest) -> Result<Principal, ApiError> {
+    let cookie = req.cookie(SESSION_COOKIE);
+    if cookie.is_some() {
+        // Whatever else it carries, an upgrade with the cookie must come from a
+        // page of an allowed origin.
+        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        let scheme = if req.app_config().secure() { "https" } else { "http" };
+        // The Host header the browser connected with, not forwarding headers a
+        // client could set.
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        let own = format!("{scheme}://{host}");
+        let allowed = origin.is_some_and(|o| o == own || app.config.allowed_origins.iter().any(|a| a == o));
+        if !allowed {
+            return Err(ApiError::forbidden("this origin may not use the session cookie"));
+        }
+    }
     if req.headers().contains_key(header::AUTHORIZATION) {
         return bearer(app, req.headers());
     }
-    let Some(cookie) = req.cookie(SESSION_COOKIE) else {
-        return Err(ApiError::unauthorized(
-            "send Authorization: Bearer <token>, or log in at /login",
-        ));
-    };
-    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    let own = {
-        let info = req.connection_info();
-        format!("{}://{}", info.scheme(), info.host())
-    };
-    let allowed = origin.is_some_and(|o| o == own || app.config.allowed_origins.iter().any(|a| a == o));
-    if !allowed {
-        return Err(ApiError::forbidden("this origin may not use the session cookie"));
-    }
+    let cookie =
+        cookie.ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>, or log in at /login"))?;
     app.tokens
         .verify_session(cookie.value())
         .ok_or_else(|| ApiError::unauthorized("the session has ended; log in again"))
+}
+
+/// Only the two list routes take query parameters; anywhere else one is an
+/// unknown field.
+async fn reject_stray_query(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let takes_query =
+        req.method() == actix_web::http::Method::GET && matches!(req.path(), "/api/tasks" | "/api/changes");
+    if !takes_query && !req.query_string().is_empty() {
+        return Err(ApiError::bad_request("this route takes no query parameters").into());
+    }
+    next.call(req).await
 }
 
 async fn not_found() -> Res {
@@ -140,7 +162,7 @@ async fn upgrade(req: HttpRequest, payload: web::Payload, app: web::Data<AppStat
         Ok(res) => Ok(res),
         Err(e) => {
             app.sockets.release(&who);
-            Ok(e.error_response())
+            Err(ApiError::bad_request(format!("not a WebSocket upgrade: {e}")))
         }
     }
 }

@@ -508,8 +508,12 @@ fn agent_update(
     }
     if let Some(s) = patch.status {
         valid_agent_status(&s)?;
-        next.reported_status = s.clone();
-        next.status = s;
+        // Only a heartbeat brings an offline agent back; until then the new
+        // status is what it will come back to.
+        if next.status != "offline" {
+            next.status = s.clone();
+        }
+        next.reported_status = s;
     }
     if let Some(t) = patch.current_task_id {
         valid_current_task(conn, t)?;
