@@ -228,27 +228,27 @@ async fn simulate(db: Addr<Db>, heartbeat_timeout: Duration) -> Result<(), ApiEr
         // Tasks taken or moved in this round, so two agents do not reach for
         // the same one from the same read.
         let mut claimed = HashSet::new();
-        for i in 0..sims.len() {
-            if sims[i].next_at > now {
+        for sim in sims.iter_mut() {
+            if sim.next_at > now {
                 continue;
             }
-            sims[i].next_at = now + Duration::from_millis(rng.gen_range(900..3200));
-            if let Some(until) = sims[i].napping_until {
+            sim.next_at = now + Duration::from_millis(rng.gen_range(900..3200));
+            if let Some(until) = sim.napping_until {
                 if until > now {
                     continue;
                 }
-                sims[i].napping_until = None;
+                sim.napping_until = None;
             }
-            if sims[i].name == NAPPER && sims[i].next_nap <= now {
-                sims[i].napping_until = Some(now + nap);
-                sims[i].next_nap = now + nap + Duration::from_secs(rng.gen_range(120..240));
+            if sim.name == NAPPER && sim.next_nap <= now {
+                sim.napping_until = Some(now + nap);
+                sim.next_nap = now + nap + Duration::from_secs(rng.gen_range(120..240));
                 continue;
             }
-            match step(&db, &mut rng, &mut sims[i], &tasks, &mut claimed).await {
+            match step(&db, &mut rng, sim, &tasks, &mut claimed).await {
                 Ok(()) => {}
                 Err(e) if e.code == ErrorCode::Unavailable => return Err(e),
                 // A person changed the task first, or deleted it: try again next time.
-                Err(e) => log::debug!("demo: {}: {e}", sims[i].name),
+                Err(e) => log::debug!("demo: {}: {e}", sim.name),
             }
         }
     }
