@@ -515,6 +515,8 @@ async fn pages_reconnect_and_catch_up_after_a_restart() {
         .await;
     }
 
+    board.screenshot("reconnecting.png").await;
+
     // While the pages' server is down, changes land in the same file through a
     // server the pages cannot reach.
     let (made, task_seq) = {
@@ -896,6 +898,21 @@ async fn screenshots_of_the_pages() {
         .await;
     assert_eq!(overflow, false, "no sideways scrolling at phone width");
     phone.screenshot("task-phone.png").await;
+
+    // The board of a demo server, with its simulated agents at work.
+    let demo = spawn_app_with(|c| c.demo = true);
+    b.login(&demo).await;
+    b.wait_live().await;
+    b.wait_for(
+        "the demo agents at work",
+        "document.querySelectorAll('.card').length >= 30 && \
+         document.querySelectorAll('.agent[data-status=busy]').length >= 3 && \
+         document.querySelectorAll('.column[data-status=in_progress] .card').length >= 2 && \
+         document.querySelector('#conn .conn-last').dataset.seq",
+        Duration::from_secs(30),
+    )
+    .await;
+    b.screenshot("demo.png").await;
 }
 
 /// The client library in the browser, with a socket wrapper that loses what
@@ -1172,7 +1189,11 @@ async fn demo_mode_fills_the_board_and_moves_it() {
         }
     }
     let after = rest(app.get("/api/tasks")).await;
-    assert_eq!(after["items"].as_array().unwrap().len(), count, "a restart adds no demo data");
+    assert_eq!(
+        after["items"].as_array().unwrap().len(),
+        count,
+        "a restart adds no demo data"
+    );
     let agents_after = rest(app.get("/api/agents")).await;
     assert_eq!(agents_after["items"].as_array().unwrap().len(), agents.len());
 }
