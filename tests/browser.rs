@@ -785,6 +785,20 @@ async fn pages_use_only_their_origin_and_log_no_errors() {
             "chromedriver returned no console log: {probe:?}"
         );
     }
+
+    // A browser without a session cannot open the socket: the page keeps
+    // trying and offers the login page.
+    let stranger = driver.browser(1280, 800).await;
+    stranger.goto(&app, "/").await;
+    stranger
+        .wait_for(
+            "the login link",
+            "document.querySelector('#conn').dataset.state === 'connecting' && \
+             !document.querySelector('#conn .conn-login').hidden",
+            WAIT,
+        )
+        .await;
+    assert_eq!(stranger.js("document.querySelectorAll('.card').length").await, 0);
 }
 
 /// Screenshots of the board, a task page and an agent page, at 1280x800 and at
