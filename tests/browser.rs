@@ -679,6 +679,7 @@ async fn a_conflicting_edit_is_shown_and_theirs_is_kept() {
         WAIT,
     )
     .await;
+    me.screenshot("conflict.png").await;
     let stored = rest(app.get(&format!("/api/tasks/{tid}"))).await;
     assert_eq!(stored["title"], "Their title");
     assert_eq!(stored["priority"], 3);
