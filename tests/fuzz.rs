@@ -1,0 +1,602 @@
+//! Bad input. Property tests feed arbitrary bytes, strings, JSON values and
+//! near-valid frames to the frame parser, and arbitrary params to the call
+//! handlers on a real database: nothing panics, a readable `ref` is always
+//! kept, the parser only ever says `bad_request`, and no call ends `internal`.
+//! A live test then sends thousands of random and malformed frames on one
+//! socket: every frame with a readable ref gets exactly one reply with that
+//! ref, every other frame one error frame, the server stays up, and a client
+//! subscribed meanwhile gets every event.
+
+mod child;
+mod common;
+
+use futures_util::{SinkExt, StreamExt};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
+use serde_json::{json, Map, Value};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+use taskwire::auth::{Principal, Role};
+use taskwire::error::ErrorCode;
+use taskwire::protocol::{parse_frame, Call, Method, Request};
+use tokio_tungstenite::tungstenite::Message;
+
+const MAX_REF: u64 = 1 << 53;
+
+/// The ref a frame's reply must carry, by the contract alone: a string, or an
+/// integer (no fraction, no exponent) within ±2^53.
+fn readable_ref(frame: &Value) -> Option<Value> {
+    match frame.as_object()?.get("ref")? {
+        s @ Value::String(_) => Some(s.clone()),
+        Value::Number(n) => {
+            let ok = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => u <= MAX_REF,
+                (None, Some(i)) => i.unsigned_abs() <= MAX_REF,
+                _ => false,
+            };
+            ok.then(|| Value::Number(n.clone()))
+        }
+        _ => None,
+    }
+}
+
+// ---- strategies ----
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|i| json!(i)),
+        any::<u64>().prop_map(|u| json!(u)),
+        (-3i64..8).prop_map(|i| json!(i)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        ".{0,16}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::btree_map(".{0,8}", inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Refs, readable or not.
+fn arb_ref() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => (-(MAX_REF as i64)..=MAX_REF as i64).prop_map(|i| json!(i)),
+        2 => ".{0,12}".prop_map(Value::String),
+        1 => (MAX_REF + 1..u64::MAX).prop_map(|u| json!(u)),
+        1 => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        1 => arb_json(),
+    ]
+}
+
+const KEYS: [&str; 14] = [
+    "id",
+    "patch",
+    "if_version",
+    "title",
+    "description",
+    "status",
+    "priority",
+    "assignee_id",
+    "name",
+    "meta",
+    "current_task_id",
+    "token",
+    "since",
+    "x",
+];
+
+/// Values that hit the rules of the entities.
+fn arb_field() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => (0i64..6).prop_map(|i| json!(i)),
+        1 => any::<i64>().prop_map(|i| json!(i)),
+        2 => prop::sample::select(vec![
+            "todo", "in_progress", "blocked", "review", "done", "idle", "busy", "error",
+            "offline", "", " ", "\u{0}", "日本語",
+        ])
+        .prop_map(|s| json!(s)),
+        2 => ".{0,40}".prop_map(Value::String),
+        1 => (190usize..210).prop_map(|n| json!("t".repeat(n))),
+        1 => Just(Value::Null),
+        1 => any::<bool>().prop_map(Value::Bool),
+        1 => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        1 => arb_json(),
+    ]
+}
+
+/// An object of params: mostly known keys with plausible or wrong values.
+fn arb_params() -> impl Strategy<Value = Value> {
+    let key = prop_oneof![
+        6 => prop::sample::select(KEYS.to_vec()).prop_map(str::to_string),
+        1 => ".{0,8}",
+    ];
+    let patch = prop::collection::btree_map(key.clone(), arb_field(), 0..4)
+        .prop_map(|m| Value::Object(m.into_iter().collect()));
+    (
+        prop::collection::btree_map(key, arb_field(), 0..5),
+        prop::option::weighted(0.5, patch),
+    )
+        .prop_map(|(m, patch)| {
+            let mut o: Map<String, Value> = m.into_iter().collect();
+            if let Some(p) = patch {
+                o.insert("patch".into(), p);
+            }
+            Value::Object(o)
+        })
+}
+
+const METHODS: [&str; 7] = [
+    "task.create",
+    "task.update",
+    "task.delete",
+    "agent.create",
+    "agent.update",
+    "agent.delete",
+    "agent.heartbeat",
+];
+
+fn arb_method() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => prop::sample::select(METHODS.to_vec()).prop_map(|m| json!(m)),
+        1 => ".{0,14}".prop_map(Value::String),
+        1 => arb_json(),
+    ]
+}
+
+fn arb_topic() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        2 => prop::sample::select(vec!["tasks", "agents"]).prop_map(|t| json!(t)),
+        2 => "(task|agent):[0-9]{1,3}".prop_map(Value::String),
+        1 => "(task|agent|tasks|x):(0[0-9]*|-[0-9]+|[0-9]{19,22}|[0-9]+x)?".prop_map(Value::String),
+        1 => ".{0,12}".prop_map(Value::String),
+        1 => arb_json(),
+    ]
+}
+
+/// Calls that mostly pass the parser and reach the rules: they commit, or
+/// fail with `invalid`, `not_found` or `conflict`.
+fn arb_plausible_call() -> impl Strategy<Value = Value> {
+    let title = prop_oneof![
+        4 => ".{1,30}".prop_map(Value::String),
+        1 => Just(json!("  ")),
+        1 => "x{199,202}".prop_map(Value::String),
+    ];
+    let status = prop::sample::select(vec![
+        "todo",
+        "in_progress",
+        "blocked",
+        "review",
+        "done",
+        "idle",
+        "busy",
+        "nope",
+    ]);
+    let call = |method: &str, params: Value| json!({"type": "call", "method": method, "params": params});
+    prop_oneof![
+        (title.clone(), status.clone(), -1i64..5)
+            .prop_map(move |(t, s, p)| { call("task.create", json!({"title": t, "status": s, "priority": p})) }),
+        (1i64..400, title, status.clone(), prop::option::of(1i64..4)).prop_map(move |(id, t, s, v)| {
+            let mut params = json!({"id": id, "patch": {"title": t, "status": s}});
+            if let Some(v) = v {
+                params["if_version"] = json!(v);
+            }
+            call("task.update", params)
+        }),
+        (1i64..400, prop::option::of(1i64..3))
+            .prop_map(move |(id, v)| { call("task.delete", json!({"id": id, "if_version": v})) }),
+        ("[a-z]{1,5}", status.clone()).prop_map(move |(n, s)| call("agent.create", json!({"name": n, "status": s}))),
+        (1i64..30, status, prop::option::of(1i64..400)).prop_map(move |(id, s, t)| {
+            call("agent.heartbeat", json!({"id": id, "status": s, "current_task_id": t}))
+        }),
+    ]
+}
+
+/// A frame that is nearly right: a known or unknown type, a ref, and the
+/// fields of some frame type, each possibly wrong, plus stray keys.
+fn arb_frame() -> impl Strategy<Value = Value> {
+    let kind = prop_oneof![
+        6 => prop::sample::select(vec!["subscribe", "unsubscribe", "call", "ping"]).prop_map(|t| json!(t)),
+        1 => ".{0,10}".prop_map(Value::String),
+        1 => arb_json(),
+    ];
+    let since = prop_oneof![
+        any::<u32>().prop_map(|u| json!(u)),
+        any::<i64>().prop_map(|i| json!(i)),
+        any::<u64>().prop_map(|u| json!(u)),
+        arb_json(),
+    ];
+    let epoch = prop_oneof![".{0,16}".prop_map(Value::String), arb_json()];
+    let op_id = prop_oneof![
+        ".{0,12}".prop_map(Value::String),
+        "x{95,105}".prop_map(Value::String),
+        arb_json()
+    ];
+    (
+        prop::option::weighted(0.95, kind),
+        prop::option::weighted(0.9, arb_ref()),
+        prop::option::of(arb_topic()),
+        prop::option::of(arb_method()),
+        prop::option::of(prop_oneof![4 => arb_params(), 1 => arb_json()]),
+        prop::option::weighted(0.2, epoch),
+        prop::option::weighted(0.2, since),
+        prop::option::weighted(0.2, op_id),
+        prop::option::weighted(0.1, (".{0,6}", arb_json())),
+    )
+        .prop_map(|(kind, r, topic, method, params, epoch, since, op_id, extra)| {
+            let mut o = Map::new();
+            for (k, v) in [
+                ("type", kind),
+                ("ref", r),
+                ("topic", topic),
+                ("method", method),
+                ("params", params),
+                ("epoch", epoch),
+                ("since", since),
+                ("op_id", op_id),
+            ] {
+                if let Some(v) = v {
+                    o.insert(k.into(), v);
+                }
+            }
+            if let Some((k, v)) = extra {
+                o.insert(k, v);
+            }
+            Value::Object(o)
+        })
+}
+
+/// Checks one parse of `text` against the contract.
+fn check_parse(text: &str) {
+    let frame: Option<Value> = serde_json::from_str(text).ok();
+    let frame = frame.as_ref();
+    let want = frame.and_then(readable_ref);
+    match parse_frame(text) {
+        Ok((r, request)) => {
+            assert_eq!(Some(&r), want.as_ref(), "ref of {text}");
+            let frame = frame.expect("only JSON parses");
+            match request {
+                Request::Subscribe { topic, .. } | Request::Unsubscribe { topic } => {
+                    assert_eq!(frame["topic"], topic.to_string(), "topic of {text}")
+                }
+                Request::Call(call) => {
+                    assert_eq!(frame["type"], "call");
+                    assert_eq!(frame["method"], call.method.as_str(), "method of {text}");
+                    assert_eq!(frame["params"], call.params, "params of {text}");
+                }
+                Request::Ping => assert_eq!(frame["type"], "ping"),
+            }
+        }
+        Err((r, e)) => {
+            assert_eq!(r, want, "ref of rejected {text}");
+            assert_eq!(e.code, ErrorCode::BadRequest, "{text}: {e}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn parse_frame_takes_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        check_parse(&String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn parse_frame_takes_any_json_like_text(text in r#"[\[\]{}":,0-9a-z. \-+eE\\]{0,120}"#) {
+        check_parse(&text);
+    }
+
+    #[test]
+    fn parse_frame_takes_any_json(value in arb_json()) {
+        check_parse(&value.to_string());
+    }
+
+    #[test]
+    fn parse_frame_keeps_the_ref_of_near_valid_frames(frame in arb_frame()) {
+        check_parse(&frame.to_string());
+    }
+}
+
+// ---- the call handlers on a real database ----
+
+struct HandlerDb {
+    _dir: tempfile::TempDir,
+    conn: diesel::SqliteConnection,
+    seq: i64,
+    beats: HashMap<i64, String>,
+}
+
+thread_local! {
+    static HANDLER_DB: RefCell<Option<HandlerDb>> = const { RefCell::new(None) };
+}
+
+fn arb_call() -> impl Strategy<Value = (Call, Principal)> {
+    (
+        prop::sample::select(METHODS.to_vec()),
+        arb_params(),
+        prop::option::weighted(0.3, "[a-c]{1,2}"),
+        prop_oneof![
+            3 => Just(Role::Admin),
+            1 => Just(Role::Member),
+            1 => Just(Role::Agent),
+        ],
+        1i64..4,
+    )
+        .prop_map(|(method, params, op_id, role, agent)| {
+            let call = Call {
+                method: Method::parse(method).unwrap(),
+                params,
+                op_id,
+            };
+            let who = Principal {
+                token_id: 1,
+                role,
+                agent_id: (role == Role::Agent).then_some(agent),
+            };
+            (call, who)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Arbitrary params for every method, as each role: an answer is either a
+    /// commit or an error of the contract, never `internal`, and the change
+    /// log stays gap-free.
+    #[test]
+    fn call_handlers_take_any_params((call, who) in arb_call()) {
+        HANDLER_DB.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let db = cell.get_or_insert_with(|| {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("h.db");
+                let opened = taskwire::db::open(path.to_str().unwrap()).expect("open");
+                let mut conn = opened.conn;
+                taskwire::db::ensure_admin_token(&mut conn, Some("fuzz")).unwrap();
+                HandlerDb { _dir: dir, conn, seq: 0, beats: HashMap::new() }
+            });
+            let mut seq = db.seq;
+            let now = taskwire::db::logic::now();
+            let beats = &mut db.beats;
+            let result = db.conn.immediate_transaction::<_, taskwire::error::ApiError, _>(|conn| {
+                let mut ctx = taskwire::db::logic::WriteCtx { seq: &mut seq, beats, now };
+                taskwire::db::logic::execute(conn, &mut ctx, &who, &call)
+            });
+            match result {
+                Ok(out) => {
+                    if let Some(s) = out.seq {
+                        assert!(s > db.seq && s <= seq, "seq {s} of {call:?}");
+                    }
+                    assert_eq!(seq - db.seq, out.changes.len() as i64, "{call:?}");
+                    db.seq = seq;
+                }
+                Err(e) => assert_ne!(e.code, ErrorCode::Internal, "{call:?} as {who:?}: {e}"),
+            }
+        });
+    }
+}
+
+// ---- a live socket ----
+
+const FRAMES: usize = 4000;
+
+/// Codes the contract allows a reply to carry.
+const CODES: [&str; 11] = [
+    "bad_request",
+    "invalid",
+    "not_found",
+    "conflict",
+    "unauthorized",
+    "forbidden",
+    "too_large",
+    "rate_limited",
+    "gone",
+    "unavailable",
+    "internal",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_random_frames_are_all_answered_and_hurt_no_one() {
+    let app = common::spawn_app();
+    let started = Instant::now();
+
+    // Someone minding their business: subscribed to tasks, with a writer.
+    let mut watcher = child::Client::connect(app.addr, &app.admin).await.unwrap();
+    let r = watcher.subscribe("tasks").await.unwrap();
+    let start = r["data"]["seq"].as_i64().unwrap();
+    let writer = {
+        let (http, url, admin) = (app.http(), app.url("/api/tasks"), app.admin.clone());
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let res = http
+                    .post(&url)
+                    .bearer_auth(&admin)
+                    .json(&json!({ "title": format!("steady {i}") }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 201);
+            }
+        })
+    };
+
+    // The frames, generated deterministically.
+    let mut runner = TestRunner::deterministic();
+    let mut frames = Vec::with_capacity(FRAMES);
+    let mut owed = HashMap::new();
+    let mut owed_errors = 0usize;
+    let kinds = prop_oneof![
+        3 => arb_frame().prop_map(|f| (0u8, f)),
+        2 => (arb_method(), arb_params()).prop_map(|(m, p)| (1u8, json!({"type": "call", "method": m, "params": p}))),
+        1 => arb_json().prop_map(|v| (2u8, v)),
+        1 => ".{0,80}".prop_map(|s| (3u8, Value::String(s))),
+        1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| (4u8, json!(b))),
+        3 => arb_plausible_call().prop_map(|c| (1u8, c)),
+    ];
+    for i in 0..FRAMES {
+        let (kind, mut v) = kinds.new_tree(&mut runner).unwrap().current();
+        let msg = match kind {
+            // Readable refs are made unique so each reply can be matched.
+            0..=2 => {
+                if readable_ref(&v).is_some() || (kind == 1 && i % 5 != 0) {
+                    v["ref"] = if i % 2 == 0 { json!(i) } else { json!(format!("r{i}")) };
+                }
+                Message::Text(v.to_string())
+            }
+            3 => Message::Text(v.as_str().unwrap().to_string()),
+            _ => Message::Binary(
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_u64().unwrap() as u8)
+                    .collect(),
+            ),
+        };
+        let parsed: Option<Value> = match &msg {
+            Message::Text(t) => serde_json::from_str(t).ok(),
+            _ => None,
+        };
+        match parsed.as_ref().and_then(readable_ref) {
+            Some(r) => {
+                let key = r.to_string();
+                assert!(owed.insert(key, r).is_none(), "refs are unique");
+            }
+            None => owed_errors += 1,
+        }
+        frames.push(msg);
+    }
+    let owed_replies = owed.len();
+
+    let fuzzer = child::Client::connect(app.addr, &app.admin).await.unwrap();
+    let (mut sink, mut stream) = fuzzer.stream.split();
+    let sender = tokio::spawn(async move {
+        for f in frames {
+            sink.send(f).await.expect("the server took the frame");
+        }
+        sink
+    });
+    let mut replies = 0;
+    let mut errors = 0;
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    while replies < owed_replies || errors < owed_errors {
+        let msg = tokio::time::timeout(child::WAIT, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("answers stopped at {replies}/{owed_replies} replies, {errors}/{owed_errors} errors")
+            })
+            .expect("the fuzzed socket stays open")
+            .expect("no socket error");
+        let v: Value = match msg {
+            Message::Text(t) => serde_json::from_str(&t).expect("JSON from the server"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("the fuzzed socket got {other:?}"),
+        };
+        match v["type"].as_str() {
+            Some("reply") => {
+                let key = v["ref"].to_string();
+                match owed.remove(&key) {
+                    Some(r) => assert_eq!(v["ref"], r),
+                    None => panic!("a reply with a ref never sent, or twice: {v}"),
+                }
+                replies += 1;
+                if v["ok"] == false {
+                    let code = v["error"]["code"].as_str().expect("error code");
+                    assert!(CODES.contains(&code), "unknown code: {v}");
+                    *codes.entry(code.to_string()).or_default() += 1;
+                } else {
+                    *codes.entry("ok".into()).or_default() += 1;
+                }
+            }
+            Some("error") => {
+                assert_eq!(v["error"]["code"], "bad_request", "{v}");
+                errors += 1;
+            }
+            Some("event") => {}
+            _ => panic!("unexpected frame {v}"),
+        }
+    }
+    assert_eq!(replies, owed_replies);
+    assert_eq!(errors, owed_errors);
+    assert!(owed.is_empty());
+    let mut sink = sender.await.unwrap();
+
+    // Still up, and the fuzzed socket still works.
+    sink.send(Message::Text(json!({"type": "ping", "ref": "last"}).to_string()))
+        .await
+        .unwrap();
+    loop {
+        let msg = tokio::time::timeout(child::WAIT, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "reply" {
+                assert_eq!(v["ref"], "last", "{v}");
+                assert_eq!(v["ok"], true, "{v}");
+                break;
+            }
+        }
+    }
+    let health = app.http().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    // The watcher got every task change, in order, none twice.
+    writer.await.unwrap();
+    let log: Value = app
+        .get(&format!("/api/changes?since={start}&topic=tasks&limit=10000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let want: Vec<i64> = log["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{log}"))
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert!(want.len() >= 200, "the writer's 200 tasks are in the log");
+    let mut got = Vec::new();
+    let mut state: BTreeMap<i64, Value> = BTreeMap::new();
+    while got.last() != want.last() {
+        let ev = watcher.next_event().await.expect("the watcher's events");
+        let id = ev["data"]["id"].as_i64().unwrap();
+        match ev["event"].as_str().unwrap() {
+            "task.created" => assert!(state.insert(id, ev["data"].clone()).is_none()),
+            "task.updated" => {
+                let before = state.insert(id, ev["data"].clone()).expect("known task");
+                assert_eq!(
+                    ev["data"]["version"].as_i64(),
+                    before["version"].as_i64().map(|v| v + 1)
+                );
+            }
+            "task.deleted" => assert!(state.remove(&id).is_some()),
+            other => panic!("{other}"),
+        }
+        got.push(ev["seq"].as_i64().unwrap());
+    }
+    assert_eq!(got, want, "the watcher's events");
+    let now: Value = app.get("/api/tasks").send().await.unwrap().json().await.unwrap();
+    let all: BTreeMap<i64, Value> = now["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_i64().unwrap(), t.clone()))
+        .collect();
+    assert_eq!(state, all, "the watcher's state");
+    eprintln!(
+        "{FRAMES} frames: {owed_replies} replies ({codes:?}), {owed_errors} error frames; watcher got {} task events; {:?}",
+        got.len(),
+        started.elapsed()
+    );
+}
