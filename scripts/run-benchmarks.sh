@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs the benchmark suite of docs/benchmarks.md against a release build: every
+# run gets a fresh server on a fresh database, so no run inherits another's
+# memory or data. Appends one JSON line per run to OUT.
+#
+#   cargo build --release
+#   scripts/run-benchmarks.sh [OUT.jsonl]        # default bench-results.jsonl
+#   python3 scripts/bench_report.py OUT.jsonl --svg docs/fanout-latency.svg
+#
+# Environment: RUNS (default 3), PORT (18080), WORK (/tmp/bench: the database
+# folder, whose disk the fsync ceiling is measured on), BIN (target/release),
+# ONLY (a regex of labels to run), TASKWIRE_ADMIN_TOKEN (default: random).
+set -euo pipefail
+
+OUT=${1:-bench-results.jsonl}
+RUNS=${RUNS:-3}
+PORT=${PORT:-18080}
+WORK=${WORK:-/tmp/bench}
+BIN=${BIN:-target/release}
+ONLY=${ONLY:-.}
+export TASKWIRE_ADMIN_TOKEN=${TASKWIRE_ADMIN_TOKEN:-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
+mkdir -p "$WORK"
+ulimit -n "$(ulimit -Hn)"
+
+# one LABEL SCENARIO ARGS...: a fresh server, one bench run, the server stopped.
+one() {
+    local label=$1
+    shift
+    [[ $label =~ $ONLY ]] || return 0
+    rm -f "$WORK"/x.db "$WORK"/x.db-wal "$WORK"/x.db-shm
+    RUST_LOG=warn "$BIN/taskwire" serve --bind "127.0.0.1:$PORT" --db "$WORK/x.db" \
+        >>"$WORK/server.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+        sleep 0.05
+    done
+    echo "== $label (run $run of $RUNS): $*" >&2
+    "$BIN/taskwire-bench" --addr "127.0.0.1:$PORT" --server-pid "$pid" --db-dir "$WORK" \
+        --label "$label" "$@" >>"$OUT" || echo "   (exit status $?)" >&2
+    kill "$pid"
+    wait "$pid" || true
+    sleep 1 # let the sockets of this run leave TIME_WAIT's way
+}
+
+for run in $(seq "$RUNS"); do
+    # The targets of issue 8.
+    one fanout-100 fanout -n 100 -w 1000 -r 200
+    one fanout-1000 fanout -n 1000 -w 1000 -r 200
+    one fanout-10000 fanout -n 10000 -w 200 -r 10
+    one writes-32 writes -c 32 -s 10
+    one writes-1 writes -c 1 -s 10
+    one conns-5000 conns -n 5000
+    one resume-1000 resume -n 1000 -m 100
+    # The plot: event latency against subscribers at one rate (10000 is above).
+    one sweep-100 fanout -n 100 -w 200 -r 10
+    one sweep-1000 fanout -n 1000 -w 200 -r 10
+    one sweep-5000 fanout -n 5000 -w 200 -r 10
+done
