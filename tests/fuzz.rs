@@ -600,3 +600,298 @@ async fn thousands_of_random_frames_are_all_answered_and_hurt_no_one() {
         started.elapsed()
     );
 }
+
+// ---- malformed WebSocket frames on a raw TCP socket ----
+
+/// A WebSocket client that writes frames byte by byte as the test says.
+struct Raw {
+    tcp: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One frame: FIN, RSV bits, opcode, mask (clients must mask) and payload.
+fn raw_frame(fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => f.push(m | n as u8),
+        n @ 126..=65535 => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(k) => {
+            f.extend_from_slice(&k);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
+const MASK: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
+
+fn text(fin: bool, payload: &[u8]) -> Vec<u8> {
+    raw_frame(fin, 0, 1, MASK, payload)
+}
+
+/// What a raw socket saw next.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Text(Value),
+    Close(Option<u16>),
+    Ping,
+    Pong,
+    /// The connection ended without a close frame.
+    Eof,
+}
+
+impl Raw {
+    async fn open(addr: std::net::SocketAddr, token: &str) -> Raw {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(child::WAIT, tcp.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "no upgrade answer");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut raw = Raw {
+            tcp,
+            buf: buf.split_off(head_end),
+        };
+        match raw.next().await {
+            Seen::Text(hello) => assert_eq!(hello["type"], "hello"),
+            other => panic!("no hello: {other:?}"),
+        }
+        raw
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        // The server may already have closed: what it said is read next.
+        let _ = self.tcp.write_all(bytes).await;
+    }
+
+    async fn fill(&mut self, n: usize) -> bool {
+        use tokio::io::AsyncReadExt;
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout(child::WAIT, self.tcp.read(&mut chunk))
+                .await
+                .expect("the server said nothing within the wait")
+            {
+                Ok(0) | Err(_) => return false,
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        true
+    }
+
+    /// The next server frame (server frames are unmasked and unfragmented).
+    async fn next(&mut self) -> Seen {
+        if !self.fill(2).await {
+            return Seen::Eof;
+        }
+        let (op, len7) = (self.buf[0] & 0x0f, (self.buf[1] & 0x7f) as usize);
+        let (len, at) = match len7 {
+            126 => {
+                if !self.fill(4).await {
+                    return Seen::Eof;
+                }
+                (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+            }
+            127 => {
+                if !self.fill(10).await {
+                    return Seen::Eof;
+                }
+                (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
+            }
+            n => (n, 2),
+        };
+        if !self.fill(at + len).await {
+            return Seen::Eof;
+        }
+        let payload: Vec<u8> = self.buf.drain(..at + len).skip(at).collect();
+        match op {
+            1 => Seen::Text(serde_json::from_slice(&payload).expect("server text is JSON")),
+            8 => Seen::Close((payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))),
+            9 => Seen::Ping,
+            10 => Seen::Pong,
+            other => panic!("server sent opcode {other}"),
+        }
+    }
+
+    /// Frames until a text frame or the end.
+    async fn next_text_or_end(&mut self) -> Seen {
+        loop {
+            match self.next().await {
+                Seen::Ping | Seen::Pong => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn broken_frames_close_with_the_contract_codes() {
+    let app = common::spawn_app();
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "a text message that is not UTF-8",
+            text(true, &[0xff, 0xfe, 0x80]),
+            1007,
+        ),
+        (
+            "fragments that together are not UTF-8",
+            [text(false, &[0xc3]), raw_frame(true, 0, 0, MASK, b"(")].concat(),
+            1007,
+        ),
+        ("an unmasked frame", raw_frame(true, 0, 1, None, b"{}"), 1002),
+        ("a reserved bit set", raw_frame(true, 0b100, 1, MASK, b"{}"), 1002),
+        (
+            "a continuation with nothing to continue",
+            raw_frame(true, 0, 0, MASK, b"x"),
+            1002,
+        ),
+        (
+            "a new message inside a fragmented one",
+            [text(false, b"{"), text(true, b"}")].concat(),
+            1002,
+        ),
+        ("a fragmented ping", raw_frame(false, 0, 9, MASK, b""), 1002),
+        ("a ping over 125 bytes", raw_frame(true, 0, 9, MASK, &[b'p'; 126]), 1002),
+        ("an unknown opcode", raw_frame(true, 0, 3, MASK, b""), 1002),
+        ("a message over the limit", text(true, &vec![b' '; 65_537]), 1009),
+        (
+            "fragments over the limit together",
+            [
+                text(false, &vec![b' '; 40_000]),
+                raw_frame(true, 0, 0, MASK, &vec![b' '; 40_000]),
+            ]
+            .concat(),
+            1009,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut raw = Raw::open(app.addr, &app.admin).await;
+        raw.send(&bytes).await;
+        assert_eq!(raw.next_text_or_end().await, Seen::Close(Some(code)), "{what}");
+    }
+
+    // What the rules allow goes on working on one connection.
+    let mut raw = Raw::open(app.addr, &app.admin).await;
+    // A character split between two fragments, and a ping between them.
+    let frame = r#"{"type":"ping","ref":"é"}"#.as_bytes();
+    let cut = frame.iter().position(|b| *b == 0xc3).unwrap() + 1;
+    raw.send(&text(false, &frame[..cut])).await;
+    raw.send(&raw_frame(true, 0, 9, MASK, b"hi")).await;
+    raw.send(&raw_frame(true, 0, 0, MASK, &frame[cut..])).await;
+    let mut seen = vec![raw.next().await, raw.next().await];
+    seen.sort_by_key(|s| matches!(s, Seen::Text(_)));
+    assert_eq!(seen[0], Seen::Pong, "a ping inside a fragmented message is answered");
+    assert_eq!(
+        seen[1],
+        Seen::Text(json!({"type": "reply", "ref": "é", "ok": true, "data": {}}))
+    );
+    // A binary message is an error frame, and the connection goes on.
+    raw.send(&raw_frame(true, 0, 2, MASK, b"{\"type\":\"ping\",\"ref\":1}"))
+        .await;
+    match raw.next_text_or_end().await {
+        Seen::Text(v) => {
+            assert_eq!(v["type"], "error", "{v}");
+            assert_eq!(v["error"]["code"], "bad_request", "{v}");
+        }
+        other => panic!("binary message: {other:?}"),
+    }
+    raw.send(&text(true, br#"{"type":"ping","ref":2}"#)).await;
+    assert_eq!(
+        raw.next_text_or_end().await,
+        Seen::Text(json!({"type": "reply", "ref": 2, "ok": true, "data": {}}))
+    );
+    // A client's close frame is answered with a close frame.
+    raw.send(&raw_frame(true, 0, 8, MASK, &1000u16.to_be_bytes())).await;
+    assert_eq!(raw.next_text_or_end().await, Seen::Close(Some(1000)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_bytes_after_the_upgrade_never_hurt_the_server() {
+    let app = common::spawn_app();
+    let mut watcher = app.ws().await;
+    let start = watcher.subscribe("tasks").await["data"]["seq"].as_i64().unwrap();
+
+    let mut runner = TestRunner::deterministic();
+    let junk = prop_oneof![
+        prop::collection::vec(any::<u8>(), 1..120),
+        // A plausible header, then junk.
+        (0u8..16, any::<u8>(), prop::collection::vec(any::<u8>(), 0..60)).prop_map(|(op, len, rest)| [
+            vec![0x80 | op, len],
+            rest
+        ]
+        .concat()),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let bytes = junk.new_tree(&mut runner).unwrap().current();
+        let (addr, admin) = (app.addr, app.admin.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut raw = Raw::open(addr, &admin).await;
+            raw.send(&bytes).await;
+            raw.send(&text(true, json!({"type": "ping", "ref": i}).to_string().as_bytes()))
+                .await;
+            // The junk may announce a payload still to come: then silence
+            // is right, so only wait a little.
+            let seen = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                loop {
+                    match raw.next_text_or_end().await {
+                        Seen::Text(v) if v["type"] == "error" => continue,
+                        Seen::Text(v) if v["type"] == "reply" && v["ref"] == i => return "replied".to_string(),
+                        Seen::Close(Some(c)) if [1002, 1007, 1009].contains(&c) => return format!("closed {c}"),
+                        Seen::Eof => return "dropped".to_string(),
+                        other => panic!("after {bytes:?}: {other:?}"),
+                    }
+                }
+            })
+            .await;
+            seen.unwrap_or_else(|_| "waiting for more bytes".to_string())
+        }));
+        // The watcher's world goes on meanwhile.
+        if i % 10 == 0 {
+            app.create_task(&format!("during {i}")).await;
+        }
+    }
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for t in tasks {
+        *outcomes.entry(t.await.unwrap()).or_default() += 1;
+    }
+    let health = app.http().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    for k in 0..12 {
+        let ev = watcher.next_event().await;
+        assert_eq!(ev["seq"], start + k + 1, "{ev}");
+        assert_eq!(ev["event"], "task.created");
+    }
+    let r = watcher.request(json!({"type": "ping"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    eprintln!("120 sockets of junk: {outcomes:?}");
+}
