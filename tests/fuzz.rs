@@ -807,7 +807,7 @@ async fn broken_frames_close_with_the_contract_codes() {
     raw.send(&text(false, &frame[..cut])).await;
     raw.send(&raw_frame(true, 0, 9, MASK, b"hi")).await;
     raw.send(&raw_frame(true, 0, 0, MASK, &frame[cut..])).await;
-    let mut seen = vec![raw.next().await, raw.next().await];
+    let mut seen = [raw.next().await, raw.next().await];
     seen.sort_by_key(|s| matches!(s, Seen::Text(_)));
     assert_eq!(seen[0], Seen::Pong, "a ping inside a fragmented message is answered");
     assert_eq!(
