@@ -126,6 +126,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     })
     .workers(state.config.workers)
     .backlog(4096)
+    .tcp_nodelay(true)
     .max_connection_rate(4096)
     .client_request_timeout(Duration::from_secs(10))
     .shutdown_timeout(3)

@@ -30,7 +30,7 @@ pub fn open(path: &str) -> Result<SqliteConnection, String> {
 }
 
 pub fn get_meta(conn: &mut SqliteConnection, key: &str) -> QueryResult<Option<String>> {
-    meta::table.find(key).select(meta::value).first(conn).optional()
+    meta::table.find(key).select(meta::value).get_result(conn).optional()
 }
 
 pub fn set_meta(conn: &mut SqliteConnection, key: &str, value: &str) -> QueryResult<()> {
@@ -43,7 +43,13 @@ pub fn set_meta(conn: &mut SqliteConnection, key: &str, value: &str) -> QueryRes
 // ---- tasks ----
 
 pub fn find_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Task>> {
-    tasks::table.find(id).select(Task::as_select()).first(conn).optional()
+    // By primary key: at most one row, so no `LIMIT ?`. SQLite re-plans a
+    // statement whose LIMIT is a bound parameter on every execution.
+    tasks::table
+        .find(id)
+        .select(Task::as_select())
+        .get_result(conn)
+        .optional()
 }
 
 pub fn list_tasks(
@@ -87,7 +93,11 @@ pub fn tasks_assigned_to(conn: &mut SqliteConnection, agent_id: i64) -> QueryRes
 // ---- agents ----
 
 pub fn find_agent(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Agent>> {
-    agents::table.find(id).select(Agent::as_select()).first(conn).optional()
+    agents::table
+        .find(id)
+        .select(Agent::as_select())
+        .get_result(conn)
+        .optional()
 }
 
 pub fn agent_name_taken(conn: &mut SqliteConnection, name: &str, except_id: i64) -> QueryResult<bool> {
@@ -200,7 +210,7 @@ pub fn find_op(conn: &mut SqliteConnection, token_id: i64, op_id: &str) -> Query
     ops::table
         .find((token_id, op_id))
         .select(OpRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 
@@ -225,7 +235,7 @@ pub fn find_token_by_hash(conn: &mut SqliteConnection, hash: &str) -> QueryResul
     tokens::table
         .filter(tokens::hash.eq(hash))
         .select(TokenRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 
