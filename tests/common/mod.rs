@@ -85,16 +85,10 @@ impl TestApp {
         self.http().get(self.url(path)).bearer_auth(&self.admin)
     }
     pub fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
-        self.http()
-            .post(self.url(path))
-            .bearer_auth(&self.admin)
-            .json(&body)
+        self.http().post(self.url(path)).bearer_auth(&self.admin).json(&body)
     }
     pub fn patch(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
-        self.http()
-            .patch(self.url(path))
-            .bearer_auth(&self.admin)
-            .json(&body)
+        self.http().patch(self.url(path)).bearer_auth(&self.admin).json(&body)
     }
     pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
         self.http().delete(self.url(path)).bearer_auth(&self.admin)
@@ -145,11 +139,7 @@ impl TestApp {
 
     /// Creates a task over REST and returns it.
     pub async fn create_task(&self, title: &str) -> Value {
-        let res = self
-            .post("/api/tasks", json!({ "title": title }))
-            .send()
-            .await
-            .unwrap();
+        let res = self.post("/api/tasks", json!({ "title": title })).send().await.unwrap();
         assert_eq!(res.status(), 201);
         res.json().await.unwrap()
     }
@@ -220,10 +210,7 @@ pub struct Ws {
 
 impl Ws {
     pub async fn send_text(&mut self, text: &str) {
-        self.stream
-            .send(Message::Text(text.to_string()))
-            .await
-            .expect("send");
+        self.stream.send(Message::Text(text.to_string())).await.expect("send");
     }
 
     pub async fn send(&mut self, frame: &Value) {
@@ -232,8 +219,10 @@ impl Ws {
 
     /// The next text frame from the socket (not the backlog), as JSON.
     pub async fn recv(&mut self) -> Value {
+        // One deadline for the whole wait: the server's pings must not extend it.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let msg = tokio::time::timeout(WAIT, self.stream.next())
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .expect("no frame within the wait")
                 .expect("socket ended")
@@ -276,8 +265,7 @@ impl Ws {
     }
 
     pub async fn subscribe(&mut self, topic: &str) -> Value {
-        self.request(json!({"type": "subscribe", "topic": topic}))
-            .await
+        self.request(json!({"type": "subscribe", "topic": topic})).await
     }
 
     pub async fn resume(&mut self, topic: &str, epoch: &str, since: i64) -> Value {
@@ -299,8 +287,9 @@ impl Ws {
 
     /// Waits for the socket's close frame and returns its code.
     pub async fn close_code(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match tokio::time::timeout(WAIT, self.stream.next())
+            match tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .expect("no close within the wait")
             {
@@ -309,5 +298,261 @@ impl Ws {
                 Some(Err(_)) | None => return None,
             }
         }
+    }
+}
+
+// ---- helpers added for the issue 2 tests ----
+
+impl TestApp {
+    /// GET `path` as admin, asserting 200, as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let res = self.get(path).send().await.unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// `GET /api/changes?since=N` (and `topic` if given), asserting 200.
+    pub async fn changes(&self, since: i64, topic: Option<&str>) -> Value {
+        let mut path = format!("/api/changes?since={since}&limit=10000");
+        if let Some(t) = topic {
+            path.push_str(&format!("&topic={t}"));
+        }
+        self.get_json(&path).await
+    }
+
+    /// Creates a token of `role` as admin and returns its secret.
+    pub async fn token(&self, role: &str, name: &str) -> String {
+        let res = self
+            .post("/api/tokens", json!({"role": role, "name": name}))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().expect("token secret").to_string()
+    }
+
+    /// Creates an agent over REST and returns it (with its token).
+    pub async fn create_agent(&self, name: &str) -> Value {
+        let res = self.post("/api/agents", json!({ "name": name })).send().await.unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    /// The HTTP status of a WebSocket upgrade with these headers: 101 when the
+    /// socket opened.
+    pub async fn upgrade_status(&self, headers: &[(&str, &str)]) -> u16 {
+        let mut req = self.ws_url().into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("upgrade timed out")
+        {
+            Ok((_, res)) => res.status().as_u16(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+            Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
+        }
+    }
+}
+
+impl Ws {
+    /// Waits for the replies to all of `refs`, in whatever order they come,
+    /// keeping other frames for `next_event`; returns them in the order of `refs`.
+    pub async fn replies_to(&mut self, refs: &[Value]) -> Vec<Value> {
+        let mut got: Vec<Option<Value>> = vec![None; refs.len()];
+        while got.iter().any(Option::is_none) {
+            let v = self.recv().await;
+            let slot = (v["type"] == "reply")
+                .then(|| refs.iter().position(|r| *r == v["ref"]))
+                .flatten();
+            match slot {
+                Some(i) => {
+                    assert!(got[i].is_none(), "two replies to ref {}: {v}", refs[i]);
+                    got[i] = Some(v);
+                }
+                None => self.backlog.push_back(v),
+            }
+        }
+        got.into_iter().map(Option::unwrap).collect()
+    }
+
+    /// Takes the frames kept aside while waiting for replies.
+    pub fn take_backlog(&mut self) -> Vec<Value> {
+        self.backlog.drain(..).collect()
+    }
+
+    /// Reads frames (backlog first) until an event on `topic` with a seq of at
+    /// least `seq`; returns every frame read, that one included.
+    pub async fn events_until(&mut self, topic: &str, seq: i64) -> Vec<Value> {
+        let mut got = Vec::new();
+        loop {
+            let ev = self.next_event().await;
+            let done = ev["topic"] == topic && ev["seq"].as_i64().is_some_and(|s| s >= seq);
+            got.push(ev);
+            if done {
+                return got;
+            }
+        }
+    }
+
+    /// Sends a ping and waits for its reply, asserting it is ok.
+    pub async fn ping(&mut self) {
+        let r = self.request(json!({"type": "ping"})).await;
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["data"], json!({}), "{r}");
+    }
+}
+
+/// The state a client keeps for one subscription, rebuilt from the subscribe
+/// reply and the events that follow, checking every rule of the contract on
+/// the way.
+#[derive(Debug, Clone)]
+pub struct TopicState {
+    pub topic: String,
+    /// The position the state is at: the reply's seq, then each event's.
+    pub seq: i64,
+    /// The seq of the subscribe reply.
+    pub start: i64,
+    pub entities: std::collections::BTreeMap<i64, Value>,
+    /// The events applied, in order (replayed ones included).
+    pub events: Vec<Value>,
+}
+
+impl TopicState {
+    /// The state of a fresh subscribe reply (with a snapshot).
+    pub fn from_snapshot(reply: &Value) -> TopicState {
+        assert_eq!(reply["ok"], true, "{reply}");
+        let data = &reply["data"];
+        let topic = data["topic"].as_str().expect("topic").to_string();
+        let seq = data["seq"].as_i64().expect("seq");
+        let mut entities = std::collections::BTreeMap::new();
+        match &data["snapshot"] {
+            Value::Array(items) => {
+                let mut last = 0;
+                for it in items {
+                    let id = it["id"].as_i64().expect("id");
+                    assert!(id > last, "snapshot of {topic} not ordered by id");
+                    last = id;
+                    entities.insert(id, it.clone());
+                }
+            }
+            Value::Object(_) => {
+                let it = &data["snapshot"];
+                entities.insert(it["id"].as_i64().expect("id"), it.clone());
+            }
+            other => panic!("subscribe reply without a snapshot: {other} in {reply}"),
+        }
+        TopicState {
+            topic,
+            seq,
+            start: seq,
+            entities,
+            events: Vec::new(),
+        }
+    }
+
+    /// Applies a resumed reply's replayed events to this state.
+    pub fn resume(&mut self, reply: &Value) {
+        assert_eq!(reply["ok"], true, "{reply}");
+        let data = &reply["data"];
+        assert_eq!(data["topic"], self.topic.as_str(), "{reply}");
+        assert!(data.get("snapshot").is_none(), "expected a replay: {reply}");
+        let events = data["events"].as_array().expect("events").clone();
+        for ev in &events {
+            self.apply(ev);
+        }
+        let seq = data["seq"].as_i64().expect("seq");
+        assert!(seq >= self.seq, "reply seq {seq} behind its events: {reply}");
+        self.seq = seq;
+    }
+
+    /// Applies one event frame, asserting it belongs here, comes in order and
+    /// makes sense against the state.
+    pub fn apply(&mut self, ev: &Value) {
+        assert_eq!(ev["type"], "event", "{ev}");
+        assert_eq!(ev["topic"], self.topic.as_str(), "{ev}");
+        let seq = ev["seq"].as_i64().unwrap_or_else(|| panic!("no seq: {ev}"));
+        assert!(
+            seq > self.seq,
+            "{}: event seq {seq} not after {} (duplicate or out of order): {ev}",
+            self.topic,
+            self.seq
+        );
+        self.seq = seq;
+        let name = ev["event"].as_str().expect("event name");
+        let data = &ev["data"];
+        let id = data["id"].as_i64().expect("data.id");
+        let changed: Vec<String> = ev["changed"]
+            .as_array()
+            .expect("changed")
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        let mut changed_sorted = changed.clone();
+        changed_sorted.sort();
+        let kind = name.rsplit('.').next().unwrap();
+        match kind {
+            "created" => {
+                assert!(
+                    !self.entities.contains_key(&id),
+                    "{}: created {id} twice: {ev}",
+                    self.topic
+                );
+                assert_eq!(data["version"], 1, "{ev}");
+                let mut all: Vec<String> = data
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| *k != "version" && *k != "updated_at")
+                    .cloned()
+                    .collect();
+                all.sort();
+                assert_eq!(changed_sorted, all, "changed of a create: {ev}");
+                self.entities.insert(id, data.clone());
+            }
+            "updated" => {
+                let before = self
+                    .entities
+                    .get(&id)
+                    .unwrap_or_else(|| panic!("{}: update of unknown {id} (missed its create): {ev}", self.topic));
+                assert_eq!(
+                    data["version"].as_i64().unwrap(),
+                    before["version"].as_i64().unwrap() + 1,
+                    "{}: version did not grow by one (a missed change?): {ev}",
+                    self.topic
+                );
+                let mut diff: Vec<String> = data
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, v)| *k != "version" && *k != "updated_at" && before.get(k.as_str()) != Some(v))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                diff.sort();
+                assert_eq!(changed_sorted, diff, "changed of an update: {ev}");
+                self.entities.insert(id, data.clone());
+            }
+            "deleted" => {
+                assert!(
+                    self.entities.remove(&id).is_some(),
+                    "{}: delete of unknown {id}: {ev}",
+                    self.topic
+                );
+                assert_eq!(data, &json!({ "id": id }), "{ev}");
+                assert!(changed.is_empty(), "{ev}");
+            }
+            other => panic!("unknown event kind {other}: {ev}"),
+        }
+        self.events.push(ev.clone());
     }
 }
