@@ -13,12 +13,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, WebsocketContext};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use futures_util::Stream;
-use std::collections::{HashMap, HashSet};
+use futures_util::{Stream, StreamExt};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
@@ -47,17 +48,19 @@ pub struct Session {
     /// Topics whose subscribe is waiting for the Db actor.
     pending: HashSet<Topic>,
     last_heard: Instant,
-    /// Bytes written to the socket that the peer has not taken yet.
-    queued: Arc<AtomicUsize>,
+    /// Encoded frames the peer has not taken yet.
+    outbox: Rc<RefCell<Outbox>>,
+    /// Calls sent to the Db actor and not yet answered.
+    in_flight: usize,
+    /// A close asked for while calls were in flight: done once they are answered.
+    closing: Option<(CloseCode, &'static str)>,
     fragments: Option<Fragments>,
     bucket: Bucket,
 }
 
 impl Session {
     fn send(&self, ctx: &mut WebsocketContext<Self>, text: impl Into<ByteString>) {
-        let text = text.into();
-        self.queued.fetch_add(frame_len(text.len()), Ordering::Relaxed);
-        ctx.text(text);
+        ctx.text(text.into());
     }
 
     fn close(&self, ctx: &mut WebsocketContext<Self>, code: CloseCode, reason: &str) {
@@ -149,12 +152,19 @@ impl Session {
                     principal: self.principal.clone(),
                     call,
                 });
+                self.in_flight += 1;
                 ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
                     let result = match result {
                         Ok(r) => r.map(|c| (c.data, c.seq)),
                         Err(_) => Err(ApiError::unavailable("the database is not running")),
                     };
                     act.answer(ctx, Some(reference), result);
+                    act.in_flight -= 1;
+                    if act.in_flight == 0 {
+                        if let Some((code, reason)) = act.closing.take() {
+                            act.close(ctx, code, reason);
+                        }
+                    }
                 }));
             }
         }
@@ -202,15 +212,6 @@ impl Session {
     }
 }
 
-/// The bytes a server text frame of `n` payload bytes takes on the wire.
-fn frame_len(n: usize) -> usize {
-    n + match n {
-        0..=125 => 2,
-        126..=65535 => 4,
-        _ => 10,
-    }
-}
-
 impl Actor for Session {
     type Context = WebsocketContext<Self>;
 
@@ -240,7 +241,6 @@ impl Actor for Session {
                 ctx.stop();
                 return;
             }
-            act.queued.fetch_add(2, Ordering::Relaxed);
             ctx.ping(b"");
         });
     }
@@ -277,10 +277,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
                 )
             }
             Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
-            Ok(ws::Message::Ping(p)) => {
-                self.queued.fetch_add(frame_len(p.len()), Ordering::Relaxed);
-                ctx.pong(&p)
-            }
+            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
                 ctx.close(reason);
@@ -337,10 +334,12 @@ impl Handler<Deliver> for Session {
             }
             *last = seq;
         }
-        let queued = self.queued.load(Ordering::Relaxed);
+        let queued = self.outbox.borrow().queued();
         if queued + msg.frame.len() > self.app.config.max_queue_bytes {
             log::info!("session {} is {queued} bytes behind; closing it", self.id);
             self.app.metrics.sockets_closed_slow.inc();
+            // What waits would only delay the close frame; the client resumes.
+            self.outbox.borrow_mut().discard();
             return self.close(ctx, CloseCode::Again, "too slow to keep up; reconnect and resume");
         }
         self.send(ctx, msg.frame);
@@ -350,27 +349,82 @@ impl Handler<Deliver> for Session {
 impl Handler<CloseSession> for Session {
     type Result = ();
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        // Calls already committed are answered before the close.
+        if self.in_flight > 0 {
+            self.closing = Some((CloseCode::from(msg.code), msg.reason));
+            ctx.run_later(Duration::from_secs(2), |act, ctx| {
+                if let Some((code, reason)) = act.closing.take() {
+                    act.close(ctx, code, reason);
+                }
+            });
+            return;
+        }
         self.close(ctx, CloseCode::from(msg.code), msg.reason);
     }
 }
 
-/// The socket's outgoing byte stream, which counts what the peer has taken.
-struct Counted<S> {
-    inner: S,
-    queued: Arc<AtomicUsize>,
+/// The bytes encoded for the socket that the HTTP layer has not taken yet.
+///
+/// actix-web-actors runs the actor inside the response body stream, and the HTTP
+/// layer stops polling that stream while the peer is not reading. A pump task
+/// therefore drives the actor all the time and parks its output here, so the
+/// session keeps handling messages (and noticing that it is behind) whatever
+/// the peer does.
+#[derive(Default)]
+pub struct Outbox {
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+    done: bool,
+    reader: Option<Waker>,
 }
 
-impl<S: Stream<Item = Result<Bytes, actix_web::Error>> + Unpin> Stream for Counted<S> {
-    type Item = Result<Bytes, actix_web::Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let polled = Pin::new(&mut self.inner).poll_next(cx);
-        if let Poll::Ready(Some(Ok(chunk))) = &polled {
-            let n = chunk.len();
-            let _ = self
-                .queued
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(n)));
+impl Outbox {
+    /// Bytes waiting for the peer.
+    pub fn queued(&self) -> usize {
+        self.bytes
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back(chunk);
+        self.wake();
+    }
+
+    /// Drops what waits: the session is closing because the peer is too slow.
+    /// Chunks hold whole frames, so the stream stays well framed.
+    fn discard(&mut self) {
+        self.chunks.clear();
+        self.bytes = 0;
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.wake();
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
         }
-        polled
+    }
+}
+
+/// The response body: what the pump parked in the outbox.
+struct OutboxBody(Rc<RefCell<Outbox>>);
+
+impl Stream for OutboxBody {
+    type Item = Result<Bytes, actix_web::Error>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let mut outbox = self.0.borrow_mut();
+        if let Some(chunk) = outbox.chunks.pop_front() {
+            outbox.bytes -= chunk.len();
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        if outbox.done {
+            return Poll::Ready(None);
+        }
+        outbox.reader = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
@@ -382,7 +436,7 @@ pub fn start(
     principal: Principal,
 ) -> Result<HttpResponse, actix_web::Error> {
     let mut res = ws::handshake(req)?;
-    let queued = Arc::new(AtomicUsize::new(0));
+    let outbox = Rc::new(RefCell::new(Outbox::default()));
     let session = Session {
         id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
         principal,
@@ -391,13 +445,25 @@ pub fn start(
         subs: HashMap::new(),
         pending: HashSet::new(),
         last_heard: Instant::now(),
-        queued: queued.clone(),
+        outbox: outbox.clone(),
         fragments: None,
+        in_flight: 0,
+        closing: None,
     };
     let codec = Codec::new().max_size(app.config.max_frame_bytes);
-    let stream = WebsocketContext::with_codec(session, payload, codec);
-    Ok(res.streaming(Counted {
-        inner: Box::pin(stream),
-        queued,
-    }))
+    let mut stream = Box::pin(WebsocketContext::with_codec(session, payload, codec));
+    let pumped = outbox.clone();
+    actix_web::rt::spawn(async move {
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => pumped.borrow_mut().push(bytes),
+                Err(e) => {
+                    log::debug!("socket output failed: {e}");
+                    break;
+                }
+            }
+        }
+        pumped.borrow_mut().finish();
+    });
+    Ok(res.streaming(OutboxBody(outbox)))
 }

@@ -21,7 +21,7 @@ pub fn open(path: &str) -> Result<SqliteConnection, String> {
     }
     let mut conn = SqliteConnection::establish(path).map_err(|e| format!("cannot open {path}: {e}"))?;
     conn.batch_execute(
-        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        "PRAGMA busy_timeout = 2000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )
     .map_err(|e| format!("cannot configure {path}: {e}"))?;
     conn.run_pending_migrations(MIGRATIONS)
