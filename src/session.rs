@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::{Stream, StreamExt};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +46,10 @@ pub struct Session {
     /// Subscribed topics and the seq of the last event sent on each.
     subs: HashMap<Topic, i64>,
     /// Topics whose subscribe is waiting for the Db actor.
-    pending: HashSet<Topic>,
+    /// Topics whose subscribe is on its way, with the number of the newest one.
+    pending: HashMap<Topic, u64>,
+    /// Numbers subscribes, so only the newest answer for a topic settles it.
+    generation: u64,
     last_heard: Instant,
     /// Encoded frames the peer has not taken yet.
     outbox: Rc<RefCell<Outbox>>,
@@ -117,7 +120,7 @@ impl Session {
         match request {
             Request::Ping => self.answer(ctx, Some(reference), Ok((serde_json::json!({}), None))),
             Request::Subscribe { topic, resume } => {
-                let already = self.subs.contains_key(&topic) || self.pending.contains(&topic);
+                let already = self.subs.contains_key(&topic) || self.pending.contains_key(&topic);
                 if !already && self.subs.len() + self.pending.len() >= self.app.config.max_subscriptions {
                     let e = ApiError::invalid(format!(
                         "this connection holds {} subscriptions, the most allowed",
@@ -127,11 +130,13 @@ impl Session {
                 }
                 // A repeated subscribe replies like a fresh one.
                 let resume = if already { None } else { resume };
-                self.pending.insert(topic.clone());
+                self.generation += 1;
+                self.pending.insert(topic.clone(), self.generation);
                 let addr = ctx.address();
                 self.app.db.do_send(Subscribe {
                     reference,
                     topic,
+                    generation: self.generation,
                     resume,
                     session_id: self.id,
                     reply_to: addr.clone().recipient(),
@@ -302,22 +307,29 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
 impl Handler<Subscribed> for Session {
     type Result = ();
     fn handle(&mut self, msg: Subscribed, ctx: &mut Self::Context) {
-        let still_wanted = self.pending.remove(&msg.topic);
-        match msg.result {
+        let newest = self.pending.get(&msg.topic) == Some(&msg.generation);
+        if newest {
+            self.pending.remove(&msg.topic);
+        }
+        let data = match msg.result {
             Ok((data, seq)) => {
-                if still_wanted {
+                if let Some(last) = self.subs.get_mut(&msg.topic) {
+                    // Already live: the client now holds state at `seq`.
+                    *last = (*last).max(seq);
+                } else if newest {
                     self.subs.insert(msg.topic, seq);
-                } else {
+                } else if !self.pending.contains_key(&msg.topic) {
                     // Unsubscribed while the subscribe was on its way.
                     self.app.registry.do_send(Leave {
                         session_id: self.id,
                         topic: msg.topic,
                     });
                 }
-                self.answer(ctx, Some(msg.reference), Ok((data, None)));
+                Ok((data, None))
             }
-            Err(e) => self.answer(ctx, Some(msg.reference), Err(e)),
-        }
+            Err(e) => Err(e),
+        };
+        self.answer(ctx, Some(msg.reference), data);
     }
 }
 
@@ -443,7 +455,8 @@ pub fn start(
         bucket: Bucket::new(app.config.rate_limit),
         app: app.clone(),
         subs: HashMap::new(),
-        pending: HashSet::new(),
+        pending: HashMap::new(),
+        generation: 0,
         last_heard: Instant::now(),
         outbox: outbox.clone(),
         fragments: None,

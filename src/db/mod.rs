@@ -172,6 +172,8 @@ pub struct Execute {
 pub struct Subscribed {
     pub reference: Ref,
     pub topic: Topic,
+    /// The session's number for this subscribe, echoed back.
+    pub generation: u64,
     /// The reply's data and its seq.
     pub result: Result<(Value, i64), ApiError>,
 }
@@ -183,6 +185,8 @@ pub struct Subscribed {
 pub struct Subscribe {
     pub reference: Ref,
     pub topic: Topic,
+    /// The session's number for this subscribe, echoed in the answer.
+    pub generation: u64,
     pub resume: Option<Position>,
     pub session_id: u64,
     pub reply_to: Recipient<Subscribed>,
@@ -709,6 +713,7 @@ impl Handler<Subscribe> for Db {
         msg.reply_to.do_send(Subscribed {
             reference: msg.reference,
             topic: msg.topic.clone(),
+            generation: msg.generation,
             result: result.map(|d| (d, self.seq)),
         });
         if ok {
