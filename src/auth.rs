@@ -171,6 +171,12 @@ impl TokenCache {
     pub fn verify(&self, token: &str) -> Option<Principal> {
         let hash = hash_token(token);
         if let Some(p) = self.cached(&hash) {
+            // A revocation by the command line reaches the file first; one
+            // indexed read makes it count at once.
+            if self.revoked_in_file(p.token_id) {
+                self.remove_token(p.token_id);
+                return None;
+            }
             return Some(p);
         }
         let p = self.look_up_file(&hash)?;
@@ -184,6 +190,12 @@ impl TokenCache {
         // The lookup is by equality of a hash of 256 random bits; the constant-time
         // compare keeps the last step free of timing differences too.
         bool::from(stored.as_bytes().ct_eq(hash.as_bytes())).then(|| p.clone())
+    }
+
+    fn revoked_in_file(&self, token_id: i64) -> bool {
+        let Some(file) = self.file.as_ref() else { return false };
+        let mut conn = file.lock().expect("token file poisoned");
+        crate::db::queries::token_revoked(&mut conn, token_id).unwrap_or(false)
     }
 
     fn look_up_file(&self, hash: &str) -> Option<Principal> {

@@ -78,16 +78,20 @@ pub struct Opened {
 /// Opens the file and reads (or on a new file, fixes) its epoch.
 pub fn open(path: &str) -> Result<Opened, String> {
     let mut conn = q::open(path)?;
-    let epoch = match q::get_meta(&mut conn, "epoch").map_err(|e| e.to_string())? {
-        Some(e) => e,
-        None => {
-            let mut bytes = [0u8; 12];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-            let e = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
-            q::set_meta(&mut conn, "epoch", &e).map_err(|e| e.to_string())?;
-            e
-        }
-    };
+    // Fixed once, under the write lock, so two processes opening a new file
+    // agree on it.
+    let epoch = conn
+        .immediate_transaction(|conn| match q::get_meta(conn, "epoch")? {
+            Some(e) => Ok(e),
+            None => {
+                let mut bytes = [0u8; 12];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+                let e = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+                q::set_meta(conn, "epoch", &e)?;
+                Ok::<_, diesel::result::Error>(e)
+            }
+        })
+        .map_err(|e| e.to_string())?;
     let seq = q::max_seq(&mut conn).map_err(|e| e.to_string())?.unwrap_or(0);
     let floor = q::get_meta(&mut conn, "pruned_through")
         .map_err(|e| e.to_string())?

@@ -24,8 +24,13 @@ pub fn open(path: &str) -> Result<SqliteConnection, String> {
         "PRAGMA busy_timeout = 2000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )
     .map_err(|e| format!("cannot configure {path}: {e}"))?;
-    conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|e| format!("cannot migrate {path}: {e}"))?;
+    // One transaction holding the write lock: a second process opening the same
+    // new file (the command line, another server) waits and then finds the
+    // migrations done, instead of running them twice.
+    conn.immediate_transaction::<_, Box<dyn std::error::Error + Send + Sync>, _>(|conn| {
+        conn.run_pending_migrations(MIGRATIONS).map(drop)
+    })
+    .map_err(|e| format!("cannot migrate {path}: {e}"))?;
     Ok(conn)
 }
 
@@ -266,6 +271,16 @@ pub fn revoke_agent_tokens(conn: &mut SqliteConnection, agent_id: i64, at: &str)
         .set(tokens::revoked_at.eq(at))
         .execute(conn)?;
     Ok(ids)
+}
+
+/// True if the token is revoked (or gone).
+pub fn token_revoked(conn: &mut SqliteConnection, id: i64) -> QueryResult<bool> {
+    let live: Option<Option<String>> = tokens::table
+        .find(id)
+        .select(tokens::revoked_at)
+        .get_result(conn)
+        .optional()?;
+    Ok(!matches!(live, Some(None)))
 }
 
 /// Ids of every revoked token.
