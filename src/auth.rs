@@ -173,8 +173,9 @@ impl TokenCache {
         if let Some(p) = self.cached(&hash) {
             // A revocation by the command line reaches the file first; one
             // indexed read makes it count at once.
+            // The Db actor's watch then drops it from the cache and closes its
+            // sockets within half a second.
             if self.revoked_in_file(p.token_id) {
-                self.remove_token(p.token_id);
                 return None;
             }
             return Some(p);
@@ -216,12 +217,14 @@ impl TokenCache {
     pub fn verify_session(&self, secret: &str) -> Option<Principal> {
         let hash = hash_token(secret);
         let token_id = *self.sessions.read().expect("session cache poisoned").get(&hash)?;
-        self.by_hash
+        let p = self
+            .by_hash
             .read()
             .expect("token cache poisoned")
             .values()
             .find(|p| p.token_id == token_id)
-            .cloned()
+            .cloned()?;
+        (!self.revoked_in_file(token_id)).then_some(p)
     }
 }
 
