@@ -1,5 +1,10 @@
 //! The rules of the entities: validation, authorization, versions, the change
 //! records and idempotency. Runs inside the Db actor's transaction.
+//!
+//! Invariant: every function here checks all its rules (and answers
+//! `bad_request`, `invalid`, `not_found`, `conflict` or `forbidden`) before its
+//! first write. The group commit relies on it to fail such a call alone without
+//! a savepoint; any other error fails the whole batch.
 
 use diesel::sqlite::SqliteConnection;
 use serde_json::{json, Map, Value};

@@ -2,9 +2,9 @@
 //!
 //! Writes that wait in its mailbox are committed together in one transaction
 //! (group commit): each write is handled into a pending batch, and a `Flush`
-//! the actor sends itself runs once the mailbox is drained. Each write runs in
-//! its own savepoint, so one that breaks a rule fails alone. Replies and
-//! `Publish` go out only after the commit, in seq order.
+//! the actor sends itself runs once the mailbox is drained. A write that breaks
+//! a rule fails alone (rules are checked before a call's first write). Replies
+//! and `Publish` go out only after the commit, in seq order.
 
 pub mod logic;
 pub mod models;
@@ -12,7 +12,6 @@ pub mod queries;
 pub mod schema;
 
 use actix::prelude::*;
-use diesel::connection::Connection;
 use diesel::sqlite::SqliteConnection;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -349,20 +348,21 @@ impl Db {
         let committed = self.conn.immediate_transaction::<_, ApiError, _>(|conn| {
             for job in &jobs {
                 let before = seq;
-                let result = conn.transaction::<_, ApiError, _>(|conn| {
-                    let mut ctx = WriteCtx {
-                        seq: &mut seq,
-                        beats,
-                        now: now.clone(),
-                    };
-                    match job {
-                        Job::Call { principal, call, .. } => logic::execute(conn, &mut ctx, principal, call),
-                        Job::Offline(id) => logic::mark_offline(conn, &mut ctx, *id),
-                    }
-                });
+                // No savepoint per write: `logic` checks every rule before its
+                // first write, so a call refused by a rule wrote nothing. Any
+                // other failure may have written half a call, so it fails the
+                // whole batch.
+                let mut ctx = WriteCtx {
+                    seq: &mut seq,
+                    beats,
+                    now: now.clone(),
+                };
+                let result = match job {
+                    Job::Call { principal, call, .. } => logic::execute(conn, &mut ctx, principal, call),
+                    Job::Offline(id) => logic::mark_offline(conn, &mut ctx, *id),
+                };
                 match result {
-                    // The store failed: nothing in this batch can commit.
-                    Err(e) if e.code == ErrorCode::Unavailable => return Err(e),
+                    Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => return Err(e),
                     Err(e) => {
                         seq = before;
                         results.push(Err(e));

@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use super::schema::{agents, changes, ops, tasks, tokens};
 
 /// A task row.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, AsChangeset)]
-#[diesel(table_name = tasks, treat_none_as_null = true)]
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = tasks)]
 pub struct Task {
     pub id: i64,
     pub title: String,
@@ -52,8 +52,8 @@ pub struct NewTask<'a> {
 
 /// An agent row. `reported_status` is the last status the agent itself reported,
 /// restored when it comes back from `offline`; it is not on the wire.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, AsChangeset)]
-#[diesel(table_name = agents, treat_none_as_null = true)]
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = agents)]
 pub struct Agent {
     pub id: i64,
     pub name: String,

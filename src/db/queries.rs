@@ -80,7 +80,20 @@ pub fn insert_task(conn: &mut SqliteConnection, new: &NewTask) -> QueryResult<Ta
 }
 
 pub fn save_task(conn: &mut SqliteConnection, task: &Task) -> QueryResult<()> {
-    diesel::update(task).set(task).execute(conn).map(drop)
+    // Every column, spelled out: one fixed statement that diesel keeps prepared
+    // (the derived changeset was compiled anew on every write).
+    diesel::update(tasks::table.find(task.id))
+        .set((
+            tasks::title.eq(&task.title),
+            tasks::description.eq(&task.description),
+            tasks::status.eq(&task.status),
+            tasks::priority.eq(task.priority),
+            tasks::assignee_id.eq(task.assignee_id),
+            tasks::version.eq(task.version),
+            tasks::updated_at.eq(&task.updated_at),
+        ))
+        .execute(conn)
+        .map(drop)
 }
 
 pub fn delete_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<()> {
@@ -126,7 +139,19 @@ pub fn insert_agent(conn: &mut SqliteConnection, new: &NewAgent) -> QueryResult<
 }
 
 pub fn save_agent(conn: &mut SqliteConnection, agent: &Agent) -> QueryResult<()> {
-    diesel::update(agent).set(agent).execute(conn).map(drop)
+    diesel::update(agents::table.find(agent.id))
+        .set((
+            agents::name.eq(&agent.name),
+            agents::status.eq(&agent.status),
+            agents::reported_status.eq(&agent.reported_status),
+            agents::current_task_id.eq(agent.current_task_id),
+            agents::last_heartbeat_at.eq(&agent.last_heartbeat_at),
+            agents::meta.eq(&agent.meta),
+            agents::version.eq(agent.version),
+            agents::updated_at.eq(&agent.updated_at),
+        ))
+        .execute(conn)
+        .map(drop)
 }
 
 pub fn delete_agent(conn: &mut SqliteConnection, id: i64) -> QueryResult<()> {
