@@ -43,7 +43,16 @@ fn pairs(v: &[(&str, i64)]) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn resume_replays_exactly_the_missed_changes_then_live_ones() {
-    let app = spawn_app();
+    resume_replays_exactly(spawn_app()).await;
+}
+
+/// The same with one change kept in memory: the replay is read from the log.
+#[tokio::test]
+async fn resume_from_the_log_replays_exactly_the_missed_changes() {
+    resume_replays_exactly(spawn_app_with(|c| c.db.recent_changes = 1)).await;
+}
+
+async fn resume_replays_exactly(app: TestApp) {
     let a = app.create_task("a").await["id"].as_i64().unwrap();
     let b = app.create_task("b").await["id"].as_i64().unwrap();
     let topic_a = format!("task:{a}");

@@ -14,7 +14,7 @@ pub mod schema;
 use actix::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use crate::auth::{self, authorize, Action, Principal, Role, TokenCache};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
-use crate::protocol::{Call, Entity, Position, Ref, Topic};
+use crate::protocol::{Call, Change, Entity, Position, Ref, Topic};
 use crate::registry::{CloseTokens, Deliver, Join, Publish, Published, Registry};
 use logic::{Outcome, WriteCtx};
 use queries as q;
@@ -38,6 +38,9 @@ pub struct DbConfig {
     pub max_replay: i64,
     /// How long remembered op_ids are kept.
     pub op_keep: Duration,
+    /// How many of the newest changes are kept in memory for resumes; older
+    /// positions are read from the log.
+    pub recent_changes: usize,
 }
 
 impl Default for DbConfig {
@@ -48,6 +51,7 @@ impl Default for DbConfig {
             log_max_age: Duration::from_secs(7 * 24 * 3600),
             max_replay: 1000,
             op_keep: Duration::from_secs(24 * 3600),
+            recent_changes: 4096,
         }
     }
 }
@@ -282,6 +286,9 @@ pub struct Db {
     dirty: HashSet<i64>,
     /// When each agent was last heard from, or the server started or it was created.
     seen: HashMap<i64, Instant>,
+    /// The newest committed changes, oldest first, so a resume needs neither
+    /// SQL nor JSON parsing.
+    recent: VecDeque<Change>,
 }
 
 impl Db {
@@ -303,6 +310,13 @@ impl Db {
             .into_iter()
             .map(|a| (a.id, now))
             .collect();
+        let from = (position.seq() - config.recent_changes as i64).max(floor);
+        let recent = q::changes_since(&mut conn, from, None, config.recent_changes as i64)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(logic::change_of_row)
+            .collect::<Result<VecDeque<_>, _>>()
+            .map_err(|e| e.message)?;
         Ok(Db {
             seq: position.seq(),
             conn,
@@ -318,6 +332,7 @@ impl Db {
             beats: HashMap::new(),
             dirty: HashSet::new(),
             seen,
+            recent,
         })
     }
 
@@ -389,6 +404,12 @@ impl Db {
         let mut answers = Vec::with_capacity(jobs.len());
         for (job, result) in jobs.into_iter().zip(results) {
             let answer = result.map(|out| {
+                for change in &out.changes {
+                    if self.recent.len() >= self.config.recent_changes {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back(change.clone());
+                }
                 items.extend(out.changes.into_iter().map(Published::Change));
                 if let Some((agent_id, at)) = out.heartbeat {
                     self.dirty.insert(agent_id);
@@ -503,16 +524,30 @@ impl Db {
                     Topic::Agents => (Entity::Agent, None),
                     Topic::Agent(id) => (Entity::Agent, Some(*id)),
                 };
-                let rows = q::changes_since(&mut self.conn, pos.since, Some(filter), self.config.max_replay + 1)?;
-                if rows.len() as i64 <= self.config.max_replay {
-                    if rows.is_empty() && filter.1.is_some() && self.snapshot(topic)?.is_none() {
-                        return Err(ApiError::not_found(format!("{topic} does not exist")));
+                let limit = self.config.max_replay as usize;
+                let missed = match self.recent.front() {
+                    // Everything after `since` is in memory.
+                    Some(first) if first.seq <= pos.since + 1 => {
+                        let skip = (pos.since + 1 - first.seq) as usize;
+                        self.recent
+                            .iter()
+                            .skip(skip)
+                            .filter(|c| topic.matches(c.entity, c.entity_id))
+                            .take(limit + 1)
+                            .map(|c| c.event(topic))
+                            .collect::<Vec<_>>()
                     }
-                    let events = rows
+                    _ if pos.since == self.seq => Vec::new(),
+                    _ => q::changes_since(&mut self.conn, pos.since, Some(filter), limit as i64 + 1)?
                         .into_iter()
                         .map(|r| logic::change_of_row(r).map(|c| c.event(topic)))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    return Ok(json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "events": events}));
+                        .collect::<Result<Vec<_>, _>>()?,
+                };
+                if missed.len() <= limit {
+                    if missed.is_empty() && filter.1.is_some() && self.snapshot(topic)?.is_none() {
+                        return Err(ApiError::not_found(format!("{topic} does not exist")));
+                    }
+                    return Ok(json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "events": missed}));
                 }
             }
         }
