@@ -439,18 +439,44 @@ pub struct Hello<'a> {
 /// The server's name and version as `hello` shows it.
 pub const SERVER_NAME: &str = concat!("taskwire/", env!("CARGO_PKG_VERSION"));
 
+/// A reply frame, serialized straight from borrowed parts.
+#[derive(Serialize)]
+struct Reply<'a> {
+    r#type: &'static str,
+    r#ref: &'a Ref,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+}
+
 /// A successful reply; `seq` only when the request committed a change.
-pub fn reply_ok(reference: &Ref, data: Value, seq: Option<i64>) -> String {
-    let mut v = json!({"type": "reply", "ref": reference, "ok": true, "data": data});
-    if let Some(seq) = seq {
-        v["seq"] = json!(seq);
-    }
-    v.to_string()
+pub fn reply_ok(reference: &Ref, data: &Value, seq: Option<i64>) -> String {
+    let reply = Reply {
+        r#type: "reply",
+        r#ref: reference,
+        ok: true,
+        data: Some(data),
+        seq,
+        error: None,
+    };
+    serde_json::to_string(&reply).expect("a reply serializes")
 }
 
 /// A failed reply.
 pub fn reply_err(reference: &Ref, e: &ApiError) -> String {
-    json!({"type": "reply", "ref": reference, "ok": false, "error": e.body()}).to_string()
+    let reply = Reply {
+        r#type: "reply",
+        r#ref: reference,
+        ok: false,
+        data: None,
+        seq: None,
+        error: Some(e.body()),
+    };
+    serde_json::to_string(&reply).expect("a reply serializes")
 }
 
 /// An answer to a frame without a readable `ref`.
@@ -470,7 +496,32 @@ pub struct Change {
     pub data: Value,
 }
 
+/// An event frame, serialized straight from a borrowed change.
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    r#type: &'static str,
+    topic: String,
+    seq: i64,
+    event: String,
+    changed: &'a [String],
+    data: &'a Value,
+}
+
 impl Change {
+    /// The event frame of this change on `topic`, as the text sent to
+    /// subscribers (without building a JSON value first).
+    pub fn event_text(&self, topic: &Topic) -> String {
+        let frame = EventFrame {
+            r#type: "event",
+            topic: topic.to_string(),
+            seq: self.seq,
+            event: format!("{}.{}", self.entity.as_str(), self.kind),
+            changed: &self.changed,
+            data: &self.data,
+        };
+        serde_json::to_string(&frame).expect("an event serializes")
+    }
+
     /// The event frame of this change on `topic`, as a JSON value.
     pub fn event(&self, topic: &Topic) -> Value {
         json!({
@@ -586,6 +637,33 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn event_text_is_the_event_frame() {
+        let c = Change {
+            seq: 7,
+            entity: Entity::Task,
+            entity_id: 3,
+            kind: "updated",
+            changed: vec!["status".into()],
+            data: json!({"id": 3, "status": "done"}),
+        };
+        for topic in [Topic::Tasks, Topic::Task(3)] {
+            let text: Value = serde_json::from_str(&c.event_text(&topic)).unwrap();
+            assert_eq!(text, c.event(&topic));
+        }
+        let reply: Value = serde_json::from_str(&reply_ok(&json!("r"), &json!({"a": 1}), Some(4))).unwrap();
+        assert_eq!(
+            reply,
+            json!({"type": "reply", "ref": "r", "ok": true, "data": {"a": 1}, "seq": 4})
+        );
+        let e = ApiError::invalid("no");
+        let reply: Value = serde_json::from_str(&reply_err(&json!(1), &e)).unwrap();
+        assert_eq!(
+            reply,
+            json!({"type": "reply", "ref": 1, "ok": false, "error": {"code": "invalid", "message": "no"}})
+        );
     }
 
     #[test]

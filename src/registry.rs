@@ -221,7 +221,7 @@ impl Handler<Publish> for Registry {
                 Published::Change(change) => {
                     self.metrics.events_published.inc();
                     for topic in Topic::for_entity(change.entity, change.entity_id) {
-                        self.fan_out(&topic, Some(change.seq), || change.event(&topic).to_string());
+                        self.fan_out(&topic, Some(change.seq), || change.event_text(&topic));
                     }
                 }
                 Published::Heartbeat { agent_id, at } => {

@@ -108,7 +108,7 @@ impl Session {
         result: Result<(serde_json::Value, Option<i64>), ApiError>,
     ) {
         let frame = match (&reference, &result) {
-            (Some(r), Ok((data, seq))) => protocol::reply_ok(r, data.clone(), *seq),
+            (Some(r), Ok((data, seq))) => protocol::reply_ok(r, data, *seq),
             (Some(r), Err(e)) => protocol::reply_err(r, e),
             (None, Err(e)) => protocol::error_frame(e),
             (None, Ok(_)) => return,
