@@ -232,7 +232,9 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
                 #[allow(dead_code)]
                 r#ref: Value,
                 topic: String,
+                #[serde(default, deserialize_with = "present")]
                 epoch: Option<String>,
+                #[serde(default, deserialize_with = "present")]
                 since: Option<u64>,
             }
             let f: F = from_value(frame)?;
@@ -272,6 +274,7 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
                 r#ref: Value,
                 method: String,
                 params: Map<String, Value>,
+                #[serde(default, deserialize_with = "present")]
                 op_id: Option<String>,
             }
             let f: F = from_value(frame)?;
@@ -315,7 +318,7 @@ pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
 
 /// For optional fields that may not be null: absent is `None`, null is a
 /// `bad_request` like any other wrong type.
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

@@ -534,7 +534,9 @@ async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Pa
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct NewToken {
+        #[serde(default, deserialize_with = "crate::protocol::present")]
         role: Option<String>,
+        #[serde(default, deserialize_with = "crate::protocol::present")]
         name: Option<String>,
         agent_id: Option<i64>,
     }

@@ -75,6 +75,11 @@ impl Session {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
+        if self.closing.is_some() {
+            // Closing (a revoked token, a shutdown): nothing more is executed;
+            // the client resends after it reconnects.
+            return;
+        }
         let max_frame = self.app.config.max_frame_bytes;
         if !self.bucket.take() {
             let abusive = self
