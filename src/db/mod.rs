@@ -436,16 +436,7 @@ impl Db {
         if !items.is_empty() {
             self.registry.do_send(Publish { items });
         }
-        if !revoked.is_empty() {
-            for id in &revoked {
-                self.tokens.remove_token(*id);
-            }
-            self.registry.do_send(CloseTokens {
-                token_ids: revoked,
-                code: 1008,
-                reason: "token revoked",
-            });
-        }
+        self.forget_tokens(revoked);
         for (reply, answer) in answers {
             let _ = reply.send(answer);
         }
@@ -646,12 +637,7 @@ impl Db {
             Tokens::Revoke { by, id } => {
                 authorize(&by, Action::ManageTokens)?;
                 self.conn.immediate_transaction(|conn| logic::revoke_token(conn, id))?;
-                self.tokens.remove_token(id);
-                self.registry.do_send(CloseTokens {
-                    token_ids: vec![id],
-                    code: 1008,
-                    reason: "token revoked",
-                });
+                self.forget_tokens(vec![id]);
                 Ok(json!({}))
             }
             Tokens::Login { by } => {
@@ -682,14 +668,19 @@ impl Db {
             return;
         };
         let newly: Vec<i64> = ids.into_iter().filter(|id| self.tokens.has_token(*id)).collect();
-        if newly.is_empty() {
+        self.forget_tokens(newly);
+    }
+
+    /// Drops revoked tokens from the cache and closes their sockets (1008).
+    fn forget_tokens(&mut self, token_ids: Vec<i64>) {
+        if token_ids.is_empty() {
             return;
         }
-        for id in &newly {
+        for id in &token_ids {
             self.tokens.remove_token(*id);
         }
         self.registry.do_send(CloseTokens {
-            token_ids: newly,
+            token_ids,
             code: 1008,
             reason: "token revoked",
         });
