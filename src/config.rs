@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// Bytes of events waiting for one socket before it is closed 1013.
     #[arg(long, default_value_t = 8_388_608)]
     pub max_queue_bytes: usize,
+    /// Frames waiting for one socket before it is closed 1013.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_queue_frames: usize,
     /// The admin token to create on a database with no token.
     #[arg(long, env = "TASKWIRE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -87,6 +90,7 @@ pub struct Config {
     pub max_sockets: usize,
     pub max_sockets_per_token: usize,
     pub max_queue_bytes: usize,
+    pub max_queue_frames: usize,
     /// HTTP worker threads.
     pub workers: usize,
 }
@@ -107,6 +111,7 @@ impl Default for Config {
             max_sockets: 20_000,
             max_sockets_per_token: 1000,
             max_queue_bytes: 8_388_608,
+            max_queue_frames: 65_536,
             workers: 2,
         }
     }
@@ -155,6 +160,7 @@ impl From<ServeArgs> for Config {
             max_sockets: a.max_sockets,
             max_sockets_per_token: a.max_sockets_per_token,
             max_queue_bytes: a.max_queue_bytes,
+            max_queue_frames: a.max_queue_frames,
             ..base
         }
     }

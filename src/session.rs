@@ -63,6 +63,7 @@ pub struct Session {
 
 impl Session {
     fn send(&self, ctx: &mut WebsocketContext<Self>, text: impl Into<ByteString>) {
+        self.outbox.borrow_mut().wrote_frame();
         ctx.text(text.into());
     }
 
@@ -251,6 +252,7 @@ impl Actor for Session {
                 ctx.stop();
                 return;
             }
+            act.outbox.borrow_mut().wrote_frame();
             ctx.ping(b"");
         });
     }
@@ -287,7 +289,10 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
                 )
             }
             Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
-            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
+            Ok(ws::Message::Ping(p)) => {
+                self.outbox.borrow_mut().wrote_frame();
+                ctx.pong(&p)
+            }
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
                 ctx.close(reason);
@@ -351,9 +356,16 @@ impl Handler<Deliver> for Session {
             }
             *last = seq;
         }
-        let queued = self.outbox.borrow().queued();
-        if queued + msg.frame.len() > self.app.config.max_queue_bytes {
-            log::info!("session {} is {queued} bytes behind; closing it", self.id);
+        let (bytes, frames) = {
+            let outbox = self.outbox.borrow();
+            (outbox.queued_bytes(), outbox.queued_frames())
+        };
+        let config = &self.app.config;
+        if bytes + msg.frame.len() > config.max_queue_bytes || frames >= config.max_queue_frames {
+            log::info!(
+                "session {} is {bytes} bytes and {frames} frames behind; closing it",
+                self.id
+            );
             self.app.metrics.sockets_closed_slow.inc();
             // What waits would only delay the close frame; the client resumes.
             self.outbox.borrow_mut().discard();
@@ -389,22 +401,47 @@ impl Handler<CloseSession> for Session {
 /// the peer does.
 #[derive(Default)]
 pub struct Outbox {
-    chunks: VecDeque<Bytes>,
+    /// Encoded chunks, each with the number of frames it holds.
+    chunks: VecDeque<(Bytes, usize)>,
     bytes: usize,
+    frames: usize,
+    /// Frames the session wrote that the pump has not parked yet.
+    written: usize,
     done: bool,
     reader: Option<Waker>,
 }
 
 impl Outbox {
     /// Bytes waiting for the peer.
-    pub fn queued(&self) -> usize {
+    pub fn queued_bytes(&self) -> usize {
         self.bytes
     }
 
+    /// Frames waiting for the peer.
+    pub fn queued_frames(&self) -> usize {
+        self.frames + self.written
+    }
+
+    /// Counts a frame the session hands to its context.
+    fn wrote_frame(&mut self) {
+        self.written += 1;
+    }
+
+    /// Parks a chunk; it holds every frame written since the last one, since
+    /// the context encodes all it has on each poll.
     fn push(&mut self, chunk: Bytes) {
+        let frames = std::mem::take(&mut self.written);
         self.bytes += chunk.len();
-        self.chunks.push_back(chunk);
+        self.frames += frames;
+        self.chunks.push_back((chunk, frames));
         self.wake();
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        let (chunk, frames) = self.chunks.pop_front()?;
+        self.bytes -= chunk.len();
+        self.frames -= frames;
+        Some(chunk)
     }
 
     /// Drops what waits: the session is closing because the peer is too slow.
@@ -412,6 +449,7 @@ impl Outbox {
     fn discard(&mut self) {
         self.chunks.clear();
         self.bytes = 0;
+        self.frames = 0;
     }
 
     fn finish(&mut self) {
@@ -433,8 +471,7 @@ impl Stream for OutboxBody {
     type Item = Result<Bytes, actix_web::Error>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let mut outbox = self.0.borrow_mut();
-        if let Some(chunk) = outbox.chunks.pop_front() {
-            outbox.bytes -= chunk.len();
+        if let Some(chunk) = outbox.pop() {
             return Poll::Ready(Some(Ok(chunk)));
         }
         if outbox.done {

@@ -206,3 +206,46 @@ async fn a_client_that_never_reads_is_closed_1013_and_memory_stays_bounded() {
     assert_eq!(state, all, "the slow client's state after it resumed");
     assert_eq!(fast_tasks, all, "the fast client's state");
 }
+
+/// The queue is bounded by frames too: a client that does not read is closed
+/// once `--max-queue-frames` frames wait, long before the byte bound (8 MiB by
+/// default) would close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_behind_by_too_many_frames_is_closed_1013() {
+    // Enough that the kernel's socket buffers cannot hold them all.
+    const SMALL_EVENTS: usize = 6_000;
+    let description = "y".repeat(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("x.db"), &["--max-queue-frames", "200"]);
+    let mut slow = tiny_socket(server.addr).await;
+    let r = slow.subscribe("tasks").await.unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let start = r["data"]["seq"].as_i64().unwrap();
+    // From here on nothing reads `slow` until the writes are done.
+    let mut w = server.ws().await;
+    let mut outstanding = 0usize;
+    for i in 0..SMALL_EVENTS {
+        let frame = json!({"type": "call", "ref": i, "method": "task.create", "params": {"title": format!("t{i}"), "description": description}});
+        w.send(&frame).await.expect("send");
+        outstanding += 1;
+        if outstanding == WINDOW {
+            assert_eq!(w.recv().await.expect("reply")["ok"], true);
+            outstanding -= 1;
+        }
+    }
+    while outstanding > 0 {
+        assert_eq!(w.recv().await.expect("reply")["ok"], true);
+        outstanding -= 1;
+    }
+    assert_eq!(server.metric("taskwire_sockets_closed_slow_total").await, 1.0);
+    let (end, frames) = slow.read_to_end().await;
+    assert_eq!(end, End::Closed(Some(1013)), "the slow client's close");
+    assert!(frames.len() < SMALL_EVENTS, "{} events before the close", frames.len());
+    for (i, ev) in frames.iter().enumerate() {
+        assert_eq!(
+            ev["seq"].as_i64().unwrap(),
+            start + 1 + i as i64,
+            "a gap before the close: {ev}"
+        );
+    }
+}
