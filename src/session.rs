@@ -3,9 +3,9 @@
 //!
 //! A session parses frames, enforces the per-connection limits, turns
 //! `subscribe` and `call` frames into Db messages, and writes replies and events.
-//! It owns its outbound queue: the bytes it handed to the socket that the peer
-//! has not taken yet are counted, and a peer that falls too far behind is closed
-//! with 1013.
+//! It owns its outbound queue (the [`Outbox`]): a pump task drives the actor
+//! whatever the peer does, the bytes and frames the peer has not taken yet are
+//! counted, and a peer that falls too far behind is closed with 1013.
 
 use actix::prelude::*;
 use actix_http::ws::{Codec, Item};
