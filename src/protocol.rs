@@ -444,20 +444,21 @@ pub const SERVER_NAME: &str = concat!("taskwire/", env!("CARGO_PKG_VERSION"));
 
 /// A reply frame, serialized straight from borrowed parts.
 #[derive(Serialize)]
-struct Reply<'a> {
+struct Reply<'a, D: Serialize + ?Sized> {
     r#type: &'static str,
     r#ref: &'a Ref,
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a Value>,
+    data: Option<&'a D>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<Value>,
 }
 
-/// A successful reply; `seq` only when the request committed a change.
-pub fn reply_ok(reference: &Ref, data: &Value, seq: Option<i64>) -> String {
+/// A successful reply; `seq` only when the request committed a change. `data`
+/// may be a JSON value or already serialized JSON (`RawValue`).
+pub fn reply_ok<D: Serialize + ?Sized>(reference: &Ref, data: &D, seq: Option<i64>) -> String {
     let reply = Reply {
         r#type: "reply",
         r#ref: reference,
@@ -471,7 +472,7 @@ pub fn reply_ok(reference: &Ref, data: &Value, seq: Option<i64>) -> String {
 
 /// A failed reply.
 pub fn reply_err(reference: &Ref, e: &ApiError) -> String {
-    let reply = Reply {
+    let reply: Reply<'_, Value> = Reply {
         r#type: "reply",
         r#ref: reference,
         ok: false,

@@ -321,7 +321,7 @@ impl Handler<Subscribed> for Session {
         if newest {
             self.pending.remove(&msg.topic);
         }
-        let data = match msg.result {
+        let frame = match msg.result {
             Ok((data, seq)) => {
                 if let Some(last) = self.subs.get_mut(&msg.topic) {
                     // Already live: the client now holds state at `seq`.
@@ -335,11 +335,11 @@ impl Handler<Subscribed> for Session {
                         topic: msg.topic,
                     });
                 }
-                Ok((data, None))
+                protocol::reply_ok(&msg.reference, &*data, None)
             }
-            Err(e) => Err(e),
+            Err(e) => protocol::reply_err(&msg.reference, &e),
         };
-        self.answer(ctx, Some(msg.reference), data);
+        self.send(ctx, frame);
     }
 }
 

@@ -332,3 +332,37 @@ async fn more_missed_changes_than_the_server_replays_get_a_snapshot() {
     assert_eq!(r["data"]["snapshot"]["version"], 4, "{r}");
     assert!(r["data"].get("events").is_none(), "{r}");
 }
+
+/// Clients that resume alike share one reply until the next commit; a commit in
+/// between makes the next reply include the new change.
+#[tokio::test]
+async fn alike_resumes_share_a_reply_until_the_next_commit() {
+    let app = spawn_app();
+    let a = app.create_task("a").await["id"].as_i64().unwrap();
+    let mut first = app.ws().await;
+    let r = first.subscribe("tasks").await;
+    let (epoch, since) = (
+        r["data"]["epoch"].as_str().unwrap().to_string(),
+        r["data"]["seq"].as_i64().unwrap(),
+    );
+    let s2 = patch_task(&app, a, json!({"status": "review"})).await;
+
+    let mut x = app.ws().await;
+    let mut y = app.ws().await;
+    let rx = x.resume("tasks", &epoch, since).await;
+    let ry = y.resume("tasks", &epoch, since).await;
+    assert_eq!(rx["data"], ry["data"]);
+    assert_eq!(names_and_seqs(&rx["data"]["events"]), pairs(&[("task.updated", s2)]));
+
+    let s3 = patch_task(&app, a, json!({"priority": 3})).await;
+    let mut z = app.ws().await;
+    let rz = z.resume("tasks", &epoch, since).await;
+    assert_eq!(
+        names_and_seqs(&rz["data"]["events"]),
+        pairs(&[("task.updated", s2), ("task.updated", s3)])
+    );
+    assert_eq!(rz["data"]["seq"], s3);
+    // And the clients that resumed before get the new change live.
+    assert_eq!(x.next_event().await["seq"], s3);
+    assert_eq!(y.next_event().await["seq"], s3);
+}

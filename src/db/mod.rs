@@ -13,6 +13,7 @@ pub mod schema;
 
 use actix::prelude::*;
 use diesel::sqlite::SqliteConnection;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -181,8 +182,8 @@ pub struct Subscribed {
     pub topic: Topic,
     /// The session's number for this subscribe, echoed back.
     pub generation: u64,
-    /// The reply's data and its seq.
-    pub result: Result<(Value, i64), ApiError>,
+    /// The reply's data, serialized once (many sessions may share it), and its seq.
+    pub result: Result<(Arc<RawValue>, i64), ApiError>,
 }
 
 /// Reads a snapshot or the missed changes of a topic, replies to the session
@@ -289,6 +290,8 @@ pub struct Db {
     /// The newest committed changes, oldest first, so a resume needs neither
     /// SQL nor JSON parsing.
     recent: VecDeque<Change>,
+    /// Subscribe replies since the last commit, by topic and resume position.
+    replies: HashMap<(Topic, Option<i64>), Arc<RawValue>>,
 }
 
 impl Db {
@@ -333,6 +336,7 @@ impl Db {
             dirty: HashSet::new(),
             seen,
             recent,
+            replies: HashMap::new(),
         })
     }
 
@@ -350,6 +354,8 @@ impl Db {
     fn flush(&mut self) {
         self.flush_scheduled = false;
         let jobs = std::mem::take(&mut self.pending);
+        // Any write, even a heartbeat, may change what a subscribe answers.
+        self.replies.clear();
         self.metrics.db_mailbox.set(0);
         if jobs.is_empty() {
             return;
@@ -738,7 +744,30 @@ impl Handler<Flush> for Db {
 impl Handler<Subscribe> for Db {
     type Result = ();
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
-        let result = self.subscribe(&msg.topic, msg.resume.as_ref());
+        // Clients that (re)subscribe alike between two commits, as after a
+        // restart, share one reply: it is read and serialized once.
+        let same_db = msg
+            .resume
+            .as_ref()
+            .is_some_and(|p| p.epoch.as_deref() == Some(self.position.epoch.as_str()));
+        let key = (
+            msg.topic.clone(),
+            msg.resume.as_ref().filter(|_| same_db).map(|p| p.since),
+        );
+        let result = match self.replies.get(&key) {
+            Some(data) => Ok(data.clone()),
+            None => self
+                .subscribe(&msg.topic, msg.resume.as_ref())
+                .and_then(|v| serde_json::value::to_raw_value(&v).map_err(ApiError::internal))
+                .map(|raw| {
+                    let raw: Arc<RawValue> = Arc::from(raw);
+                    if self.replies.len() >= 256 {
+                        self.replies.clear();
+                    }
+                    self.replies.insert(key, raw.clone());
+                    raw
+                }),
+        };
         let ok = result.is_ok();
         msg.reply_to.do_send(Subscribed {
             reference: msg.reference,
