@@ -127,10 +127,12 @@ impl ApiError {
 
 impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
+        use diesel::result::Error;
         match &e {
             Error::NotFound => ApiError::not_found("no such entity"),
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => ApiError::conflict("already exists"),
+            // Uniqueness (agent names, op_ids) is checked before any write, so a
+            // violation here is a bug: `internal` makes the group commit roll
+            // the whole batch back rather than keep half a call.
             Error::DatabaseError(_, info) if is_storage_fault(info.message()) => {
                 log::warn!("database refuses writes: {}", info.message());
                 ApiError::unavailable("the database cannot take writes right now")
@@ -205,6 +207,17 @@ mod tests {
     fn internal_errors_do_not_leak_detail() {
         let e = ApiError::internal("secret path /var/x");
         assert_eq!(e.message, "internal error");
+    }
+
+    #[test]
+    fn a_unique_violation_is_a_bug_not_a_conflict() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let e: ApiError = Error::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            Box::new("UNIQUE constraint failed".to_string()),
+        )
+        .into();
+        assert_eq!(e.code, ErrorCode::Internal);
     }
 
     #[test]
