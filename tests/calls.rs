@@ -472,3 +472,52 @@ async fn the_same_op_id_sent_at_once_on_two_sockets_commits_once() {
     assert_eq!(count_changes(&app), 5);
     assert_eq!(app.get_json("/api/tasks").await["items"].as_array().unwrap().len(), 5);
 }
+
+/// Pipelined calls share group commits; the ones a rule refuses fail alone and
+/// leave no trace, the others commit with consecutive seqs.
+#[tokio::test]
+async fn a_refused_call_fails_alone_inside_a_group_commit() {
+    let app = spawn_app();
+    let task = app.create_task("t").await;
+    let id = task["id"].as_i64().unwrap();
+    let mut ws = app.ws().await;
+    let mut refs = Vec::new();
+    let mut good = Vec::new();
+    for i in 0..60i64 {
+        let params = match i % 4 {
+            0 => json!({"title": format!("ok {i}")}),
+            1 => json!({"title": ""}),
+            2 => json!({"id": id, "patch": {"priority": i % 4}, "if_version": 1}),
+            _ => json!({"title": format!("ok {i}"), "assignee_id": 999}),
+        };
+        let method = if i % 4 == 2 { "task.update" } else { "task.create" };
+        ws.send(&json!({"type": "call", "ref": i, "method": method, "params": params}))
+            .await;
+        refs.push(json!(i));
+        good.push(i % 4 == 0 || i == 2);
+    }
+    let replies = ws.replies_to(&refs).await;
+    let mut seqs = Vec::new();
+    for (reply, good) in replies.iter().zip(&good) {
+        assert_eq!(reply["ok"], *good, "{reply}");
+        if *good {
+            seqs.push(reply["seq"].as_i64().unwrap());
+        } else {
+            assert!(reply.get("seq").is_none(), "{reply}");
+        }
+    }
+    // Only the first update at version 1 commits; the later ones are stale.
+    assert_eq!(replies[6]["error"]["code"], "conflict");
+    assert_eq!(replies[1]["error"]["code"], "invalid");
+    assert_eq!(replies[3]["error"]["code"], "invalid");
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (2..2 + seqs.len() as i64).collect::<Vec<_>>(),
+        "committed seqs have a gap"
+    );
+    let log = app.changes(0, None).await;
+    assert_eq!(log["events"].as_array().unwrap().len(), 1 + seqs.len(), "{log}");
+    let tasks = app.get_json("/api/tasks").await;
+    assert_eq!(tasks["items"].as_array().unwrap().len(), 1 + 15);
+}
