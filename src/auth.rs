@@ -117,7 +117,8 @@ pub fn hash_token(token: &str) -> String {
 #[derive(Default)]
 pub struct TokenCache {
     by_hash: RwLock<HashMap<String, Principal>>,
-    sessions: RwLock<HashMap<String, i64>>,
+    /// Browser sessions: token id and expiry (RFC 3339, comparable as text).
+    sessions: RwLock<HashMap<String, (i64, String)>>,
     file: Option<Mutex<SqliteConnection>>,
 }
 
@@ -144,7 +145,7 @@ impl TokenCache {
         self.sessions
             .write()
             .expect("session cache poisoned")
-            .retain(|_, t| *t != token_id);
+            .retain(|_, (t, _)| *t != token_id);
     }
 
     /// True if the token is live in the cache.
@@ -156,11 +157,11 @@ impl TokenCache {
             .any(|p| p.token_id == token_id)
     }
 
-    pub fn insert_session(&self, hash: String, token_id: i64) {
+    pub fn insert_session(&self, hash: String, token_id: i64, expires_at: String) {
         self.sessions
             .write()
             .expect("session cache poisoned")
-            .insert(hash, token_id);
+            .insert(hash, (token_id, expires_at));
     }
 
     pub fn remove_session(&self, hash: &str) {
@@ -216,7 +217,17 @@ impl TokenCache {
     /// are live.
     pub fn verify_session(&self, secret: &str) -> Option<Principal> {
         let hash = hash_token(secret);
-        let token_id = *self.sessions.read().expect("session cache poisoned").get(&hash)?;
+        let (token_id, expires_at) = self
+            .sessions
+            .read()
+            .expect("session cache poisoned")
+            .get(&hash)?
+            .clone();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        if expires_at <= now {
+            self.remove_session(&hash);
+            return None;
+        }
         let p = self
             .by_hash
             .read()
@@ -269,6 +280,18 @@ mod tests {
         assert!(authorize(&agent, Action::CreateTask).is_err());
         assert!(authorize(&agent, Action::DeleteTask).is_err());
         assert!(authorize(&agent, Action::Read).is_ok());
+    }
+
+    #[test]
+    fn browser_sessions_expire() {
+        let cache = TokenCache::default();
+        cache.insert(hash_token("t"), p(Role::Member, None));
+        cache.insert_session(hash_token("fresh"), 1, "9999-01-01T00:00:00.000Z".into());
+        cache.insert_session(hash_token("old"), 1, "2000-01-01T00:00:00.000Z".into());
+        assert!(cache.verify_session("fresh").is_some());
+        assert!(cache.verify_session("old").is_none());
+        cache.remove_token(1);
+        assert!(cache.verify_session("fresh").is_none());
     }
 
     #[test]

@@ -129,7 +129,8 @@ impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
         use diesel::result::Error;
         match &e {
-            Error::NotFound => ApiError::not_found("no such entity"),
+            // Lookups use `.optional()`; a missing row here is a bug, and
+            // `internal` rolls the whole group commit back.
             // Uniqueness (agent names, op_ids) is checked before any write, so a
             // violation here is a bug: `internal` makes the group commit roll
             // the whole batch back rather than keep half a call.

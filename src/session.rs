@@ -14,7 +14,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, Websocke
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::{Stream, StreamExt};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -55,6 +55,8 @@ pub struct Session {
     outbox: Rc<RefCell<Outbox>>,
     /// Calls sent to the Db actor and not yet answered.
     in_flight: usize,
+    /// Set once the session closed itself for being too slow.
+    gave_up: Cell<bool>,
     /// A close asked for while calls were in flight: done once they are answered.
     closing: Option<(CloseCode, &'static str)>,
     fragments: Option<Fragments>,
@@ -62,9 +64,47 @@ pub struct Session {
 }
 
 impl Session {
+    /// Queues a reply or other frame; closes the socket (1013) instead when
+    /// the peer has already fallen too far behind. A reply larger than the
+    /// bound still goes out to a peer that keeps up, so any snapshot can be had.
     fn send(&self, ctx: &mut WebsocketContext<Self>, text: impl Into<ByteString>) {
+        self.push(ctx, text.into(), 0);
+    }
+
+    /// Queues an event; closes the socket (1013) instead when the event would
+    /// take the queue over its bound.
+    fn send_event(&self, ctx: &mut WebsocketContext<Self>, frame: ByteString) {
+        let len = frame.len();
+        self.push(ctx, frame, len);
+    }
+
+    fn push(&self, ctx: &mut WebsocketContext<Self>, text: ByteString, counted: usize) {
+        let (bytes, frames) = {
+            let outbox = self.outbox.borrow();
+            (outbox.queued_bytes(), outbox.queued_frames())
+        };
+        let config = &self.app.config;
+        let over = if counted > 0 {
+            bytes + counted > config.max_queue_bytes
+        } else {
+            bytes >= config.max_queue_bytes
+        };
+        if over || frames >= config.max_queue_frames {
+            if !self.gave_up.replace(true) {
+                log::info!(
+                    "session {} is {bytes} bytes and {frames} frames behind; closing it",
+                    self.id
+                );
+                self.app.metrics.sockets_closed_slow.inc();
+                // What already waits stays: dropping it could leave the client
+                // a gap before a later frame still in the context, and it
+                // resumes from the last event it read.
+                self.close(ctx, CloseCode::Again, "too slow to keep up; reconnect and resume");
+            }
+            return;
+        }
         self.outbox.borrow_mut().wrote_frame();
-        ctx.text(text.into());
+        ctx.text(text);
     }
 
     fn close(&self, ctx: &mut WebsocketContext<Self>, code: CloseCode, reason: &str) {
@@ -337,7 +377,16 @@ impl Handler<Subscribed> for Session {
                 }
                 protocol::reply_ok(&msg.reference, &*data, None)
             }
-            Err(e) => protocol::reply_err(&msg.reference, &e),
+            Err(e) => {
+                if newest && !self.subs.contains_key(&msg.topic) {
+                    // An earlier subscribe of this topic may have joined it.
+                    self.app.registry.do_send(Leave {
+                        session_id: self.id,
+                        topic: msg.topic,
+                    });
+                }
+                protocol::reply_err(&msg.reference, &e)
+            }
         };
         self.send(ctx, frame);
     }
@@ -356,22 +405,7 @@ impl Handler<Deliver> for Session {
             }
             *last = seq;
         }
-        let (bytes, frames) = {
-            let outbox = self.outbox.borrow();
-            (outbox.queued_bytes(), outbox.queued_frames())
-        };
-        let config = &self.app.config;
-        if bytes + msg.frame.len() > config.max_queue_bytes || frames >= config.max_queue_frames {
-            log::info!(
-                "session {} is {bytes} bytes and {frames} frames behind; closing it",
-                self.id
-            );
-            self.app.metrics.sockets_closed_slow.inc();
-            // What waits would only delay the close frame; the client resumes.
-            self.outbox.borrow_mut().discard();
-            return self.close(ctx, CloseCode::Again, "too slow to keep up; reconnect and resume");
-        }
-        self.send(ctx, msg.frame);
+        self.send_event(ctx, msg.frame);
     }
 }
 
@@ -444,14 +478,6 @@ impl Outbox {
         Some(chunk)
     }
 
-    /// Drops what waits: the session is closing because the peer is too slow.
-    /// Chunks hold whole frames, so the stream stays well framed.
-    fn discard(&mut self) {
-        self.chunks.clear();
-        self.bytes = 0;
-        self.frames = 0;
-    }
-
     fn finish(&mut self) {
         self.done = true;
         self.wake();
@@ -503,6 +529,7 @@ pub fn start(
         outbox: outbox.clone(),
         fragments: None,
         in_flight: 0,
+        gave_up: Cell::new(false),
         closing: None,
     };
     let codec = Codec::new().max_size(app.config.max_frame_bytes);

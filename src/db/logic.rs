@@ -646,6 +646,10 @@ fn heartbeat(
 /// The server's own change: an agent that stopped heartbeating goes `offline`.
 /// Returns nothing when the agent is gone or already offline.
 pub fn mark_offline(conn: &mut SqliteConnection, ctx: &mut WriteCtx, agent_id: i64) -> Result<Outcome, ApiError> {
+    if ctx.beats.get(&agent_id) == Some(&ctx.now) {
+        // It heartbeated in this very batch, after the sweep chose it.
+        return Ok(Outcome::default());
+    }
     let Some(agent) = q::find_agent(conn, agent_id)? else {
         return Ok(Outcome::default());
     };

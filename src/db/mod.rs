@@ -152,8 +152,8 @@ pub fn load_tokens(conn: &mut SqliteConnection, cache: &TokenCache) -> Result<()
             }
         }
     }
-    for (hash, token_id) in q::live_web_sessions(conn, &logic::now()).map_err(|e| e.to_string())? {
-        cache.insert_session(hash, token_id);
+    for (hash, token_id, expires_at) in q::live_web_sessions(conn, &logic::now()).map_err(|e| e.to_string())? {
+        cache.insert_session(hash, token_id, expires_at);
     }
     Ok(())
 }
@@ -290,6 +290,8 @@ pub struct Db {
     /// The newest committed changes, oldest first, so a resume needs neither
     /// SQL nor JSON parsing.
     recent: VecDeque<Change>,
+    /// When the revocation watch last looked.
+    revocations_seen: String,
     /// Subscribe replies since the last commit, by topic and resume position.
     replies: HashMap<(Topic, Option<i64>), Arc<RawValue>>,
 }
@@ -337,6 +339,7 @@ impl Db {
             seen,
             recent,
             replies: HashMap::new(),
+            revocations_seen: String::new(),
         })
     }
 
@@ -364,6 +367,8 @@ impl Db {
         let start_seq = self.seq;
         let mut seq = start_seq;
         let mut results: Vec<Result<Outcome, ApiError>> = Vec::with_capacity(jobs.len());
+        // Undone if the batch fails: calls answered with an error leave no trace.
+        let beats_before = self.beats.clone();
         let beats = &mut self.beats;
         let now = logic::now();
         let committed = self.conn.immediate_transaction::<_, ApiError, _>(|conn| {
@@ -396,9 +401,19 @@ impl Db {
         self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.observe(jobs.len() as f64);
         if let Err(e) = committed {
+            self.beats = beats_before;
+            let overdue = Instant::now()
+                .checked_sub(self.config.heartbeat_timeout)
+                .unwrap_or_else(Instant::now);
             for job in jobs {
-                if let Job::Call { reply, .. } = job {
-                    let _ = reply.send(Err(e.clone()));
+                match job {
+                    Job::Call { reply, .. } => {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    // Still overdue: the next sweep tries again.
+                    Job::Offline(id) => {
+                        self.seen.insert(id, overdue);
+                    }
                 }
             }
             return;
@@ -654,7 +669,7 @@ impl Db {
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 self.conn
                     .immediate_transaction(|conn| q::insert_web_session(conn, &hash, by.token_id, &now, &expires))?;
-                self.tokens.insert_session(hash, by.token_id);
+                self.tokens.insert_session(hash, by.token_id, expires);
                 Ok(json!({"secret": secret, "max_age": WEB_SESSION_DAYS * 24 * 3600}))
             }
             Tokens::Logout { secret } => {
@@ -670,9 +685,13 @@ impl Db {
     /// Closes the sockets of tokens revoked in the file by someone else (the
     /// command line), so revocation takes effect within a second either way.
     fn watch_revocations(&mut self) {
-        let Ok(ids) = q::revoked_token_ids(&mut self.conn) else {
+        // Only revocations since the last look (a little overlap is harmless:
+        // tokens no longer cached are skipped).
+        let now = logic::now();
+        let Ok(ids) = q::revoked_token_ids_since(&mut self.conn, &self.revocations_seen) else {
             return;
         };
+        self.revocations_seen = now;
         let newly: Vec<i64> = ids.into_iter().filter(|id| self.tokens.has_token(*id)).collect();
         self.forget_tokens(newly);
     }
@@ -768,20 +787,23 @@ impl Handler<Subscribe> for Db {
                     raw
                 }),
         };
-        let ok = result.is_ok();
-        msg.reply_to.do_send(Subscribed {
-            reference: msg.reference,
-            topic: msg.topic.clone(),
-            generation: msg.generation,
-            result: result.map(|d| (d, self.seq)),
-        });
-        if ok {
+        // Join before the reply: the session then handles any Leave it sends
+        // for this topic after the registry has the join, and still no later
+        // event can overtake the reply, which is queued before this handler
+        // returns.
+        if result.is_ok() {
             self.registry.do_send(Join {
                 session_id: msg.session_id,
-                topic: msg.topic,
+                topic: msg.topic.clone(),
                 deliver: msg.deliver,
             });
         }
+        msg.reply_to.do_send(Subscribed {
+            reference: msg.reference,
+            topic: msg.topic,
+            generation: msg.generation,
+            result: result.map(|d| (d, self.seq)),
+        });
     }
 }
 

@@ -308,10 +308,10 @@ pub fn token_revoked(conn: &mut SqliteConnection, id: i64) -> QueryResult<bool> 
     Ok(!matches!(live, Some(None)))
 }
 
-/// Ids of every revoked token.
-pub fn revoked_token_ids(conn: &mut SqliteConnection) -> QueryResult<Vec<i64>> {
+/// Ids of tokens revoked at or after `since` (an RFC 3339 time; "" for all).
+pub fn revoked_token_ids_since(conn: &mut SqliteConnection, since: &str) -> QueryResult<Vec<i64>> {
     tokens::table
-        .filter(tokens::revoked_at.is_not_null())
+        .filter(tokens::revoked_at.ge(since))
         .select(tokens::id)
         .load(conn)
 }
@@ -340,13 +340,13 @@ pub fn delete_web_session(conn: &mut SqliteConnection, hash: &str) -> QueryResul
     diesel::delete(web_sessions::table.find(hash)).execute(conn).map(drop)
 }
 
-/// Sessions not yet expired whose token is live: (hash, token id).
-pub fn live_web_sessions(conn: &mut SqliteConnection, now: &str) -> QueryResult<Vec<(String, i64)>> {
+/// Sessions not yet expired whose token is live: (hash, token id, expiry).
+pub fn live_web_sessions(conn: &mut SqliteConnection, now: &str) -> QueryResult<Vec<(String, i64, String)>> {
     web_sessions::table
         .inner_join(tokens::table.on(tokens::id.eq(web_sessions::token_id)))
         .filter(web_sessions::expires_at.gt(now))
         .filter(tokens::revoked_at.is_null())
-        .select((web_sessions::hash, web_sessions::token_id))
+        .select((web_sessions::hash, web_sessions::token_id, web_sessions::expires_at))
         .load(conn)
 }
 
