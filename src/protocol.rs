@@ -53,14 +53,21 @@ impl Topic {
         }
     }
 
+    /// The changes this topic receives: an entity kind, and one entity of it
+    /// for a single-entity topic.
+    pub fn filter(&self) -> (Entity, Option<i64>) {
+        match self {
+            Topic::Tasks => (Entity::Task, None),
+            Topic::Task(id) => (Entity::Task, Some(*id)),
+            Topic::Agents => (Entity::Agent, None),
+            Topic::Agent(id) => (Entity::Agent, Some(*id)),
+        }
+    }
+
     /// True if a change of `entity` `id` belongs to this topic.
     pub fn matches(&self, entity: Entity, id: i64) -> bool {
-        match self {
-            Topic::Tasks => entity == Entity::Task,
-            Topic::Agents => entity == Entity::Agent,
-            Topic::Task(t) => entity == Entity::Task && *t == id,
-            Topic::Agent(a) => entity == Entity::Agent && *a == id,
-        }
+        let (kind, one) = self.filter();
+        kind == entity && one.is_none_or(|one| one == id)
     }
 
     /// The kind of topic, for metrics: `tasks`, `task`, `agents` or `agent`.

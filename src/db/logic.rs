@@ -283,6 +283,13 @@ fn changed_fields(before: &Value, after: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Sets the two fields every change sets on an entity's JSON, so it is built
+/// once per change.
+fn stamp(data: &mut Value, version: i64, updated_at: &str) {
+    data["version"] = json!(version);
+    data["updated_at"] = json!(updated_at);
+}
+
 fn all_fields(data: &Value) -> Vec<String> {
     changed_fields(&json!({}), data)
 }
@@ -369,7 +376,8 @@ fn task_update(
         next.assignee_id = a;
     }
     let before = task.to_json();
-    let changed = changed_fields(&before, &next.to_json());
+    let mut data = next.to_json();
+    let changed = changed_fields(&before, &data);
     if changed.is_empty() {
         return Ok(Outcome {
             data: before,
@@ -379,7 +387,7 @@ fn task_update(
     next.version += 1;
     next.updated_at = ctx.now.clone();
     q::save_task(conn, &next)?;
-    let data = next.to_json();
+    stamp(&mut data, next.version, &next.updated_at);
     let mut out = Outcome::default();
     ctx.record(
         conn,
@@ -539,7 +547,8 @@ fn finish_agent_update(
     mut next: Agent,
 ) -> Result<Outcome, ApiError> {
     let before_json = before.to_json();
-    let changed = changed_fields(&before_json, &next.to_json());
+    let mut data = next.to_json();
+    let changed = changed_fields(&before_json, &data);
     if changed.is_empty() {
         if next.reported_status != before.reported_status {
             // Invisible but kept: what to go back to after `offline`.
@@ -553,7 +562,7 @@ fn finish_agent_update(
     next.version += 1;
     next.updated_at = ctx.now.clone();
     q::save_agent(conn, &next)?;
-    let data = next.to_json();
+    stamp(&mut data, next.version, &next.updated_at);
     let mut out = Outcome::default();
     ctx.record(
         conn,

@@ -530,12 +530,7 @@ impl Db {
         if let Some(pos) = resume {
             let same_db = pos.epoch.as_deref() == Some(epoch.as_str());
             if same_db && pos.since <= self.seq && pos.since >= self.floor {
-                let filter = match topic {
-                    Topic::Tasks => (Entity::Task, None),
-                    Topic::Task(id) => (Entity::Task, Some(*id)),
-                    Topic::Agents => (Entity::Agent, None),
-                    Topic::Agent(id) => (Entity::Agent, Some(*id)),
-                };
+                let filter = topic.filter();
                 let limit = self.config.max_replay as usize;
                 let missed = match self.recent.front() {
                     // Everything after `since` is in memory.
@@ -603,12 +598,7 @@ impl Db {
                         self.floor
                     )));
                 }
-                let filter = topic.as_ref().map(|t| match t {
-                    Topic::Tasks => (Entity::Task, None),
-                    Topic::Task(id) => (Entity::Task, Some(*id)),
-                    Topic::Agents => (Entity::Agent, None),
-                    Topic::Agent(id) => (Entity::Agent, Some(*id)),
-                });
+                let filter = topic.as_ref().map(Topic::filter);
                 let rows = q::changes_since(&mut self.conn, since, filter, limit)?;
                 // A page cut short by `limit` is complete up to its last event.
                 let upto = if rows.len() as i64 == limit {
