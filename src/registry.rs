@@ -66,7 +66,7 @@ pub struct Leave {
 /// Something the Db actor committed or received, in order.
 #[derive(Debug, Clone)]
 pub enum Published {
-    Change(Change),
+    Change(Arc<Change>),
     Heartbeat { agent_id: i64, at: String },
 }
 

@@ -289,7 +289,7 @@ pub struct Db {
     seen: HashMap<i64, Instant>,
     /// The newest committed changes, oldest first, so a resume needs neither
     /// SQL nor JSON parsing.
-    recent: VecDeque<Change>,
+    recent: VecDeque<Arc<Change>>,
     /// When the revocation watch last looked.
     revocations_seen: String,
     /// Subscribe replies since the last commit, by topic and resume position.
@@ -319,7 +319,7 @@ impl Db {
         let recent = q::changes_since(&mut conn, from, None, config.recent_changes as i64)
             .map_err(|e| e.to_string())?
             .into_iter()
-            .map(logic::change_of_row)
+            .map(|row| logic::change_of_row(row).map(Arc::new))
             .collect::<Result<VecDeque<_>, _>>()
             .map_err(|e| e.message)?;
         Ok(Db {
@@ -425,13 +425,15 @@ impl Db {
         let mut answers = Vec::with_capacity(jobs.len());
         for (job, result) in jobs.into_iter().zip(results) {
             let answer = result.map(|out| {
-                for change in &out.changes {
+                // One copy of each change, shared by the resume memory and
+                // the Registry.
+                for change in out.changes.into_iter().map(Arc::new) {
                     if self.recent.len() >= self.config.recent_changes {
                         self.recent.pop_front();
                     }
                     self.recent.push_back(change.clone());
+                    items.push(Published::Change(change));
                 }
-                items.extend(out.changes.into_iter().map(Published::Change));
                 if let Some((agent_id, at)) = out.heartbeat {
                     self.dirty.insert(agent_id);
                     self.seen.insert(agent_id, Instant::now());
