@@ -366,3 +366,58 @@ async fn alike_resumes_share_a_reply_until_the_next_commit() {
     assert_eq!(x.next_event().await["seq"], s3);
     assert_eq!(y.next_event().await["seq"], s3);
 }
+
+/// The log has no index by entity, so one read of it looks through a bounded
+/// window of seqs: a resume from the log further back than the window gets a
+/// snapshot, and pages of `GET /api/changes` end at the window's end and
+/// together hold every change.
+#[tokio::test]
+async fn log_reads_look_through_a_bounded_window() {
+    let app = spawn_app_with(|c| {
+        c.db.recent_changes = 1;
+        c.db.log_scan_window = 3;
+    });
+    let a = app.create_task("a").await["id"].as_i64().unwrap();
+    let b = app.create_task("b").await["id"].as_i64().unwrap();
+    patch_task(&app, a, json!({"status": "in_progress"})).await;
+    patch_task(&app, b, json!({"priority": 1})).await;
+    patch_task(&app, b, json!({"priority": 2})).await;
+    patch_task(&app, a, json!({"priority": 3})).await;
+    let head = patch_task(&app, b, json!({"priority": 3})).await;
+    assert_eq!(head, 7);
+    let topic_a = format!("task:{a}");
+
+    let mut ws = app.ws().await;
+    let epoch = ws.hello["epoch"].as_str().unwrap().to_string();
+    // Within the window (7 - 4 = 3): the missed change, read from the log.
+    let r = ws.resume(&topic_a, &epoch, 4).await;
+    assert_eq!(
+        names_and_seqs(&r["data"]["events"]),
+        pairs(&[("task.updated", 6)]),
+        "{r}"
+    );
+    // Further back: the current state instead of a scan.
+    let r = ws.resume(&topic_a, &epoch, 2).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["data"].get("events").is_none(), "{r}");
+    assert_eq!(r["data"]["snapshot"]["version"], 3, "{r}");
+    assert_eq!(r["data"]["seq"], 7, "{r}");
+
+    // Paging from 0: each page ends at its window's end, and the pages together
+    // hold exactly the topic's changes.
+    let first = app.changes(0, Some(&topic_a)).await;
+    assert_eq!(first["seq"], 3, "{first}");
+    let mut since = 0;
+    let mut seen = Vec::new();
+    while since < head {
+        let page = app.changes(since, Some(&topic_a)).await;
+        let upto = page["seq"].as_i64().unwrap();
+        assert!(upto > since, "a page moves forward: {page}");
+        seen.extend(names_and_seqs(&page["events"]));
+        since = upto;
+    }
+    assert_eq!(
+        seen,
+        pairs(&[("task.created", 1), ("task.updated", 3), ("task.updated", 6)])
+    );
+}

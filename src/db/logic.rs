@@ -386,7 +386,7 @@ fn task_update(
     }
     next.version += 1;
     next.updated_at = ctx.now.clone();
-    q::save_task(conn, &next)?;
+    q::save_task(conn, &next, next.assignee_id != task.assignee_id)?;
     stamp(&mut data, next.version, &next.updated_at);
     let mut out = Outcome::default();
     ctx.record(
@@ -591,7 +591,7 @@ fn agent_delete(
         next.assignee_id = None;
         next.version += 1;
         next.updated_at = ctx.now.clone();
-        q::save_task(conn, &next)?;
+        q::save_task(conn, &next, true)?;
         ctx.record(
             conn,
             &mut out,

@@ -42,6 +42,10 @@ pub struct DbConfig {
     /// How many of the newest changes are kept in memory for resumes; older
     /// positions are read from the log.
     pub recent_changes: usize,
+    /// The most changes one read of the log looks through (10,000: about 2 ms).
+    /// A resume further back than this and past the memory gets a snapshot; a
+    /// page of `GET /api/changes` ends at the window's end.
+    pub log_scan_window: i64,
 }
 
 impl Default for DbConfig {
@@ -53,6 +57,7 @@ impl Default for DbConfig {
             max_replay: 1000,
             op_keep: Duration::from_secs(24 * 3600),
             recent_changes: 4096,
+            log_scan_window: 10_000,
         }
     }
 }
@@ -316,7 +321,7 @@ impl Db {
             .map(|a| (a.id, now))
             .collect();
         let from = (position.seq() - config.recent_changes as i64).max(floor);
-        let recent = q::changes_since(&mut conn, from, None, config.recent_changes as i64)
+        let recent = q::changes_since(&mut conn, from, i64::MAX, None, config.recent_changes as i64)
             .map_err(|e| e.to_string())?
             .into_iter()
             .map(|row| logic::change_of_row(row).map(Arc::new))
@@ -536,23 +541,27 @@ impl Db {
                 let limit = self.config.max_replay as usize;
                 let missed = match self.recent.front() {
                     // Everything after `since` is in memory.
-                    Some(first) if first.seq <= pos.since + 1 => {
-                        let skip = (pos.since + 1 - first.seq) as usize;
+                    Some(first) if first.seq <= pos.since + 1 => Some(
                         self.recent
                             .iter()
-                            .skip(skip)
+                            .skip((pos.since + 1 - first.seq) as usize)
                             .filter(|c| topic.matches(c.entity, c.entity_id))
                             .take(limit + 1)
                             .map(|c| c.event(topic))
-                            .collect::<Vec<_>>()
-                    }
-                    _ if pos.since == self.seq => Vec::new(),
-                    _ => q::changes_since(&mut self.conn, pos.since, Some(filter), limit as i64 + 1)?
-                        .into_iter()
-                        .map(|r| logic::change_of_row(r).map(|c| c.event(topic)))
-                        .collect::<Result<Vec<_>, _>>()?,
+                            .collect::<Vec<_>>(),
+                    ),
+                    _ if pos.since == self.seq => Some(Vec::new()),
+                    // Too far back to look through on the writer's thread: a
+                    // snapshot is cheaper than the scan.
+                    _ if self.seq - pos.since > self.config.log_scan_window => None,
+                    _ => Some(
+                        q::changes_since(&mut self.conn, pos.since, self.seq, Some(filter), limit as i64 + 1)?
+                            .into_iter()
+                            .map(|r| logic::change_of_row(r).map(|c| c.event(topic)))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ),
                 };
-                if missed.len() <= limit {
+                if let Some(missed) = missed.filter(|m| m.len() <= limit) {
                     if missed.is_empty() && filter.1.is_some() && self.snapshot(topic)?.is_none() {
                         return Err(ApiError::not_found(format!("{topic} does not exist")));
                     }
@@ -601,12 +610,15 @@ impl Db {
                     )));
                 }
                 let filter = topic.as_ref().map(Topic::filter);
-                let rows = q::changes_since(&mut self.conn, since, filter, limit)?;
-                // A page cut short by `limit` is complete up to its last event.
+                // One page looks through at most `log_scan_window` changes; it is
+                // complete up to the end of that window, or up to its last
+                // event when `limit` cut it short.
+                let window_end = seq.min(since.saturating_add(self.config.log_scan_window));
+                let rows = q::changes_since(&mut self.conn, since, window_end, filter, limit)?;
                 let upto = if rows.len() as i64 == limit {
-                    rows.last().map_or(seq, |r| r.seq)
+                    rows.last().map_or(window_end, |r| r.seq)
                 } else {
-                    seq
+                    window_end
                 };
                 let events = rows
                     .into_iter()
