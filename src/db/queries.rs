@@ -64,7 +64,30 @@ impl<T, C, W, K: 'static> QueryId for PreparedUpdate<T, C, W, K> {
 
 impl<T, C, W, K> RunQueryDsl<SqliteConnection> for PreparedUpdate<T, C, W, K> {}
 
+/// A query diesel keeps prepared but would otherwise print to find in its
+/// cache on every run, because its type has no static id: cached under `K`.
+struct CachedAs<Q, K>(Q, PhantomData<K>);
+
+fn cached_as<K, Q>(query: Q) -> CachedAs<Q, K> {
+    CachedAs(query, PhantomData)
+}
+
+impl<Q: QueryFragment<Sqlite>, K> QueryFragment<Sqlite> for CachedAs<Q, K> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+}
+
+impl<Q, K: 'static> QueryId for CachedAs<Q, K> {
+    type QueryId = K;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<Q, K> RunQueryDsl<SqliteConnection> for CachedAs<Q, K> {}
+
 /// Cache keys of the statements kept prepared.
+struct AppendChangeSql;
+struct InsertOpSql;
 struct SaveTaskSql;
 struct SaveTaskWithAssigneeSql;
 struct SaveAgentSql;
@@ -249,7 +272,9 @@ pub fn write_heartbeats(conn: &mut SqliteConnection, beats: &[(i64, String)]) ->
 // ---- change log ----
 
 pub fn append_change(conn: &mut SqliteConnection, row: &ChangeRow) -> QueryResult<()> {
-    diesel::insert_into(changes::table).values(row).execute(conn).map(drop)
+    cached_as::<AppendChangeSql, _>(diesel::insert_into(changes::table).values(row))
+        .execute(conn)
+        .map(drop)
 }
 
 pub fn max_seq(conn: &mut SqliteConnection) -> QueryResult<Option<i64>> {
@@ -319,7 +344,9 @@ pub fn find_op(conn: &mut SqliteConnection, token_id: i64, op_id: &str) -> Query
 }
 
 pub fn insert_op(conn: &mut SqliteConnection, row: &OpRow) -> QueryResult<()> {
-    diesel::insert_into(ops::table).values(row).execute(conn).map(drop)
+    cached_as::<InsertOpSql, _>(diesel::insert_into(ops::table).values(row))
+        .execute(conn)
+        .map(drop)
 }
 
 pub fn prune_ops(conn: &mut SqliteConnection, before: &str) -> QueryResult<usize> {
