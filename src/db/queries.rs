@@ -461,6 +461,70 @@ mod tests {
     use diesel::connection::InstrumentationEvent;
     use std::sync::{Arc, Mutex};
 
+    /// A database made before the change log was keyed by rowid keeps its
+    /// changes through the migration, and loses the index by entity.
+    #[test]
+    fn the_change_log_migration_keeps_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        // The two migrations before it, then a change log as they left it.
+        conn.run_next_migration(MIGRATIONS).unwrap();
+        conn.run_next_migration(MIGRATIONS).unwrap();
+        conn.batch_execute(
+            "INSERT INTO changes (seq, entity, entity_id, kind, changed, data, at) VALUES
+             (7, 'task', 1, 'created', '[\"title\"]', '{\"id\":1}', 't1'),
+             (9, 'agent', 2, 'updated', '[\"status\"]', '{\"id\":2}', 't2');",
+        )
+        .unwrap();
+        drop(conn);
+
+        let mut conn = open(path.to_str().unwrap()).unwrap();
+        let rows = changes_since(&mut conn, 0, i64::MAX, None, 10).unwrap();
+        let kept: Vec<(i64, &str, i64, &str, &str, &str)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.seq,
+                    r.entity.as_str(),
+                    r.entity_id,
+                    r.kind.as_str(),
+                    r.data.as_str(),
+                    r.at.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                (7, "task", 1, "created", "{\"id\":1}", "t1"),
+                (9, "agent", 2, "updated", "{\"id\":2}", "t2")
+            ]
+        );
+        assert_eq!(rows[0].changed, "[\"title\"]");
+        let indexes: Vec<String> = diesel::dsl::sql::<diesel::sql_types::Text>(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'changes'",
+        )
+        .load(&mut conn)
+        .unwrap();
+        assert!(indexes.is_empty(), "{indexes:?}");
+        // New changes go on after the old ones.
+        append_change(
+            &mut conn,
+            &ChangeRow {
+                seq: 10,
+                entity: "task".into(),
+                entity_id: 1,
+                kind: "updated".into(),
+                changed: "[]".into(),
+                data: "{}".into(),
+                at: "t3".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(max_seq(&mut conn).unwrap(), Some(10));
+    }
+
     /// The hot UPDATEs are compiled once, not on every write.
     #[test]
     fn task_updates_are_prepared_once_per_shape() {
