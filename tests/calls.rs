@@ -521,3 +521,21 @@ async fn a_refused_call_fails_alone_inside_a_group_commit() {
     let tasks = app.get_json("/api/tasks").await;
     assert_eq!(tasks["items"].as_array().unwrap().len(), 1 + 15);
 }
+
+/// Remembering an op_id whose call changed nothing (no seq) right after one
+/// that did: the two INSERTs of the op differ, and both must work.
+#[tokio::test]
+async fn an_op_id_call_without_a_change_after_one_with_a_change() {
+    let app = spawn_app();
+    let id = app.create_task("a").await["id"].as_i64().unwrap();
+    let mut ws = app.ws().await;
+    for (op, status) in [("with-change", "done"), ("no-change", "done"), ("again", "todo")] {
+        let r = ws
+            .request(json!({"type": "call", "method": "task.update", "op_id": op,
+                            "params": {"id": id, "patch": {"status": status}}}))
+            .await;
+        assert_eq!(r["ok"], true, "{op}: {r}");
+        assert_eq!(r["data"]["status"], status, "{op}: {r}");
+    }
+    assert_eq!(app.get_json(&format!("/api/tasks/{id}")).await["version"], 3);
+}

@@ -396,7 +396,9 @@ async fn log_reads_look_through_a_bounded_window() {
         pairs(&[("task.updated", 6)]),
         "{r}"
     );
-    // Further back: the current state instead of a scan.
+    // Further back: the current state instead of a scan (on a new socket: a
+    // repeated subscribe would be answered fresh anyway).
+    let mut ws = app.ws().await;
     let r = ws.resume(&topic_a, &epoch, 2).await;
     assert_eq!(r["ok"], true, "{r}");
     assert!(r["data"].get("events").is_none(), "{r}");

@@ -32,6 +32,7 @@ fn prepared_update<T, C, W, K>(table: T, set: C, filter: W) -> PreparedUpdate<T:
 where
     T: Table,
     C: AsChangeset<Target = T>,
+    W: diesel::AppearsOnTable<T>,
 {
     PreparedUpdate {
         table: table.from_clause(),
@@ -66,6 +67,8 @@ impl<T, C, W, K> RunQueryDsl<SqliteConnection> for PreparedUpdate<T, C, W, K> {}
 
 /// A query diesel keeps prepared but would otherwise print to find in its
 /// cache on every run, because its type has no static id: cached under `K`.
+/// Only for queries with one SQL text: an INSERT of a struct with an `Option`
+/// field leaves that column out when it is `None`.
 struct CachedAs<Q, K>(Q, PhantomData<K>);
 
 fn cached_as<K, Q>(query: Q) -> CachedAs<Q, K> {
@@ -87,7 +90,6 @@ impl<Q, K> RunQueryDsl<SqliteConnection> for CachedAs<Q, K> {}
 
 /// Cache keys of the statements kept prepared.
 struct AppendChangeSql;
-struct InsertOpSql;
 struct SaveTaskSql;
 struct SaveTaskWithAssigneeSql;
 struct SaveAgentSql;
@@ -344,9 +346,9 @@ pub fn find_op(conn: &mut SqliteConnection, token_id: i64, op_id: &str) -> Query
 }
 
 pub fn insert_op(conn: &mut SqliteConnection, row: &OpRow) -> QueryResult<()> {
-    cached_as::<InsertOpSql, _>(diesel::insert_into(ops::table).values(row))
-        .execute(conn)
-        .map(drop)
+    // Not `cached_as`: a missing `seq` leaves its column out of the SQL, so
+    // this INSERT has two texts.
+    diesel::insert_into(ops::table).values(row).execute(conn).map(drop)
 }
 
 pub fn prune_ops(conn: &mut SqliteConnection, before: &str) -> QueryResult<usize> {
