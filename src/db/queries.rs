@@ -14,61 +14,10 @@ use crate::protocol::Entity;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
-/// `UPDATE table SET changeset WHERE filter`, kept prepared in diesel's
-/// statement cache under the type `K`.
-///
-/// diesel's own update builder marks every UPDATE unsafe to keep prepared,
-/// because a changeset of optional fields can print different SQL each time.
-/// The hot writes below set every column, so their text is fixed; compiling
-/// it again on each write was about a sixth of the writer thread's time.
-struct PreparedUpdate<F, C, W, K> {
-    table: F,
-    set: C,
-    filter: W,
-    key: PhantomData<K>,
-}
-
-fn prepared_update<T, C, W, K>(table: T, set: C, filter: W) -> PreparedUpdate<T::FromClause, C::Changeset, W, K>
-where
-    T: Table,
-    C: AsChangeset<Target = T>,
-    W: diesel::AppearsOnTable<T>,
-{
-    PreparedUpdate {
-        table: table.from_clause(),
-        set: set.as_changeset(),
-        filter,
-        key: PhantomData,
-    }
-}
-
-impl<F, C, W, K> QueryFragment<Sqlite> for PreparedUpdate<F, C, W, K>
-where
-    F: QueryFragment<Sqlite>,
-    C: QueryFragment<Sqlite>,
-    W: QueryFragment<Sqlite>,
-{
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql("UPDATE ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" SET ");
-        self.set.walk_ast(out.reborrow())?;
-        out.push_sql(" WHERE ");
-        self.filter.walk_ast(out.reborrow())
-    }
-}
-
-impl<T, C, W, K: 'static> QueryId for PreparedUpdate<T, C, W, K> {
-    type QueryId = K;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl<T, C, W, K> RunQueryDsl<SqliteConnection> for PreparedUpdate<T, C, W, K> {}
-
-/// A query diesel keeps prepared but would otherwise print to find in its
-/// cache on every run, because its type has no static id: cached under `K`.
-/// Only for queries with one SQL text: an INSERT of a struct with an `Option`
-/// field leaves that column out when it is `None`.
+/// A query diesel keeps prepared under the type `K`. Without a fixed type id
+/// diesel prints a query's SQL on every run to find it in its cache. Only for
+/// queries with one SQL text: an INSERT of a struct with an `Option` field
+/// leaves that column out when it is `None`.
 struct CachedAs<Q, K>(Q, PhantomData<K>);
 
 fn cached_as<K, Q>(query: Q) -> CachedAs<Q, K> {
@@ -87,6 +36,48 @@ impl<Q, K: 'static> QueryId for CachedAs<Q, K> {
 }
 
 impl<Q, K> RunQueryDsl<SqliteConnection> for CachedAs<Q, K> {}
+
+/// `UPDATE table SET changeset WHERE filter`, built from diesel's pieces.
+///
+/// diesel's own update builder marks every UPDATE unsafe to keep prepared,
+/// because a changeset of optional fields can print different SQL each time.
+/// The hot writes below set fixed columns, so their text is fixed; compiling it
+/// again on each write was about a sixth of the writer thread's time.
+struct UpdateWhere<F, C, W> {
+    table: F,
+    set: C,
+    filter: W,
+}
+
+/// An [`UpdateWhere`] kept prepared under `K`.
+fn prepared_update<K, T, C, W>(table: T, set: C, filter: W) -> CachedAs<UpdateWhere<T::FromClause, C::Changeset, W>, K>
+where
+    T: Table,
+    C: AsChangeset<Target = T>,
+    W: diesel::AppearsOnTable<T>,
+{
+    cached_as(UpdateWhere {
+        table: table.from_clause(),
+        set: set.as_changeset(),
+        filter,
+    })
+}
+
+impl<F, C, W> QueryFragment<Sqlite> for UpdateWhere<F, C, W>
+where
+    F: QueryFragment<Sqlite>,
+    C: QueryFragment<Sqlite>,
+    W: QueryFragment<Sqlite>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("UPDATE ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" SET ");
+        self.set.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        self.filter.walk_ast(out.reborrow())
+    }
+}
 
 /// Cache keys of the statements kept prepared.
 struct AppendChangeSql;
@@ -178,9 +169,9 @@ pub fn save_task(conn: &mut SqliteConnection, task: &Task, assignee_changed: boo
     let key = tasks::id.eq(task.id);
     if assignee_changed {
         let columns = (columns, tasks::assignee_id.eq(task.assignee_id));
-        prepared_update::<_, _, _, SaveTaskWithAssigneeSql>(tasks::table, columns, key).execute(conn)
+        prepared_update::<SaveTaskWithAssigneeSql, _, _, _>(tasks::table, columns, key).execute(conn)
     } else {
-        prepared_update::<_, _, _, SaveTaskSql>(tasks::table, columns, key).execute(conn)
+        prepared_update::<SaveTaskSql, _, _, _>(tasks::table, columns, key).execute(conn)
     }
     .map(drop)
 }
@@ -228,7 +219,7 @@ pub fn insert_agent(conn: &mut SqliteConnection, new: &NewAgent) -> QueryResult<
 }
 
 pub fn save_agent(conn: &mut SqliteConnection, agent: &Agent) -> QueryResult<()> {
-    prepared_update::<_, _, _, SaveAgentSql>(
+    prepared_update::<SaveAgentSql, _, _, _>(
         agents::table,
         (
             agents::name.eq(&agent.name),
@@ -261,7 +252,7 @@ pub fn agents_on_task(conn: &mut SqliteConnection, task_id: i64) -> QueryResult<
 /// Writes heartbeat times kept in memory; not a change, so no version bump.
 pub fn write_heartbeats(conn: &mut SqliteConnection, beats: &[(i64, String)]) -> QueryResult<()> {
     for (id, at) in beats {
-        prepared_update::<_, _, _, WriteHeartbeatSql>(
+        prepared_update::<WriteHeartbeatSql, _, _, _>(
             agents::table,
             agents::last_heartbeat_at.eq(at),
             agents::id.eq(id),
