@@ -3,10 +3,12 @@
 //! every client's rebuilt state equals the database.
 
 mod common;
+mod shared;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use shared::by_id;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -291,12 +293,7 @@ async fn snapshot_plus_events_equals_the_database_under_concurrent_writers() {
     assert_eq!(db["seq"], final_seq, "the read's position is the last commit");
     done_tx.send(true).unwrap();
 
-    let db_tasks: BTreeMap<i64, Value> = db["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["id"].as_i64().unwrap(), t.clone()))
-        .collect();
+    let db_tasks = by_id(&db["items"]);
     let mut checked_single = 0;
     let mut total_resumed = 0;
     for c in clients {

@@ -11,9 +11,11 @@
 //!   `op_id` and gets the one commit, never a second one.
 
 mod child;
+mod shared;
 
 use child::*;
 use serde_json::{json, Value};
+use shared::by_id;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -318,13 +320,7 @@ async fn catch_up(s: &mut Sub, c: &mut Client, seq: i64) {
 async fn rest_tasks(server: &Server, epoch: &str) -> (BTreeMap<i64, Value>, i64) {
     let body = server.get_json("/api/tasks").await;
     assert_eq!(body["epoch"], epoch, "the epoch changed: {body}");
-    let items = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["id"].as_i64().unwrap(), t.clone()))
-        .collect();
-    (items, body["seq"].as_i64().unwrap())
+    (by_id(&body["items"]), body["seq"].as_i64().unwrap())
 }
 
 /// After a restart: every acknowledged write is there; an op in flight at the

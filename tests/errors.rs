@@ -169,42 +169,14 @@ async fn rules_broken_are_invalid() {
     assert_eq!(app.get_json(&format!("/api/tasks/{id}")).await["version"], 1);
 
     // Over REST: 422.
-    rest_error(
-        app.post("/api/tasks", json!({"description": "x"}))
-            .send()
-            .await
-            .unwrap(),
-        422,
-        "invalid",
-    )
-    .await;
-    rest_error(
-        app.post("/api/tasks", json!({"title": "t", "priority": 5}))
-            .send()
-            .await
-            .unwrap(),
-        422,
-        "invalid",
-    )
-    .await;
-    rest_error(
-        app.patch(&format!("/api/tasks/{id}"), json!({"status": "nope"}))
-            .send()
-            .await
-            .unwrap(),
-        422,
-        "invalid",
-    )
-    .await;
-    rest_error(
-        app.post("/api/tasks", json!({"title": "t", "assignee_id": 5}))
-            .send()
-            .await
-            .unwrap(),
-        422,
-        "invalid",
-    )
-    .await;
+    for req in [
+        app.post("/api/tasks", json!({"description": "x"})),
+        app.post("/api/tasks", json!({"title": "t", "priority": 5})),
+        app.patch(&format!("/api/tasks/{id}"), json!({"status": "nope"})),
+        app.post("/api/tasks", json!({"title": "t", "assignee_id": 5})),
+    ] {
+        rest_error(req.send().await.unwrap(), 422, "invalid").await;
+    }
 }
 
 #[tokio::test]

@@ -9,12 +9,14 @@
 
 mod child;
 mod common;
+mod shared;
 
 use futures_util::{SinkExt, StreamExt};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{json, Map, Value};
+use shared::by_id;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -551,14 +553,7 @@ async fn thousands_of_random_frames_are_all_answered_and_hurt_no_one() {
 
     // The watcher got every task change, in order, none twice.
     writer.await.unwrap();
-    let log: Value = app
-        .get(&format!("/api/changes?since={start}&topic=tasks&limit=10000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log = app.changes(start, Some("tasks")).await;
     let want: Vec<i64> = log["events"]
         .as_array()
         .unwrap_or_else(|| panic!("{log}"))
@@ -586,13 +581,7 @@ async fn thousands_of_random_frames_are_all_answered_and_hurt_no_one() {
         got.push(ev["seq"].as_i64().unwrap());
     }
     assert_eq!(got, want, "the watcher's events");
-    let now: Value = app.get("/api/tasks").send().await.unwrap().json().await.unwrap();
-    let all: BTreeMap<i64, Value> = now["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["id"].as_i64().unwrap(), t.clone()))
-        .collect();
+    let all = by_id(&app.get_json("/api/tasks").await["items"]);
     assert_eq!(state, all, "the watcher's state");
     eprintln!(
         "{FRAMES} frames: {owed_replies} replies ({codes:?}), {owed_errors} error frames; watcher got {} task events; {:?}",

@@ -66,14 +66,7 @@ async fn an_agent_goes_offline_without_heartbeats_and_comes_back_on_the_next() {
         silent_for >= AGENT_TIMEOUT && silent_for < AGENT_TIMEOUT + Duration::from_secs(2),
         "offline after {silent_for:?}, the timeout is {AGENT_TIMEOUT:?}"
     );
-    let now: Value = app
-        .get(&format!("/api/agents/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let now = app.get_json(&format!("/api/agents/{id}")).await;
     assert_eq!(now["status"], "offline", "{now}");
 
     // Its next heartbeat brings back the status it reported: a change, with
@@ -118,14 +111,7 @@ async fn an_agent_goes_offline_without_heartbeats_and_comes_back_on_the_next() {
     );
 
     // Four changes in the log; the heartbeats are not there.
-    let body: Value = app
-        .get("/api/changes?since=0")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = app.changes(0, None).await;
     let kinds: Vec<&str> = body["events"]
         .as_array()
         .unwrap()

@@ -83,14 +83,7 @@ async fn assert_reads_work(app: &TestApp, task: &Value) {
     assert_eq!(res.status(), 200);
     let list: Value = res.json().await.unwrap();
     assert_eq!(list["items"], json!([task]), "{list}");
-    let one: Value = app
-        .get(&format!("/api/tasks/{}", task["id"]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one = app.get_json(&format!("/api/tasks/{}", task["id"])).await;
     assert_eq!(&one, task);
     let mut reader = app.ws().await;
     let r = reader.subscribe("tasks").await;

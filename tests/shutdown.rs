@@ -5,9 +5,11 @@
 //! Subscribers then resume from their positions and lose nothing.
 
 mod child;
+mod shared;
 
 use child::*;
 use serde_json::{json, Value};
+use shared::by_id;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -241,12 +243,7 @@ async fn sigterm_closes_every_socket_with_1001_and_keeps_every_acknowledged_writ
     assert_eq!(by_title.len(), acked, "tasks that nobody acknowledged");
 
     // Each subscriber resumes from its position and ends with the full state.
-    let all: BTreeMap<i64, Value> = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["id"].as_i64().unwrap(), t.clone()))
-        .collect();
+    let all = by_id(&body["items"]);
     for (last, mut tasks) in positions {
         let mut c = server.ws().await;
         let r = c.resume("tasks", &epoch, last).await.expect("resume");

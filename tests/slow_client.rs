@@ -6,9 +6,11 @@
 //! slow one, after reconnecting with its position, ends with the same state.
 
 mod child;
+mod shared;
 
 use child::*;
 use serde_json::{json, Value};
+use shared::by_id;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -178,19 +180,9 @@ async fn a_client_that_never_reads_is_closed_1013_and_memory_stays_bounded() {
     let r = back.resume("tasks", &epoch, last).await.unwrap();
     assert_eq!(r["ok"], true, "{r}");
     let body = server.get_json("/api/tasks").await;
-    let all: BTreeMap<i64, Value> = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["id"].as_i64().unwrap(), t.clone()))
-        .collect();
+    let all = by_id(&body["items"]);
     let state: BTreeMap<i64, Value> = match (r["data"].get("snapshot"), r["data"].get("events")) {
-        (Some(snapshot), _) => snapshot
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| (t["id"].as_i64().unwrap(), t.clone()))
-            .collect(),
+        (Some(snapshot), _) => by_id(snapshot),
         (None, Some(events)) => {
             let mut state: BTreeMap<i64, Value> = frames
                 .iter()
