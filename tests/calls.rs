@@ -3,17 +3,11 @@
 //! Idempotency-Key commits once and answers the same.
 
 mod common;
+mod shared;
 use common::*;
 use serde_json::{json, Value};
+use shared::{header, seq_header};
 use std::sync::Arc;
-
-fn header(res: &reqwest::Response, name: &str) -> Option<String> {
-    res.headers().get(name).map(|v| v.to_str().unwrap().to_string())
-}
-
-fn seq_header(res: &reqwest::Response) -> Option<i64> {
-    header(res, "Taskwire-Seq").map(|s| s.parse().unwrap())
-}
 
 fn count_changes(app: &TestApp) -> i64 {
     app.sqlite().int("SELECT COUNT(*) AS n FROM changes")

@@ -8,7 +8,7 @@ use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use shared::by_id;
+use shared::{by_id, seq_header, seq_of};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,10 +73,7 @@ async fn write(door: &mut Door<'_>, method: &str, params: Value) -> (bool, Optio
                 _ => unreachable!(),
             };
             let status = res.status().as_u16();
-            let seq = res
-                .headers()
-                .get("Taskwire-Seq")
-                .map(|v| v.to_str().unwrap().parse::<i64>().unwrap());
+            let seq = seq_header(&res);
             let body: Value = if status == 204 {
                 json!({})
             } else {
@@ -347,7 +344,7 @@ async fn a_change_on_several_subscribed_topics_comes_once_per_topic() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let seq: i64 = res.headers()["Taskwire-Seq"].to_str().unwrap().parse().unwrap();
+    let seq = seq_of(&res);
     // A second change as a barrier: anything of the first comes before it.
     let other = app.create_task("two").await;
     let frames = ws.events_until("tasks", seq + 1).await;

@@ -2,17 +2,11 @@
 //! cascades of deletes; its reads and `GET /api/changes`.
 
 mod common;
+mod shared;
 use common::*;
 use serde_json::{json, Value};
+use shared::{header, seq_of};
 use std::collections::BTreeMap;
-
-fn header(res: &reqwest::Response, name: &str) -> Option<String> {
-    res.headers().get(name).map(|v| v.to_str().unwrap().to_string())
-}
-
-fn seq_header(res: &reqwest::Response) -> i64 {
-    header(res, "Taskwire-Seq").expect("Taskwire-Seq").parse().unwrap()
-}
 
 fn sorted(v: &Value) -> Vec<String> {
     let mut out: Vec<String> = v
@@ -59,7 +53,7 @@ async fn rest_task_writes_reach_socket_subscribers() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    assert_eq!(seq_header(&res), 1);
+    assert_eq!(seq_of(&res), 1);
     assert_eq!(header(&res, "ETag").as_deref(), Some("\"1\""));
     let task: Value = res.json().await.unwrap();
     let id = task["id"].as_i64().unwrap();
@@ -101,7 +95,7 @@ async fn rest_task_writes_reach_socket_subscribers() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(seq_header(&res), 2);
+    assert_eq!(seq_of(&res), 2);
     let updated: Value = res.json().await.unwrap();
     assert_eq!(updated["version"], 2);
     let frames = by_topic(ws.events_until(&topic, 2).await);
@@ -129,7 +123,7 @@ async fn rest_task_writes_reach_socket_subscribers() {
 
     let res = app.delete(&format!("/api/tasks/{id}")).send().await.unwrap();
     assert_eq!(res.status(), 204);
-    assert_eq!(seq_header(&res), 4);
+    assert_eq!(seq_of(&res), 4);
     let frames = by_topic(ws.events_until(&topic, 4).await);
     for t in ["tasks", topic.as_str()] {
         assert_eq!(
@@ -231,7 +225,7 @@ async fn deleting_an_agent_unassigns_its_tasks_then_deletes_it() {
 
     let res = app.delete(&format!("/api/agents/{aid}")).send().await.unwrap();
     assert_eq!(res.status(), 204);
-    let seq = seq_header(&res);
+    let seq = seq_of(&res);
     assert_eq!(seq, 8, "the reply carries the seq of the delete, its last change");
     let frames = by_topic(ws.events_until(&agent_topic, seq).await);
 
@@ -305,7 +299,7 @@ async fn deleting_a_task_clears_agents_current_task() {
 
     let res = app.delete(&format!("/api/tasks/{tid}")).send().await.unwrap();
     assert_eq!(res.status(), 204);
-    let seq = seq_header(&res);
+    let seq = seq_of(&res);
     assert_eq!(seq, 8);
     let frames = by_topic(ws.events_until("tasks", seq).await);
     let ups = &frames["agents"];

@@ -3,18 +3,10 @@
 //! a snapshot or `not_found` as the contract says.
 
 mod common;
+mod shared;
 use common::*;
 use serde_json::{json, Value};
-
-fn seq_of(res: &reqwest::Response) -> i64 {
-    res.headers()
-        .get("Taskwire-Seq")
-        .expect("Taskwire-Seq")
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
+use shared::seq_of;
 
 async fn patch_task(app: &TestApp, id: i64, patch: Value) -> i64 {
     let res = app.patch(&format!("/api/tasks/{id}"), patch).send().await.unwrap();

@@ -2,8 +2,10 @@
 //! unsubscribe.
 
 mod common;
+mod shared;
 use common::*;
 use serde_json::{json, Value};
+use shared::seq_of;
 use std::time::Duration;
 
 #[tokio::test]
@@ -165,7 +167,7 @@ async fn task_then_barrier(app: &TestApp, ws: &mut Ws, name: &str) -> Vec<Value>
     assert_eq!(res.status(), 201);
     let res = app.post("/api/agents", json!({ "name": name })).send().await.unwrap();
     assert_eq!(res.status(), 201);
-    let seq: i64 = res.headers()["Taskwire-Seq"].to_str().unwrap().parse().unwrap();
+    let seq = seq_of(&res);
     ws.events_until("agents", seq).await
 }
 
