@@ -9,7 +9,10 @@
 //! - [`demo`]: demo data and simulated agents for `serve --demo`.
 //! - [`error`]: the one error type and its stable codes.
 //! - [`db`]: the Db actor (the only writer, the sequencer), its SQL and rules.
-//! - [`registry`]: the Registry actor, topic → subscribed sessions.
+//! - [`registry`]: the Registry, one per HTTP worker thread: topic → subscribed
+//!   sessions, and the delivery of events to them.
+//! - [`peer`]: what a session shares with its Registry: its outbound queue
+//!   and the position of each subscription.
 //! - [`session`]: the Session actor, one per WebSocket.
 //! - [`rest`]: the REST routes, auth extraction, `/healthz`, `/metrics`.
 //! - [`auth`]: tokens, roles and the policy table.
@@ -27,6 +30,7 @@ pub mod demo;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod peer;
 pub mod protocol;
 pub mod registry;
 pub mod rest;
@@ -44,13 +48,12 @@ pub use config::Config;
 use db::{Db, Drain, Head};
 use limits::{RestLimiter, SocketCounts};
 use metrics::Metrics;
-use registry::{CloseAll, Registry};
+use registry::{Hub, LocalRegistry};
 
 /// What every request handler and session shares.
 #[derive(Clone)]
 pub struct AppState {
     pub db: Addr<Db>,
-    pub registry: Addr<Registry>,
     pub tokens: Arc<TokenCache>,
     pub head: Arc<Head>,
     pub config: Arc<Config>,
@@ -85,21 +88,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let metrics = Arc::new(Metrics::new());
     let head = opened.position.clone();
 
-    let registry_metrics = metrics.clone();
-    let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| Registry::new(registry_metrics));
-    let db = Db::new(
-        opened,
-        registry.clone(),
-        tokens.clone(),
-        metrics.clone(),
-        config.db.clone(),
-    )
-    .map_err(other)?;
+    let hub = Arc::new(Hub::default());
+    let db = Db::new(opened, hub.clone(), tokens.clone(), metrics.clone(), config.db.clone()).map_err(other)?;
     let db = Db::start_in_arbiter(&Arbiter::new().handle(), move |_| db);
 
     let state = AppState {
         db: db.clone(),
-        registry: registry.clone(),
         tokens,
         head,
         sockets: Arc::new(SocketCounts::new(config.max_sockets, config.max_sockets_per_token)),
@@ -112,9 +106,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     }
     let addr = listener.local_addr()?;
     let data = web::Data::new(state.clone());
+    let workers_hub = hub.clone();
     let server = HttpServer::new(move || {
+        // Runs on each worker thread: its sessions get a Registry of their own.
+        let registry = LocalRegistry::start(&workers_hub, data.metrics.clone());
         App::new()
             .app_data(data.clone())
+            .app_data(registry)
             .wrap(
                 actix_web::middleware::DefaultHeaders::new()
                     .add(("Content-Security-Policy", rest::CSP))
@@ -143,13 +141,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         log::info!("shutting down");
         handle.pause().await;
         let _ = db.send(Drain).await;
-        let n = registry
-            .send(CloseAll {
-                code: 1001,
-                reason: "server shutting down",
-            })
-            .await
-            .unwrap_or(0);
+        let n = hub.close_all(1001, "server shutting down").await;
         log::info!("closed {n} sockets");
         handle.stop(true).await;
     };

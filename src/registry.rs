@@ -1,25 +1,21 @@
-//! The Registry actor: which session is subscribed to which topic. It receives
-//! every committed change from the Db actor, in seq order, and forwards each
-//! event to the subscribers of the topics it matches. It never touches the
-//! database.
+//! The Registry: which session is subscribed to which topic. There is one
+//! Registry per HTTP worker thread, for the sessions that thread serves; the
+//! Db actor publishes every group commit, in seq order, to all of them through
+//! the [`Hub`]. A Registry encodes each event frame once (shared by every
+//! Registry through the [`Batch`]) and writes it straight into the
+//! subscribers' outboxes, on their own thread: no message, no copy and no
+//! wake-up of another thread per subscriber. It never touches the database.
 
 use actix::prelude::*;
-use bytestring::ByteString;
+use bytes::Bytes;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::metrics::Metrics;
+use crate::peer::{text_frame, Peer, Pushed};
 use crate::protocol::{heartbeat_event, Change, Topic};
-
-/// One event frame for one session, serialized once per topic and shared.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Deliver {
-    pub topic: Topic,
-    /// The change's seq; `None` for heartbeats.
-    pub seq: Option<i64>,
-    pub frame: ByteString,
-}
 
 /// Asks a session to close, with a WebSocket close code and reason.
 #[derive(Message, Clone)]
@@ -29,33 +25,18 @@ pub struct CloseSession {
     pub reason: &'static str,
 }
 
-/// A session opened: it can now be closed by token revocation or shutdown.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Connect {
-    pub session_id: u64,
-    pub token_id: i64,
-    pub close: Recipient<CloseSession>,
-}
-
-/// A session stopped: forget it and all its subscriptions.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Disconnect {
-    pub session_id: u64,
-}
-
-/// Adds a session to a topic. Sent by the Db actor right after the subscribe
-/// reply, so the join lands between the snapshot's seq and the next change.
+/// Adds a session to a topic. Sent by the Db actor to the session's Registry
+/// before the subscribe reply, and before any later change, so the join lands
+/// between the snapshot's seq and the next change.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Join {
     pub session_id: u64,
     pub topic: Topic,
-    pub deliver: Recipient<Deliver>,
 }
 
-/// Removes a session from a topic.
+/// Removes a session from a topic. Sent through the mailbox, so it comes after
+/// any Join the Db actor sent before it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Leave {
@@ -70,52 +51,171 @@ pub enum Published {
     Heartbeat { agent_id: i64, at: String },
 }
 
-/// Committed changes and heartbeats of one group commit, in seq order.
+/// Committed changes and heartbeats of one group commit, in seq order, with
+/// their event frames, encoded by the first Registry that needs them.
+pub struct Batch {
+    items: Vec<Published>,
+    /// For each item, the frame on each of its two topics.
+    frames: Vec<[OnceLock<Bytes>; 2]>,
+}
+
+impl Batch {
+    pub fn new(items: Vec<Published>) -> Self {
+        let frames = items.iter().map(|_| Default::default()).collect();
+        Batch { items, frames }
+    }
+
+    /// The item's topics, its seq, and its frame on each topic (encoded on
+    /// first use).
+    fn topics(&self, i: usize) -> ([Topic; 2], Option<i64>) {
+        match &self.items[i] {
+            Published::Change(c) => (Topic::for_entity(c.entity, c.entity_id), Some(c.seq)),
+            Published::Heartbeat { agent_id, .. } => ([Topic::Agents, Topic::Agent(*agent_id)], None),
+        }
+    }
+
+    fn frame(&self, i: usize, j: usize, topic: &Topic) -> &Bytes {
+        self.frames[i][j].get_or_init(|| match &self.items[i] {
+            Published::Change(c) => text_frame(&c.event_text(topic)),
+            Published::Heartbeat { agent_id, at } => text_frame(&heartbeat_event(topic, *agent_id, at).to_string()),
+        })
+    }
+}
+
+/// A group commit for every Registry.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish {
-    pub items: Vec<Published>,
+    pub batch: Arc<Batch>,
 }
 
 /// Closes every open socket of these tokens (they were revoked).
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct CloseTokens {
-    pub token_ids: Vec<i64>,
+    pub token_ids: Arc<[i64]>,
     pub code: u16,
     pub reason: &'static str,
 }
 
-/// Closes every open socket (the server is shutting down).
-#[derive(Message)]
+/// Closes every open socket (the server is shutting down); answers how many.
+#[derive(Message, Clone)]
 #[rtype(result = "usize")]
 pub struct CloseAll {
     pub code: u16,
     pub reason: &'static str,
 }
 
+/// Every thread's Registry, for the Db actor and the shutdown.
+#[derive(Default)]
+pub struct Hub {
+    registries: Mutex<Vec<Addr<Registry>>>,
+}
+
+impl Hub {
+    fn registries(&self) -> Vec<Addr<Registry>> {
+        let mut all = self.registries.lock().expect("hub lock");
+        // A worker thread that stopped (and was restarted) leaves its address.
+        all.retain(|a| a.connected());
+        all.clone()
+    }
+
+    /// Sends one group commit to every Registry.
+    pub fn publish(&self, items: Vec<Published>, metrics: &Metrics) {
+        let changes = items.iter().filter(|i| matches!(i, Published::Change(_))).count();
+        metrics.events_published.inc_by(changes as u64);
+        let batch = Arc::new(Batch::new(items));
+        for r in self.registries() {
+            r.do_send(Publish { batch: batch.clone() });
+        }
+    }
+
+    /// Closes the sockets of revoked tokens, on every thread.
+    pub fn close_tokens(&self, token_ids: Vec<i64>, code: u16, reason: &'static str) {
+        let msg = CloseTokens {
+            token_ids: token_ids.into(),
+            code,
+            reason,
+        };
+        for r in self.registries() {
+            r.do_send(msg.clone());
+        }
+    }
+
+    /// Closes every socket on every thread; returns how many there were.
+    pub async fn close_all(&self, code: u16, reason: &'static str) -> usize {
+        let asks = self.registries().into_iter().map(|r| r.send(CloseAll { code, reason }));
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .map(|n| n.unwrap_or(0))
+            .sum()
+    }
+}
+
+/// The current thread's Registry, as its sessions reach it: its address for
+/// messages that must keep their order with the Db actor's, and its state for
+/// what they do at once (connect, disconnect).
+#[derive(Clone)]
+pub struct LocalRegistry {
+    pub addr: Addr<Registry>,
+    shard: Rc<RefCell<Shard>>,
+}
+
+impl LocalRegistry {
+    /// Starts a Registry on the current thread (an HTTP worker) and adds it
+    /// to the hub.
+    pub fn start(hub: &Hub, metrics: Arc<Metrics>) -> Self {
+        let shard = Rc::new(RefCell::new(Shard {
+            topics: HashMap::new(),
+            sessions: HashMap::new(),
+            metrics,
+        }));
+        let addr = Registry { shard: shard.clone() }.start();
+        hub.registries.lock().expect("hub lock").push(addr.clone());
+        LocalRegistry { addr, shard }
+    }
+
+    /// A session opened: it can now be joined to topics and closed by token
+    /// revocation or shutdown.
+    pub fn connect(&self, peer: Rc<Peer>, token_id: i64, close: Recipient<CloseSession>) {
+        self.shard.borrow_mut().sessions.insert(
+            peer.id,
+            SessionEntry {
+                peer,
+                token_id,
+                close,
+                topics: HashSet::new(),
+            },
+        );
+    }
+
+    /// A session stopped: forget it and all its subscriptions.
+    pub fn disconnect(&self, session_id: u64) {
+        let mut shard = self.shard.borrow_mut();
+        if let Some(entry) = shard.sessions.remove(&session_id) {
+            for topic in entry.topics {
+                shard.leave(session_id, &topic);
+            }
+        }
+    }
+}
+
 struct SessionEntry {
+    peer: Rc<Peer>,
     token_id: i64,
     close: Recipient<CloseSession>,
     topics: HashSet<Topic>,
 }
 
-/// Topic → subscribed sessions.
-pub struct Registry {
-    topics: HashMap<Topic, HashMap<u64, Recipient<Deliver>>>,
+/// One thread's sessions and subscriptions.
+struct Shard {
+    topics: HashMap<Topic, HashMap<u64, Rc<Peer>>>,
     sessions: HashMap<u64, SessionEntry>,
     metrics: Arc<Metrics>,
 }
 
-impl Registry {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Registry {
-            topics: HashMap::new(),
-            sessions: HashMap::new(),
-            metrics,
-        }
-    }
-
+impl Shard {
     fn leave(&mut self, session_id: u64, topic: &Topic) {
         if let Some(subs) = self.topics.get_mut(topic) {
             if subs.remove(&session_id).is_some() {
@@ -127,78 +227,66 @@ impl Registry {
         }
     }
 
-    /// Sends one frame to every subscriber of `topic`, dropping the ones whose
-    /// session has stopped.
-    fn fan_out(&mut self, topic: &Topic, seq: Option<i64>, frame: impl FnOnce() -> String) {
-        let Some(subs) = self.topics.get(topic) else {
-            return;
-        };
-        let msg = Deliver {
-            topic: topic.clone(),
-            seq,
-            frame: ByteString::from(frame()),
-        };
-        let mut dead = Vec::new();
-        for (id, r) in subs {
-            if r.connected() {
-                r.do_send(msg.clone());
-            } else {
-                dead.push(*id);
+    fn publish(&self, batch: &Batch) {
+        let mut delivered = 0;
+        let mut slow = Vec::new();
+        for i in 0..batch.items.len() {
+            let (topics, seq) = batch.topics(i);
+            for (j, topic) in topics.iter().enumerate() {
+                let Some(subs) = self.topics.get(topic) else {
+                    continue;
+                };
+                let frame = batch.frame(i, j, topic);
+                for peer in subs.values() {
+                    match peer.deliver(topic, seq, frame) {
+                        Pushed::Queued => delivered += 1,
+                        Pushed::Skipped => {}
+                        Pushed::GaveUp => slow.push(peer.id),
+                    }
+                }
             }
         }
-        self.metrics.events_delivered.inc_by((subs.len() - dead.len()) as u64);
-        for id in dead {
-            self.leave(id, topic);
+        self.metrics.events_delivered.inc_by(delivered);
+        for id in slow {
+            if let Some(entry) = self.sessions.get(&id) {
+                entry.close.do_send(CloseSession {
+                    code: 1013,
+                    reason: "too slow to keep up; reconnect and resume",
+                });
+            }
         }
     }
+}
+
+/// The actor that receives, for one thread's sessions, what other threads send.
+pub struct Registry {
+    shard: Rc<RefCell<Shard>>,
 }
 
 impl Actor for Registry {
     type Context = Context<Self>;
 }
 
-impl Handler<Connect> for Registry {
-    type Result = ();
-    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
-        self.sessions.insert(
-            msg.session_id,
-            SessionEntry {
-                token_id: msg.token_id,
-                close: msg.close,
-                topics: HashSet::new(),
-            },
-        );
-    }
-}
-
-impl Handler<Disconnect> for Registry {
-    type Result = ();
-    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
-        if let Some(entry) = self.sessions.remove(&msg.session_id) {
-            for topic in entry.topics {
-                self.leave(msg.session_id, &topic);
-            }
-        }
-    }
-}
-
 impl Handler<Join> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) {
+        let mut shard = self.shard.borrow_mut();
+        let shard = &mut *shard;
         // A session that already stopped must not be joined back in.
-        let Some(entry) = self.sessions.get_mut(&msg.session_id) else {
+        let Some(entry) = shard.sessions.get_mut(&msg.session_id) else {
             return;
         };
+        entry.peer.joined(&msg.topic);
         entry.topics.insert(msg.topic.clone());
         let kind = msg.topic.kind();
-        if self
+        if shard
             .topics
             .entry(msg.topic)
             .or_default()
-            .insert(msg.session_id, msg.deliver)
+            .insert(msg.session_id, entry.peer.clone())
             .is_none()
         {
-            self.metrics.subscriptions.with_label_values(&[kind]).inc();
+            shard.metrics.subscriptions.with_label_values(&[kind]).inc();
         }
     }
 }
@@ -206,38 +294,26 @@ impl Handler<Join> for Registry {
 impl Handler<Leave> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Leave, _: &mut Context<Self>) {
-        if let Some(entry) = self.sessions.get_mut(&msg.session_id) {
+        let mut shard = self.shard.borrow_mut();
+        if let Some(entry) = shard.sessions.get_mut(&msg.session_id) {
             entry.topics.remove(&msg.topic);
+            entry.peer.left(&msg.topic);
         }
-        self.leave(msg.session_id, &msg.topic);
+        shard.leave(msg.session_id, &msg.topic);
     }
 }
 
 impl Handler<Publish> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
-        for item in msg.items {
-            match item {
-                Published::Change(change) => {
-                    self.metrics.events_published.inc();
-                    for topic in Topic::for_entity(change.entity, change.entity_id) {
-                        self.fan_out(&topic, Some(change.seq), || change.event_text(&topic));
-                    }
-                }
-                Published::Heartbeat { agent_id, at } => {
-                    for topic in [Topic::Agents, Topic::Agent(agent_id)] {
-                        self.fan_out(&topic, None, || heartbeat_event(&topic, agent_id, &at).to_string());
-                    }
-                }
-            }
-        }
+        self.shard.borrow().publish(&msg.batch);
     }
 }
 
 impl Handler<CloseTokens> for Registry {
     type Result = ();
     fn handle(&mut self, msg: CloseTokens, _: &mut Context<Self>) {
-        for entry in self.sessions.values() {
+        for entry in self.shard.borrow().sessions.values() {
             if msg.token_ids.contains(&entry.token_id) {
                 entry.close.do_send(CloseSession {
                     code: msg.code,
@@ -251,12 +327,13 @@ impl Handler<CloseTokens> for Registry {
 impl Handler<CloseAll> for Registry {
     type Result = usize;
     fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
-        for entry in self.sessions.values() {
+        let shard = self.shard.borrow();
+        for entry in shard.sessions.values() {
             entry.close.do_send(CloseSession {
                 code: msg.code,
                 reason: msg.reason,
             });
         }
-        self.sessions.len()
+        shard.sessions.len()
     }
 }

@@ -2,32 +2,32 @@
 //! upstream) stays in this module, so a move to actix-ws would stay local.
 //!
 //! A session parses frames, enforces the per-connection limits, turns
-//! `subscribe` and `call` frames into Db messages, and writes replies and events.
-//! It owns its outbound queue (the [`Outbox`]): a pump task drives the actor
-//! whatever the peer does, the bytes and frames the peer has not taken yet are
-//! counted, and a peer that falls too far behind is closed with 1013.
+//! `subscribe` and `call` frames into Db messages, and writes replies. Its
+//! outbound queue is shared with its thread's Registry, which writes events into
+//! it (the [`Peer`]): a pump task drives the actor whatever the peer does, the
+//! bytes and frames the peer has not taken yet are counted, and a peer that
+//! falls too far behind is closed with 1013.
 
 use actix::prelude::*;
 use actix_http::ws::{Codec, Item};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, WebsocketContext};
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
 use futures_util::{Stream, StreamExt};
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
 use crate::db::{Execute, Subscribe, Subscribed};
 use crate::error::ApiError;
 use crate::limits::Bucket;
+use crate::peer::{text_frame, Peer, Pushed};
 use crate::protocol::{self, Hello, Ref, Request, Topic};
-use crate::registry::{CloseSession, Connect, Deliver, Disconnect, Leave};
+use crate::registry::{CloseSession, Leave, LocalRegistry};
 use crate::AppState;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
@@ -43,20 +43,16 @@ pub struct Session {
     id: u64,
     principal: Principal,
     app: AppState,
-    /// Subscribed topics and the seq of the last event sent on each.
-    subs: HashMap<Topic, i64>,
-    /// Topics whose subscribe is waiting for the Db actor.
+    registry: LocalRegistry,
+    /// The outbound queue and the subscribed topics, shared with the Registry.
+    peer: Rc<Peer>,
     /// Topics whose subscribe is on its way, with the number of the newest one.
     pending: HashMap<Topic, u64>,
     /// Numbers subscribes, so only the newest answer for a topic settles it.
     generation: u64,
     last_heard: Instant,
-    /// Encoded frames the peer has not taken yet.
-    outbox: Rc<RefCell<Outbox>>,
     /// Calls sent to the Db actor and not yet answered.
     in_flight: usize,
-    /// Set once the session closed itself for being too slow.
-    gave_up: Cell<bool>,
     /// A close asked for while calls were in flight: done once they are answered.
     closing: Option<(CloseCode, &'static str)>,
     fragments: Option<Fragments>,
@@ -65,49 +61,19 @@ pub struct Session {
 
 impl Session {
     /// Queues a reply or other frame; closes the socket (1013) instead when
-    /// the peer has already fallen too far behind. A reply larger than the
-    /// bound still goes out to a peer that keeps up, so any snapshot can be had.
-    fn send(&self, ctx: &mut WebsocketContext<Self>, text: impl Into<ByteString>) {
-        self.push(ctx, text.into(), 0);
-    }
-
-    /// Queues an event; closes the socket (1013) instead when the event would
-    /// take the queue over its bound.
-    fn send_event(&self, ctx: &mut WebsocketContext<Self>, frame: ByteString) {
-        let len = frame.len();
-        self.push(ctx, frame, len);
-    }
-
-    fn push(&self, ctx: &mut WebsocketContext<Self>, text: ByteString, counted: usize) {
-        let (bytes, frames) = {
-            let outbox = self.outbox.borrow();
-            (outbox.queued_bytes(), outbox.queued_frames())
-        };
-        let config = &self.app.config;
-        let over = if counted > 0 {
-            bytes + counted > config.max_queue_bytes
-        } else {
-            bytes >= config.max_queue_bytes
-        };
-        if over || frames >= config.max_queue_frames {
-            if !self.gave_up.replace(true) {
-                log::info!(
-                    "session {} is {bytes} bytes and {frames} frames behind; closing it",
-                    self.id
-                );
-                self.app.metrics.sockets_closed_slow.inc();
-                // What already waits stays: dropping it could leave the client
-                // a gap before a later frame still in the context, and it
-                // resumes from the last event it read.
-                self.close(ctx, CloseCode::Again, "too slow to keep up; reconnect and resume");
-            }
-            return;
+    /// the peer has already fallen too far behind.
+    fn send(&self, ctx: &mut WebsocketContext<Self>, text: &str) {
+        if self.peer.send(text_frame(text)) == Pushed::GaveUp {
+            self.close_slow(ctx);
         }
-        self.outbox.borrow_mut().wrote_frame();
-        ctx.text(text);
+    }
+
+    fn close_slow(&self, ctx: &mut WebsocketContext<Self>) {
+        self.close(ctx, CloseCode::Again, "too slow to keep up; reconnect and resume");
     }
 
     fn close(&self, ctx: &mut WebsocketContext<Self>, code: CloseCode, reason: &str) {
+        self.peer.close();
         ctx.close(Some(CloseReason {
             code,
             description: Some(reason.to_string()),
@@ -159,15 +125,15 @@ impl Session {
             (None, Err(e)) => protocol::error_frame(e),
             (None, Ok(_)) => return,
         };
-        self.send(ctx, frame);
+        self.send(ctx, &frame);
     }
 
     fn dispatch(&mut self, reference: Ref, request: Request, ctx: &mut WebsocketContext<Self>) {
         match request {
             Request::Ping => self.answer(ctx, Some(reference), Ok((serde_json::json!({}), None))),
             Request::Subscribe { topic, resume } => {
-                let already = self.subs.contains_key(&topic) || self.pending.contains_key(&topic);
-                if !already && self.subs.len() + self.pending.len() >= self.app.config.max_subscriptions {
+                let already = self.peer.is_live(&topic) || self.pending.contains_key(&topic);
+                if !already && self.peer.live_count() + self.pending.len() >= self.app.config.max_subscriptions {
                     let e = ApiError::invalid(format!(
                         "this connection holds {} subscriptions, the most allowed",
                         self.app.config.max_subscriptions
@@ -178,21 +144,20 @@ impl Session {
                 let resume = if already { None } else { resume };
                 self.generation += 1;
                 self.pending.insert(topic.clone(), self.generation);
-                let addr = ctx.address();
                 self.app.db.do_send(Subscribe {
                     reference,
                     topic,
                     generation: self.generation,
                     resume,
                     session_id: self.id,
-                    reply_to: addr.clone().recipient(),
-                    deliver: addr.recipient(),
+                    reply_to: ctx.address().recipient(),
+                    registry: self.registry.addr.clone(),
                 });
             }
             Request::Unsubscribe { topic } => {
-                self.subs.remove(&topic);
+                self.peer.forget(&topic);
                 self.pending.remove(&topic);
-                self.app.registry.do_send(Leave {
+                self.registry.addr.do_send(Leave {
                     session_id: self.id,
                     topic,
                 });
@@ -268,11 +233,8 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.app.metrics.sockets_open.inc();
-        self.app.registry.do_send(Connect {
-            session_id: self.id,
-            token_id: self.principal.token_id,
-            close: ctx.address().recipient(),
-        });
+        self.registry
+            .connect(self.peer.clone(), self.principal.token_id, ctx.address().recipient());
         let config = &self.app.config;
         let hello = Hello {
             r#type: "hello",
@@ -284,7 +246,7 @@ impl Actor for Session {
             role: self.principal.role.as_str(),
         };
         let hello = serde_json::to_string(&hello).expect("hello serializes");
-        self.send(ctx, hello);
+        self.send(ctx, &hello);
         let interval = config.heartbeat_interval;
         ctx.run_interval(interval, move |act, ctx| {
             if act.last_heard.elapsed() > interval * 3 {
@@ -292,13 +254,13 @@ impl Actor for Session {
                 ctx.stop();
                 return;
             }
-            act.outbox.borrow_mut().wrote_frame();
+            act.peer.outbox().borrow_mut().wrote_frame();
             ctx.ping(b"");
         });
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        self.app.registry.do_send(Disconnect { session_id: self.id });
+        self.registry.disconnect(self.id);
         Running::Stop
     }
 
@@ -330,11 +292,12 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
             }
             Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
             Ok(ws::Message::Ping(p)) => {
-                self.outbox.borrow_mut().wrote_frame();
+                self.peer.outbox().borrow_mut().wrote_frame();
                 ctx.pong(&p)
             }
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
+                self.peer.close();
                 ctx.close(reason);
                 ctx.stop();
             }
@@ -361,59 +324,40 @@ impl Handler<Subscribed> for Session {
         if newest {
             self.pending.remove(&msg.topic);
         }
-        let frame = match msg.result {
+        let live = self.peer.is_live(&msg.topic);
+        let (frame, seq) = match msg.result {
             Ok((data, seq)) => {
-                if let Some(last) = self.subs.get_mut(&msg.topic) {
-                    // Already live: the client now holds state at `seq`.
-                    *last = (*last).max(seq);
-                } else if newest {
-                    self.subs.insert(msg.topic, seq);
-                } else if !self.pending.contains_key(&msg.topic) {
-                    // Unsubscribed while the subscribe was on its way.
-                    self.app.registry.do_send(Leave {
-                        session_id: self.id,
-                        topic: msg.topic,
-                    });
-                }
-                protocol::reply_ok(&msg.reference, &*data, None)
+                let frame = protocol::reply_ok(&msg.reference, &*data, None);
+                // The reply goes out first; then the topic is live from its seq.
+                (frame, (live || newest).then_some(seq))
             }
-            Err(e) => {
-                if newest && !self.subs.contains_key(&msg.topic) {
-                    // An earlier subscribe of this topic may have joined it.
-                    self.app.registry.do_send(Leave {
-                        session_id: self.id,
-                        topic: msg.topic,
-                    });
-                }
-                protocol::reply_err(&msg.reference, &e)
-            }
+            Err(e) => (protocol::reply_err(&msg.reference, &e), None),
         };
-        self.send(ctx, frame);
-    }
-}
-
-impl Handler<Deliver> for Session {
-    type Result = ();
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        let Some(last) = self.subs.get_mut(&msg.topic) else {
-            return;
-        };
-        if let Some(seq) = msg.seq {
-            // Already in the snapshot or sent: never twice.
-            if seq <= *last {
-                return;
-            }
-            *last = seq;
+        let settled = live || newest || self.pending.contains_key(&msg.topic);
+        if !settled || (newest && !live && seq.is_none()) {
+            // Unsubscribed while the subscribe was on its way, or it failed:
+            // an earlier subscribe of this topic may have joined it.
+            self.peer.forget(&msg.topic);
+            self.registry.addr.do_send(Leave {
+                session_id: self.id,
+                topic: msg.topic.clone(),
+            });
         }
-        self.send_event(ctx, msg.frame);
+        self.send(ctx, &frame);
+        if let Some(seq) = seq {
+            if self.peer.subscribed(&msg.topic, seq) == Pushed::GaveUp {
+                self.close_slow(ctx);
+            }
+        }
     }
 }
 
 impl Handler<CloseSession> for Session {
     type Result = ();
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
-        // Calls already committed are answered before the close.
-        if self.in_flight > 0 {
+        // Calls already committed are answered before the close, unless the
+        // peer is too far behind to read them.
+        if self.in_flight > 0 && !self.peer.gave_up() {
             self.closing = Some((CloseCode::from(msg.code), msg.reason));
             ctx.run_later(Duration::from_secs(2), |act, ctx| {
                 if let Some((code, reason)) = act.closing.take() {
@@ -426,84 +370,20 @@ impl Handler<CloseSession> for Session {
     }
 }
 
-/// The bytes encoded for the socket that the HTTP layer has not taken yet.
-///
-/// actix-web-actors runs the actor inside the response body stream, and the HTTP
-/// layer stops polling that stream while the peer is not reading. A pump task
-/// therefore drives the actor all the time and parks its output here, so the
-/// session keeps handling messages (and noticing that it is behind) whatever
-/// the peer does.
-#[derive(Default)]
-pub struct Outbox {
-    /// Encoded chunks, each with the number of frames it holds.
-    chunks: VecDeque<(Bytes, usize)>,
-    bytes: usize,
-    frames: usize,
-    /// Frames the session wrote that the pump has not parked yet.
-    written: usize,
-    done: bool,
-    reader: Option<Waker>,
-}
-
-impl Outbox {
-    /// Bytes waiting for the peer.
-    pub fn queued_bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// Frames waiting for the peer.
-    pub fn queued_frames(&self) -> usize {
-        self.frames + self.written
-    }
-
-    /// Counts a frame the session hands to its context.
-    fn wrote_frame(&mut self) {
-        self.written += 1;
-    }
-
-    /// Parks a chunk; it holds every frame written since the last one, since
-    /// the context encodes all it has on each poll.
-    fn push(&mut self, chunk: Bytes) {
-        let frames = std::mem::take(&mut self.written);
-        self.bytes += chunk.len();
-        self.frames += frames;
-        self.chunks.push_back((chunk, frames));
-        self.wake();
-    }
-
-    fn pop(&mut self) -> Option<Bytes> {
-        let (chunk, frames) = self.chunks.pop_front()?;
-        self.bytes -= chunk.len();
-        self.frames -= frames;
-        Some(chunk)
-    }
-
-    fn finish(&mut self) {
-        self.done = true;
-        self.wake();
-    }
-
-    fn wake(&mut self) {
-        if let Some(w) = self.reader.take() {
-            w.wake();
-        }
-    }
-}
-
 /// The response body: what the pump parked in the outbox.
-struct OutboxBody(Rc<RefCell<Outbox>>);
+struct OutboxBody(Rc<Peer>);
 
 impl Stream for OutboxBody {
     type Item = Result<Bytes, actix_web::Error>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let mut outbox = self.0.borrow_mut();
+        let mut outbox = self.0.outbox().borrow_mut();
         if let Some(chunk) = outbox.pop() {
             return Poll::Ready(Some(Ok(chunk)));
         }
-        if outbox.done {
+        if outbox.is_done() {
             return Poll::Ready(None);
         }
-        outbox.reader = Some(cx.waker().clone());
+        outbox.wait(cx.waker());
         Poll::Pending
     }
 }
@@ -516,36 +396,46 @@ pub fn start(
     principal: Principal,
 ) -> Result<HttpResponse, actix_web::Error> {
     let mut res = ws::handshake(req)?;
-    let outbox = Rc::new(RefCell::new(Outbox::default()));
+    let registry = req
+        .app_data::<LocalRegistry>()
+        .cloned()
+        .ok_or_else(|| actix_web::error::ErrorInternalServerError("no registry on this thread"))?;
+    let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+    let config = &app.config;
+    let peer = Rc::new(Peer::new(
+        id,
+        config.max_queue_bytes,
+        config.max_queue_frames,
+        app.metrics.clone(),
+    ));
     let session = Session {
-        id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+        id,
         principal,
-        bucket: Bucket::new(app.config.rate_limit),
-        app: app.clone(),
-        subs: HashMap::new(),
+        bucket: Bucket::new(config.rate_limit),
+        registry,
+        peer: peer.clone(),
         pending: HashMap::new(),
         generation: 0,
         last_heard: Instant::now(),
-        outbox: outbox.clone(),
         fragments: None,
         in_flight: 0,
-        gave_up: Cell::new(false),
         closing: None,
+        app: app.clone(),
     };
     let codec = Codec::new().max_size(app.config.max_frame_bytes);
     let mut stream = Box::pin(WebsocketContext::with_codec(session, payload, codec));
-    let pumped = outbox.clone();
+    let pumped = peer.clone();
     actix_web::rt::spawn(async move {
         while let Some(chunk) = stream.next().await {
             match chunk {
-                Ok(bytes) => pumped.borrow_mut().push(bytes),
+                Ok(bytes) => pumped.outbox().borrow_mut().push_from_context(bytes),
                 Err(e) => {
                     log::debug!("socket output failed: {e}");
                     break;
                 }
             }
         }
-        pumped.borrow_mut().finish();
+        pumped.outbox().borrow_mut().finish();
     });
-    Ok(res.streaming(OutboxBody(outbox)))
+    Ok(res.streaming(OutboxBody(peer)))
 }

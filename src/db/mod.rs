@@ -25,7 +25,7 @@ use crate::auth::{self, authorize, Action, Principal, Role, TokenCache};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::protocol::{Call, Change, Entity, Position, Ref, Topic};
-use crate::registry::{CloseTokens, Deliver, Join, Publish, Published, Registry};
+use crate::registry::{Hub, Join, Published, Registry};
 use logic::{Outcome, WriteCtx};
 use queries as q;
 
@@ -203,7 +203,8 @@ pub struct Subscribe {
     pub resume: Option<Position>,
     pub session_id: u64,
     pub reply_to: Recipient<Subscribed>,
-    pub deliver: Recipient<Deliver>,
+    /// The Registry of the session's thread.
+    pub registry: Addr<Registry>,
 }
 
 /// A read for REST, answered at one position.
@@ -280,7 +281,7 @@ pub struct Db {
     position: Arc<Head>,
     seq: i64,
     floor: i64,
-    registry: Addr<Registry>,
+    hub: Arc<Hub>,
     tokens: Arc<TokenCache>,
     metrics: Arc<Metrics>,
     config: DbConfig,
@@ -304,7 +305,7 @@ pub struct Db {
 impl Db {
     pub fn new(
         opened: Opened,
-        registry: Addr<Registry>,
+        hub: Arc<Hub>,
         tokens: Arc<TokenCache>,
         metrics: Arc<Metrics>,
         config: DbConfig,
@@ -332,7 +333,7 @@ impl Db {
             conn,
             position,
             floor,
-            registry,
+            hub,
             tokens,
             metrics,
             config,
@@ -462,7 +463,7 @@ impl Db {
         }
         self.metrics.change_log_len.add(seq - start_seq);
         if !items.is_empty() {
-            self.registry.do_send(Publish { items });
+            self.hub.publish(items, &self.metrics);
         }
         self.forget_tokens(revoked);
         for (reply, answer) in answers {
@@ -708,11 +709,7 @@ impl Db {
         for id in &token_ids {
             self.tokens.remove_token(*id);
         }
-        self.registry.do_send(CloseTokens {
-            token_ids,
-            code: 1008,
-            reason: "token revoked",
-        });
+        self.hub.close_tokens(token_ids, 1008, "token revoked");
     }
 }
 
@@ -791,15 +788,14 @@ impl Handler<Subscribe> for Db {
                     raw
                 }),
         };
-        // Join before the reply: the session then handles any Leave it sends
-        // for this topic after the registry has the join, and still no later
-        // event can overtake the reply, which is queued before this handler
-        // returns.
+        // Join before the reply and before any later change: any Leave the
+        // session sends after the reply comes after the join, and the events
+        // past the snapshot reach the session's Registry after it; the ones
+        // that come before the session writes the reply wait for it there.
         if result.is_ok() {
-            self.registry.do_send(Join {
+            msg.registry.do_send(Join {
                 session_id: msg.session_id,
                 topic: msg.topic.clone(),
-                deliver: msg.deliver,
             });
         }
         msg.reply_to.do_send(Subscribed {
