@@ -11,6 +11,7 @@ use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::metrics::Metrics;
@@ -106,27 +107,53 @@ pub struct CloseAll {
     pub reason: &'static str,
 }
 
+/// A Registry as other threads reach it.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    pub addr: Addr<Registry>,
+    /// Subscriptions held plus joins on their way: while it is 0, the
+    /// Registry has no one to publish to, and its thread is not woken.
+    listeners: Arc<AtomicUsize>,
+}
+
+impl RegistryHandle {
+    /// Joins a session to a topic. Counted here, on the Db actor's thread,
+    /// so no publish the Db actor sends after it can skip this Registry.
+    pub fn join(&self, session_id: u64, topic: Topic) {
+        self.listeners.fetch_add(1, Ordering::Relaxed);
+        self.addr.do_send(Join { session_id, topic });
+    }
+}
+
 /// Every thread's Registry, for the Db actor and the shutdown.
 #[derive(Default)]
 pub struct Hub {
-    registries: Mutex<Vec<Addr<Registry>>>,
+    registries: Mutex<Vec<RegistryHandle>>,
 }
 
 impl Hub {
-    fn registries(&self) -> Vec<Addr<Registry>> {
+    fn registries(&self) -> Vec<RegistryHandle> {
         let mut all = self.registries.lock().expect("hub lock");
         // A worker thread that stopped (and was restarted) leaves its address.
-        all.retain(|a| a.connected());
+        all.retain(|r| r.addr.connected());
         all.clone()
     }
 
-    /// Sends one group commit to every Registry.
+    /// Sends one group commit to every Registry that has subscribers.
     pub fn publish(&self, items: Vec<Published>, metrics: &Metrics) {
         let changes = items.iter().filter(|i| matches!(i, Published::Change(_))).count();
         metrics.events_published.inc_by(changes as u64);
+        let listening: Vec<_> = self
+            .registries()
+            .into_iter()
+            .filter(|r| r.listeners.load(Ordering::Relaxed) > 0)
+            .collect();
+        if listening.is_empty() {
+            return;
+        }
         let batch = Arc::new(Batch::new(items));
-        for r in self.registries() {
-            r.do_send(Publish { batch: batch.clone() });
+        for r in listening {
+            r.addr.do_send(Publish { batch: batch.clone() });
         }
     }
 
@@ -138,13 +165,16 @@ impl Hub {
             reason,
         };
         for r in self.registries() {
-            r.do_send(msg.clone());
+            r.addr.do_send(msg.clone());
         }
     }
 
     /// Closes every socket on every thread; returns how many there were.
     pub async fn close_all(&self, code: u16, reason: &'static str) -> usize {
-        let asks = self.registries().into_iter().map(|r| r.send(CloseAll { code, reason }));
+        let asks = self
+            .registries()
+            .into_iter()
+            .map(|r| r.addr.send(CloseAll { code, reason }));
         futures_util::future::join_all(asks)
             .await
             .into_iter()
@@ -158,7 +188,7 @@ impl Hub {
 /// what they do at once (connect, disconnect).
 #[derive(Clone)]
 pub struct LocalRegistry {
-    pub addr: Addr<Registry>,
+    pub handle: RegistryHandle,
     shard: Rc<RefCell<Shard>>,
 }
 
@@ -166,14 +196,17 @@ impl LocalRegistry {
     /// Starts a Registry on the current thread (an HTTP worker) and adds it
     /// to the hub.
     pub fn start(hub: &Hub, metrics: Arc<Metrics>) -> Self {
+        let listeners = Arc::new(AtomicUsize::new(0));
         let shard = Rc::new(RefCell::new(Shard {
             topics: HashMap::new(),
             sessions: HashMap::new(),
+            listeners: listeners.clone(),
             metrics,
         }));
         let addr = Registry { shard: shard.clone() }.start();
-        hub.registries.lock().expect("hub lock").push(addr.clone());
-        LocalRegistry { addr, shard }
+        let handle = RegistryHandle { addr, listeners };
+        hub.registries.lock().expect("hub lock").push(handle.clone());
+        LocalRegistry { handle, shard }
     }
 
     /// A session opened: it can now be joined to topics and closed by token
@@ -212,6 +245,8 @@ struct SessionEntry {
 struct Shard {
     topics: HashMap<Topic, HashMap<u64, Rc<Peer>>>,
     sessions: HashMap<u64, SessionEntry>,
+    /// Shared with the [`RegistryHandle`]: one per subscription held here.
+    listeners: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -219,6 +254,7 @@ impl Shard {
     fn leave(&mut self, session_id: u64, topic: &Topic) {
         if let Some(subs) = self.topics.get_mut(topic) {
             if subs.remove(&session_id).is_some() {
+                self.listeners.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.subscriptions.with_label_values(&[topic.kind()]).dec();
             }
             if subs.is_empty() {
@@ -274,6 +310,7 @@ impl Handler<Join> for Registry {
         let shard = &mut *shard;
         // A session that already stopped must not be joined back in.
         let Some(entry) = shard.sessions.get_mut(&msg.session_id) else {
+            shard.listeners.fetch_sub(1, Ordering::Relaxed);
             return;
         };
         entry.peer.joined(&msg.topic);
@@ -287,6 +324,9 @@ impl Handler<Join> for Registry {
             .is_none()
         {
             shard.metrics.subscriptions.with_label_values(&[kind]).inc();
+        } else {
+            // Already joined: the handle counted this join once more.
+            shard.listeners.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

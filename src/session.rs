@@ -151,13 +151,13 @@ impl Session {
                     resume,
                     session_id: self.id,
                     reply_to: ctx.address().recipient(),
-                    registry: self.registry.addr.clone(),
+                    registry: self.registry.handle.clone(),
                 });
             }
             Request::Unsubscribe { topic } => {
                 self.peer.forget(&topic);
                 self.pending.remove(&topic);
-                self.registry.addr.do_send(Leave {
+                self.registry.handle.addr.do_send(Leave {
                     session_id: self.id,
                     topic,
                 });
@@ -338,7 +338,7 @@ impl Handler<Subscribed> for Session {
             // Unsubscribed while the subscribe was on its way, or it failed:
             // an earlier subscribe of this topic may have joined it.
             self.peer.forget(&msg.topic);
-            self.registry.addr.do_send(Leave {
+            self.registry.handle.addr.do_send(Leave {
                 session_id: self.id,
                 topic: msg.topic.clone(),
             });

@@ -25,7 +25,7 @@ use crate::auth::{self, authorize, Action, Principal, Role, TokenCache};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::protocol::{Call, Change, Entity, Position, Ref, Topic};
-use crate::registry::{Hub, Join, Published, Registry};
+use crate::registry::{Hub, Published, RegistryHandle};
 use logic::{Outcome, WriteCtx};
 use queries as q;
 
@@ -204,7 +204,7 @@ pub struct Subscribe {
     pub session_id: u64,
     pub reply_to: Recipient<Subscribed>,
     /// The Registry of the session's thread.
-    pub registry: Addr<Registry>,
+    pub registry: RegistryHandle,
 }
 
 /// A read for REST, answered at one position.
@@ -793,10 +793,7 @@ impl Handler<Subscribe> for Db {
         // past the snapshot reach the session's Registry after it; the ones
         // that come before the session writes the reply wait for it there.
         if result.is_ok() {
-            msg.registry.do_send(Join {
-                session_id: msg.session_id,
-                topic: msg.topic.clone(),
-            });
+            msg.registry.join(msg.session_id, msg.topic.clone());
         }
         msg.reply_to.do_send(Subscribed {
             reference: msg.reference,
