@@ -23,21 +23,36 @@ pub fn text_frame(text: &str) -> Bytes {
     buf.freeze()
 }
 
-/// Where a subscription stands.
-enum Sub {
-    /// Subscribed: the client holds the topic up to this seq.
-    Live(i64),
-    /// The Registry joined the session to the topic, but the session has not
-    /// written the subscribe's reply yet: events wait here, and go out after
-    /// the reply (those past its seq).
-    Joining(Vec<(i64, Bytes)>),
+/// Where a subscription stands. Subscribes are numbered by the session
+/// (generations); the Registry learns of one when the Db actor joins it, the
+/// session when it writes its reply, and the two happen in either order.
+#[derive(Default)]
+struct Sub {
+    /// The seq the client holds the topic at, once a reply made it live.
+    last: Option<i64>,
+    /// The newest subscribe whose reply was written.
+    replied: u64,
+    /// The newest subscribe the Registry joined.
+    joined: u64,
+    /// Events (and heartbeats) that came while a joined subscribe's reply
+    /// was not written yet: they go out after it, those past its seq.
+    held: Vec<(Option<i64>, Bytes)>,
+}
+
+impl Sub {
+    /// Events wait for a reply that is on its way.
+    fn holding(&self) -> bool {
+        self.joined > self.replied
+    }
 }
 
 /// The result of handing a frame to a peer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
-    /// Queued (or held until the subscribe's reply).
+    /// Queued for the socket.
     Queued,
+    /// Held until the subscribe's reply is written.
+    Held,
     /// Not for this peer (not subscribed, already sent, or closing).
     Skipped,
     /// The peer is too far behind: the frame was dropped and the socket must
@@ -79,82 +94,91 @@ impl Peer {
         self.push(frame, false)
     }
 
-    /// Delivers an event of `topic`: written if the topic is live and `seq`
-    /// is past what the client holds, held if the subscribe's reply has not
-    /// been written yet, skipped otherwise. Heartbeats (no seq) are only
-    /// written to live topics.
+    /// Delivers an event of `topic` (a heartbeat has no seq): held while a
+    /// subscribe's reply is on its way, written if the topic is live and the
+    /// seq is past what the client holds, skipped otherwise.
     pub fn deliver(&self, topic: &Topic, seq: Option<i64>, frame: &Bytes) -> Pushed {
         if self.closed.get() {
             return Pushed::Skipped;
         }
         let mut subs = self.subs.borrow_mut();
-        match (subs.get_mut(topic), seq) {
-            (Some(Sub::Live(last)), Some(seq)) => {
-                // Already in the snapshot or sent: never twice.
-                if seq <= *last {
-                    return Pushed::Skipped;
-                }
-                *last = seq;
+        let Some(sub) = subs.get_mut(topic) else {
+            return Pushed::Skipped;
+        };
+        if seq.is_some() && seq <= sub.last {
+            // Already in the snapshot or sent: never twice.
+            return Pushed::Skipped;
+        }
+        if sub.holding() {
+            if sub.held.len() >= self.max_frames {
+                drop(subs);
+                log::info!(
+                    "session {}: {} events wait for a subscribe's reply; closing it",
+                    self.id,
+                    self.max_frames
+                );
+                return self.give_up();
             }
-            (Some(Sub::Live(_)), None) => {}
-            (Some(Sub::Joining(held)), Some(seq)) => {
-                if held.len() >= self.max_frames {
-                    drop(subs);
-                    return self.give_up();
-                }
-                held.push((seq, frame.clone()));
-                return Pushed::Queued;
-            }
-            _ => return Pushed::Skipped,
+            sub.held.push((seq, frame.clone()));
+            return Pushed::Held;
+        }
+        if sub.last.is_none() {
+            return Pushed::Skipped;
+        }
+        if seq.is_some() {
+            sub.last = seq;
         }
         drop(subs);
         self.push(frame.clone(), true)
     }
 
-    /// The Registry joined this peer to `topic`: hold its events until the
-    /// session writes the subscribe's reply.
-    pub fn joined(&self, topic: &Topic) {
-        self.subs
-            .borrow_mut()
-            .entry(topic.clone())
-            .or_insert_with(|| Sub::Joining(Vec::new()));
+    /// The Registry joined this peer to `topic` for subscribe `generation`:
+    /// unless its reply is already written, events wait for it.
+    pub fn joined(&self, topic: &Topic, generation: u64) {
+        let mut subs = self.subs.borrow_mut();
+        let sub = subs.entry(topic.clone()).or_default();
+        sub.joined = sub.joined.max(generation);
     }
 
     /// The Registry took this peer off `topic`: drop what it held for a
     /// subscribe that never became live.
     pub fn left(&self, topic: &Topic) {
         let mut subs = self.subs.borrow_mut();
-        if let Some(Sub::Joining(_)) = subs.get(topic) {
+        if subs.get(topic).is_some_and(|s| s.last.is_none()) {
             subs.remove(topic);
         }
     }
 
-    /// The session wrote a subscribe's reply at `seq`: the topic is live from
-    /// there, and the events held meanwhile that are past it go out now.
-    pub fn subscribed(&self, topic: &Topic, seq: i64) -> Pushed {
-        let held = {
+    /// The session wrote the reply of subscribe `generation`, at `seq`: the
+    /// topic is live from there, and once no newer joined subscribe waits for
+    /// its reply, the events held meanwhile that are past it go out.
+    pub fn subscribed(&self, topic: &Topic, generation: u64, seq: i64) -> Pushed {
+        let (held, mut last) = {
             let mut subs = self.subs.borrow_mut();
-            match subs.insert(topic.clone(), Sub::Live(seq)) {
-                Some(Sub::Live(last)) => {
-                    // Already live: the client now holds state at `seq`.
-                    subs.insert(topic.clone(), Sub::Live(last.max(seq)));
-                    return Pushed::Queued;
-                }
-                Some(Sub::Joining(held)) => held,
-                None => return Pushed::Queued,
+            let sub = subs.entry(topic.clone()).or_default();
+            sub.replied = sub.replied.max(generation);
+            sub.last = sub.last.max(Some(seq));
+            if sub.holding() {
+                return Pushed::Held;
             }
+            (std::mem::take(&mut sub.held), sub.last)
         };
-        let mut last = seq;
+        let mut written = 0;
         for (s, frame) in held {
-            if s > last {
-                last = s;
-                if self.push(frame, true) == Pushed::GaveUp {
-                    return Pushed::GaveUp;
+            if s.is_some() {
+                if s <= last {
+                    continue;
                 }
+                last = s;
             }
+            if self.push(frame, true) == Pushed::GaveUp {
+                return Pushed::GaveUp;
+            }
+            written += 1;
         }
-        if let Some(Sub::Live(l)) = self.subs.borrow_mut().get_mut(topic) {
-            *l = (*l).max(last);
+        self.metrics.events_delivered.inc_by(written);
+        if let Some(sub) = self.subs.borrow_mut().get_mut(topic) {
+            sub.last = sub.last.max(last);
         }
         Pushed::Queued
     }
@@ -165,18 +189,14 @@ impl Peer {
         self.subs.borrow_mut().remove(topic);
     }
 
-    /// True if `topic` is live.
+    /// True if the client holds `topic` (a reply made it live).
     pub fn is_live(&self, topic: &Topic) -> bool {
-        matches!(self.subs.borrow().get(topic), Some(Sub::Live(_)))
+        self.subs.borrow().get(topic).is_some_and(|s| s.last.is_some())
     }
 
     /// How many topics are live.
     pub fn live_count(&self) -> usize {
-        self.subs
-            .borrow()
-            .values()
-            .filter(|s| matches!(s, Sub::Live(_)))
-            .count()
+        self.subs.borrow().values().filter(|s| s.last.is_some()).count()
     }
 
     /// The socket began to close: nothing more is written.
@@ -322,31 +342,51 @@ mod tests {
         std::iter::from_fn(|| p.outbox().borrow_mut().pop()).collect()
     }
 
+    fn ev(s: i64) -> Bytes {
+        text_frame(&format!("e{s}"))
+    }
+
     #[test]
     fn events_held_while_joining_go_out_after_the_reply_past_its_seq() {
         let p = peer(100);
-        let t = Topic::Tasks;
-        let ev = |s: i64| text_frame(&format!("e{s}"));
+        let t = Topic::Agents;
         assert_eq!(p.deliver(&t, Some(1), &ev(1)), Pushed::Skipped, "not joined yet");
-        p.joined(&t);
+        p.joined(&t, 1);
         for s in [2, 3, 4] {
-            assert_eq!(p.deliver(&t, Some(s), &ev(s)), Pushed::Queued);
+            assert_eq!(p.deliver(&t, Some(s), &ev(s)), Pushed::Held);
         }
+        let beat = text_frame("heartbeat");
+        assert_eq!(p.deliver(&t, None, &beat), Pushed::Held);
         assert!(drain(&p).is_empty(), "nothing before the reply");
         p.send(text_frame("reply"));
-        p.subscribed(&t, 3);
-        assert_eq!(drain(&p), vec![text_frame("reply"), ev(4)]);
+        p.subscribed(&t, 1, 3);
+        assert_eq!(drain(&p), vec![text_frame("reply"), ev(4), beat]);
         assert_eq!(p.deliver(&t, Some(4), &ev(4)), Pushed::Skipped, "never twice");
         assert_eq!(p.deliver(&t, Some(5), &ev(5)), Pushed::Queued);
         assert_eq!(drain(&p), vec![ev(5)]);
     }
 
     #[test]
-    fn a_reply_before_the_join_makes_the_topic_live_at_its_seq() {
+    fn a_repeated_subscribe_of_a_live_topic_holds_events_until_its_reply() {
+        let p = peer(100);
+        let t = Topic::Tasks;
+        p.joined(&t, 1);
+        p.subscribed(&t, 1, 5);
+        p.joined(&t, 2);
+        assert_eq!(p.deliver(&t, Some(6), &ev(6)), Pushed::Held);
+        assert_eq!(p.deliver(&t, Some(7), &ev(7)), Pushed::Held);
+        assert!(p.is_live(&t));
+        p.send(text_frame("reply at 6"));
+        p.subscribed(&t, 2, 6);
+        assert_eq!(drain(&p), vec![text_frame("reply at 6"), ev(7)]);
+    }
+
+    #[test]
+    fn a_reply_before_its_join_makes_the_topic_live_at_its_seq() {
         let p = peer(100);
         let t = Topic::Task(7);
-        p.subscribed(&t, 10);
-        p.joined(&t);
+        p.subscribed(&t, 1, 10);
+        p.joined(&t, 1);
         assert!(p.is_live(&t));
         assert_eq!(p.deliver(&t, Some(10), &text_frame("x")), Pushed::Skipped);
         assert_eq!(p.deliver(&t, Some(11), &text_frame("y")), Pushed::Queued);
@@ -357,10 +397,25 @@ mod tests {
     }
 
     #[test]
+    fn an_older_reply_does_not_release_events_a_newer_subscribe_waits_for() {
+        let p = peer(100);
+        let t = Topic::Tasks;
+        p.joined(&t, 1);
+        p.joined(&t, 2);
+        assert_eq!(p.deliver(&t, Some(4), &ev(4)), Pushed::Held);
+        p.send(text_frame("reply 1"));
+        assert_eq!(p.subscribed(&t, 1, 3), Pushed::Held);
+        assert_eq!(p.deliver(&t, Some(5), &ev(5)), Pushed::Held);
+        p.send(text_frame("reply 2"));
+        p.subscribed(&t, 2, 4);
+        assert_eq!(drain(&p), vec![text_frame("reply 1"), text_frame("reply 2"), ev(5)]);
+    }
+
+    #[test]
     fn a_peer_too_far_behind_is_given_up_once_and_then_skipped() {
         let p = peer(2);
         let t = Topic::Tasks;
-        p.subscribed(&t, 0);
+        p.subscribed(&t, 1, 0);
         assert_eq!(p.deliver(&t, Some(1), &text_frame("1")), Pushed::Queued);
         assert_eq!(p.deliver(&t, Some(2), &text_frame("2")), Pushed::Queued);
         assert_eq!(p.deliver(&t, Some(3), &text_frame("3")), Pushed::GaveUp);

@@ -7,6 +7,7 @@
 //! wake-up of another thread per subscriber. It never touches the database.
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -34,6 +35,8 @@ pub struct CloseSession {
 pub struct Join {
     pub session_id: u64,
     pub topic: Topic,
+    /// The session's number for this subscribe.
+    pub generation: u64,
 }
 
 /// Removes a session from a topic. Sent through the mailbox, so it comes after
@@ -119,24 +122,39 @@ pub struct RegistryHandle {
 impl RegistryHandle {
     /// Joins a session to a topic. Counted here, on the Db actor's thread,
     /// so no publish the Db actor sends after it can skip this Registry.
-    pub fn join(&self, session_id: u64, topic: Topic) {
+    pub fn join(&self, session_id: u64, topic: Topic, generation: u64) {
         self.listeners.fetch_add(1, Ordering::Relaxed);
-        self.addr.do_send(Join { session_id, topic });
+        self.addr.do_send(Join {
+            session_id,
+            topic,
+            generation,
+        });
     }
 }
 
 /// Every thread's Registry, for the Db actor and the shutdown.
 #[derive(Default)]
 pub struct Hub {
-    registries: Mutex<Vec<RegistryHandle>>,
+    /// Weak: a Registry lives as long as its thread's App and sessions hold
+    /// it, so one whose worker restarted its service is dropped from here.
+    registries: Mutex<Vec<(WeakAddr<Registry>, Arc<AtomicUsize>)>>,
 }
 
 impl Hub {
     fn registries(&self) -> Vec<RegistryHandle> {
         let mut all = self.registries.lock().expect("hub lock");
-        // A worker thread that stopped (and was restarted) leaves its address.
-        all.retain(|r| r.addr.connected());
-        all.clone()
+        let mut live = Vec::with_capacity(all.len());
+        all.retain(|(weak, listeners)| match weak.upgrade() {
+            Some(addr) if addr.connected() => {
+                live.push(RegistryHandle {
+                    addr,
+                    listeners: listeners.clone(),
+                });
+                true
+            }
+            _ => false,
+        });
+        live
     }
 
     /// Sends one group commit to every Registry that has subscribers.
@@ -205,7 +223,10 @@ impl LocalRegistry {
         }));
         let addr = Registry { shard: shard.clone() }.start();
         let handle = RegistryHandle { addr, listeners };
-        hub.registries.lock().expect("hub lock").push(handle.clone());
+        hub.registries
+            .lock()
+            .expect("hub lock")
+            .push((handle.addr.downgrade(), handle.listeners.clone()));
         LocalRegistry { handle, shard }
     }
 
@@ -276,7 +297,8 @@ impl Shard {
                 for peer in subs.values() {
                     match peer.deliver(topic, seq, frame) {
                         Pushed::Queued => delivered += 1,
-                        Pushed::Skipped => {}
+                        // Counted when the session writes them.
+                        Pushed::Held | Pushed::Skipped => {}
                         Pushed::GaveUp => slow.push(peer.id),
                     }
                 }
@@ -313,7 +335,7 @@ impl Handler<Join> for Registry {
             shard.listeners.fetch_sub(1, Ordering::Relaxed);
             return;
         };
-        entry.peer.joined(&msg.topic);
+        entry.peer.joined(&msg.topic, msg.generation);
         entry.topics.insert(msg.topic.clone());
         let kind = msg.topic.kind();
         if shard

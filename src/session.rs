@@ -345,7 +345,7 @@ impl Handler<Subscribed> for Session {
         }
         self.send(ctx, &frame);
         if let Some(seq) = seq {
-            if self.peer.subscribed(&msg.topic, seq) == Pushed::GaveUp {
+            if self.peer.subscribed(&msg.topic, msg.generation, seq) == Pushed::GaveUp {
                 self.close_slow(ctx);
             }
         }

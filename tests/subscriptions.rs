@@ -223,3 +223,58 @@ async fn subscribe_unsubscribe_subscribe_before_the_replies_ends_subscribed() {
         "the last frame subscribed `tasks`, so its event comes once; got {frames:?}"
     );
 }
+
+/// A repeated subscribe of a live topic, while another socket writes: no
+/// event past the reply's seq may come before the reply (the client would
+/// replace its state with the older snapshot and lose that change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_subscribe_under_writes_never_lets_a_later_event_overtake_its_reply() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let app = spawn_app();
+    let id = app.create_task("t").await["id"].as_i64().unwrap();
+    let mut ws = app.ws().await;
+    assert_eq!(ws.subscribe("tasks").await["ok"], true);
+    let mut writer = app.ws().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut refs = Vec::new();
+                for _ in 0..20 {
+                    n += 1;
+                    let params = json!({"id": id, "patch": {"title": format!("v{n}")}});
+                    writer
+                        .send(&json!({"type": "call", "ref": n, "method": "task.update", "params": params}))
+                        .await;
+                    refs.push(json!(n));
+                }
+                writer.replies_to(&refs).await;
+                writer.take_backlog();
+            }
+        })
+    };
+    let mut overtaken = Vec::new();
+    for i in 0..200 {
+        let r = format!("s{i}");
+        ws.send(&json!({"type": "subscribe", "ref": r, "topic": "tasks"})).await;
+        let mut before = Vec::new();
+        loop {
+            let v = ws.recv().await;
+            if v["type"] == "reply" && v["ref"] == json!(r) {
+                assert_eq!(v["ok"], true, "{v}");
+                let s = v["data"]["seq"].as_i64().unwrap();
+                overtaken.extend(before.iter().filter(|e| **e > s).map(|e| (i, *e, s)));
+                break;
+            }
+            if v["type"] == "event" {
+                before.push(v["seq"].as_i64().unwrap());
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writing.await.unwrap();
+    assert!(overtaken.is_empty(), "(subscribe, event seq, reply seq): {overtaken:?}");
+}

@@ -793,7 +793,7 @@ impl Handler<Subscribe> for Db {
         // past the snapshot reach the session's Registry after it; the ones
         // that come before the session writes the reply wait for it there.
         if result.is_ok() {
-            msg.registry.join(msg.session_id, msg.topic.clone());
+            msg.registry.join(msg.session_id, msg.topic.clone(), msg.generation);
         }
         msg.reply_to.do_send(Subscribed {
             reference: msg.reference,
