@@ -323,6 +323,11 @@ pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
     serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// Like [`from_value`], reading a borrowed value (no copy of it first).
+pub fn from_ref<T: DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
+    T::deserialize(v).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
 /// For optional fields that may not be null: absent is `None`, null is a
 /// `bad_request` like any other wrong type.
 pub fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>

@@ -15,7 +15,7 @@ use super::models::*;
 use super::queries as q;
 use crate::auth::{self, authorize, Action, Principal, Role};
 use crate::error::ApiError;
-use crate::protocol::{self as p, from_value, Call, Change, Entity, Method};
+use crate::protocol::{self as p, from_ref, Call, Change, Entity, Method};
 
 pub const TASK_STATUSES: [&str; 5] = ["todo", "in_progress", "blocked", "review", "done"];
 /// The statuses an agent reports; `offline` is the server's to set.
@@ -153,15 +153,15 @@ fn dispatch(
     principal: &Principal,
     call: &Call,
 ) -> Result<Outcome, ApiError> {
-    let params = call.params.clone();
+    let params = &call.params;
     match call.method {
-        Method::TaskCreate => task_create(conn, ctx, principal, from_value(params)?),
-        Method::TaskUpdate => task_update(conn, ctx, principal, from_value(params)?),
-        Method::TaskDelete => task_delete(conn, ctx, principal, from_value(params)?),
-        Method::AgentCreate => agent_create(conn, ctx, principal, from_value(params)?),
-        Method::AgentUpdate => agent_update(conn, ctx, principal, from_value(params)?),
-        Method::AgentDelete => agent_delete(conn, ctx, principal, from_value(params)?),
-        Method::AgentHeartbeat => heartbeat(conn, ctx, principal, from_value(params)?),
+        Method::TaskCreate => task_create(conn, ctx, principal, from_ref(params)?),
+        Method::TaskUpdate => task_update(conn, ctx, principal, from_ref(params)?),
+        Method::TaskDelete => task_delete(conn, ctx, principal, from_ref(params)?),
+        Method::AgentCreate => agent_create(conn, ctx, principal, from_ref(params)?),
+        Method::AgentUpdate => agent_update(conn, ctx, principal, from_ref(params)?),
+        Method::AgentDelete => agent_delete(conn, ctx, principal, from_ref(params)?),
+        Method::AgentHeartbeat => heartbeat(conn, ctx, principal, from_ref(params)?),
     }
 }
 
