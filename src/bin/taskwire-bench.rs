@@ -355,6 +355,33 @@ async fn send(ws: &mut Ws, frame: &Value) -> Res<()> {
         .map_err(|e| format!("send: {e}"))
 }
 
+/// A resume's reply, read for the seqs it replays and nothing else: a
+/// thousand clients each read 100 changes at once, and building a JSON tree
+/// of each would take the generator more CPU than the server spends.
+#[derive(Deserialize)]
+struct ResumeReply<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: &'a str,
+    #[serde(rename = "ref", default)]
+    reference: Option<i64>,
+    #[serde(default)]
+    ok: Option<bool>,
+    #[serde(default)]
+    data: Option<ResumeData>,
+}
+
+#[derive(Deserialize)]
+struct ResumeData {
+    /// Present when the reply replays changes (absent for a snapshot).
+    #[serde(default)]
+    events: Option<Vec<SeqOnly>>,
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: i64,
+}
+
 /// Sends `frame` with ref `r` and returns its reply; other frames are dropped.
 async fn request(ws: &mut Ws, mut frame: Value, r: i64) -> Res<Value> {
     frame["ref"] = json!(r);
@@ -1341,15 +1368,24 @@ async fn resume(c: &Common, n: usize, m: usize) -> Res<(Value, Vec<(String, Stri
                 let (ws, _) = connect(&c).await?;
                 (ws, Instant::now())
             };
-            let frame = json!({"type": "subscribe", "topic": "tasks", "epoch": epoch, "since": since});
-            let reply = request_ok(&mut ws, frame, 1).await?;
+            let frame = json!({"type": "subscribe", "ref": 1, "topic": "tasks", "epoch": epoch, "since": since});
+            send(&mut ws, &frame).await?;
             let mut seqs: Vec<i64> = Vec::new();
-            let resumed = reply["data"].get("events").is_some();
-            for e in reply["data"]["events"].as_array().into_iter().flatten() {
-                if let Some(s) = e["seq"].as_i64() {
-                    seqs.push(s);
+            // The reply comes first; anything else before it is skipped.
+            let resumed = loop {
+                let t = next_text(&mut ws).await?;
+                let r: ResumeReply = serde_json::from_str(&t).map_err(|e| format!("bad frame {t}: {e}"))?;
+                if r.ty != "reply" || r.reference != Some(1) {
+                    continue;
                 }
-            }
+                if r.ok != Some(true) {
+                    return Err(format!("resume failed: {t}"));
+                }
+                let events = r.data.and_then(|d| d.events);
+                let resumed = events.is_some();
+                seqs.extend(events.into_iter().flatten().map(|e| e.seq));
+                break resumed;
+            };
             // Anything not replayed must come live (or never, if it was a snapshot).
             if resumed {
                 let mut have: HashSet<i64> = seqs.iter().copied().collect();
