@@ -271,6 +271,18 @@ struct Shard {
     metrics: Arc<Metrics>,
 }
 
+impl Drop for Shard {
+    /// A worker thread that stops takes its subscriptions with it.
+    fn drop(&mut self) {
+        for (topic, subs) in &self.topics {
+            self.metrics
+                .subscriptions
+                .with_label_values(&[topic.kind()])
+                .sub(subs.len() as i64);
+        }
+    }
+}
+
 impl Shard {
     fn leave(&mut self, session_id: u64, topic: &Topic) {
         if let Some(subs) = self.topics.get_mut(topic) {
