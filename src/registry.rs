@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::metrics::Metrics;
 use crate::peer::{text_frame, Peer, Pushed};
-use crate::protocol::{heartbeat_event, Change, Topic};
+use crate::protocol::{heartbeat_event, Change, Entity, Topic};
 
 /// Asks a session to close, with a WebSocket close code and reason.
 #[derive(Message, Clone)]
@@ -69,15 +69,15 @@ impl Batch {
         Batch { items, frames }
     }
 
-    /// The item's topics, its seq, and its frame on each topic (encoded on
-    /// first use).
+    /// The item's two topics and its seq (none for a heartbeat).
     fn topics(&self, i: usize) -> ([Topic; 2], Option<i64>) {
         match &self.items[i] {
             Published::Change(c) => (Topic::for_entity(c.entity, c.entity_id), Some(c.seq)),
-            Published::Heartbeat { agent_id, .. } => ([Topic::Agents, Topic::Agent(*agent_id)], None),
+            Published::Heartbeat { agent_id, .. } => (Topic::for_entity(Entity::Agent, *agent_id), None),
         }
     }
 
+    /// The item's frame on its `j`th topic, encoded on first use.
     fn frame(&self, i: usize, j: usize, topic: &Topic) -> &Bytes {
         self.frames[i][j].get_or_init(|| match &self.items[i] {
             Published::Change(c) => text_frame(&c.event_text(topic)),

@@ -68,6 +68,16 @@ impl Session {
         }
     }
 
+    /// Writes nothing more of `topic` and takes the session off it. The Leave
+    /// goes through the Registry's mailbox, after any Join already sent.
+    fn leave(&self, topic: Topic) {
+        self.peer.forget(&topic);
+        self.registry.handle.addr.do_send(Leave {
+            session_id: self.id,
+            topic,
+        });
+    }
+
     fn close_slow(&self, ctx: &mut WebsocketContext<Self>) {
         self.close(ctx, CloseCode::Again, "too slow to keep up; reconnect and resume");
     }
@@ -155,12 +165,8 @@ impl Session {
                 });
             }
             Request::Unsubscribe { topic } => {
-                self.peer.forget(&topic);
                 self.pending.remove(&topic);
-                self.registry.handle.addr.do_send(Leave {
-                    session_id: self.id,
-                    topic,
-                });
+                self.leave(topic);
                 self.answer(ctx, Some(reference), Ok((serde_json::json!({}), None)));
             }
             Request::Call(call) => {
@@ -325,28 +331,25 @@ impl Handler<Subscribed> for Session {
             self.pending.remove(&msg.topic);
         }
         let live = self.peer.is_live(&msg.topic);
-        let (frame, seq) = match msg.result {
+        match msg.result {
             Ok((data, seq)) => {
-                let frame = protocol::reply_ok(&msg.reference, &*data, None);
-                // The reply goes out first; then the topic is live from its seq.
-                (frame, (live || newest).then_some(seq))
+                self.send(ctx, &protocol::reply_ok(&msg.reference, &*data, None));
+                if live || newest {
+                    // The reply is out: the topic is live from its seq.
+                    if self.peer.subscribed(&msg.topic, msg.generation, seq) == Pushed::GaveUp {
+                        self.close_slow(ctx);
+                    }
+                } else if !self.pending.contains_key(&msg.topic) {
+                    // Unsubscribed while the subscribe was on its way.
+                    self.leave(msg.topic);
+                }
             }
-            Err(e) => (protocol::reply_err(&msg.reference, &e), None),
-        };
-        let settled = live || newest || self.pending.contains_key(&msg.topic);
-        if !settled || (newest && !live && seq.is_none()) {
-            // Unsubscribed while the subscribe was on its way, or it failed:
-            // an earlier subscribe of this topic may have joined it.
-            self.peer.forget(&msg.topic);
-            self.registry.handle.addr.do_send(Leave {
-                session_id: self.id,
-                topic: msg.topic.clone(),
-            });
-        }
-        self.send(ctx, &frame);
-        if let Some(seq) = seq {
-            if self.peer.subscribed(&msg.topic, msg.generation, seq) == Pushed::GaveUp {
-                self.close_slow(ctx);
+            Err(e) => {
+                if newest && !live {
+                    // An earlier subscribe of this topic may have joined it.
+                    self.leave(msg.topic);
+                }
+                self.send(ctx, &protocol::reply_err(&msg.reference, &e));
             }
         }
     }
