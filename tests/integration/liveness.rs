@@ -4,9 +4,7 @@
 //! the server's pings is dropped after three intervals, while a peer that
 //! answers stays.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

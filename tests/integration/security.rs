@@ -5,9 +5,7 @@
 //! document and the server cannot drift apart. See that page for what each test
 //! proves.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::io::Read;
@@ -21,9 +19,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::Message;
 
-const DOC: &str = include_str!("../docs/security.md");
-const REST_SRC: &str = include_str!("../src/rest.rs");
-const PROTOCOL_SRC: &str = include_str!("../src/protocol.rs");
+const DOC: &str = include_str!("../../docs/security.md");
+const REST_SRC: &str = include_str!("../../src/rest.rs");
+const PROTOCOL_SRC: &str = include_str!("../../src/protocol.rs");
 
 /// How long a revoked token's sockets may stay open.
 const REVOKE_WITHIN: Duration = Duration::from_secs(1);

@@ -1,11 +1,9 @@
 //! The socket's first frame, subscribe replies, repeated subscribes and
 //! unsubscribe.
 
-mod common;
-mod shared;
-use common::*;
+use crate::common::*;
+use crate::shared::seq_of;
 use serde_json::{json, Value};
-use shared::seq_of;
 use std::time::Duration;
 
 #[tokio::test]

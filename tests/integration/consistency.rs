@@ -2,13 +2,11 @@
 //! sockets and REST, clients that subscribe at random moments, and at the end
 //! every client's rebuilt state equals the database.
 
-mod common;
-mod shared;
-use common::*;
+use crate::common::*;
+use crate::shared::{by_id, seq_header, seq_of};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use shared::{by_id, seq_header, seq_of};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -10,12 +10,9 @@
 //! - a writer that lost its connection before the reply retries with the same
 //!   `op_id` and gets the one commit, never a second one.
 
-mod child;
-mod shared;
-
-use child::*;
+use crate::child::*;
+use crate::shared::by_id;
 use serde_json::{json, Value};
-use shared::by_id;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,11 +2,9 @@
 //! changes of the topic it missed, in order, then live ones; anything else gets
 //! a snapshot or `not_found` as the contract says.
 
-mod common;
-mod shared;
-use common::*;
+use crate::common::*;
+use crate::shared::seq_of;
 use serde_json::{json, Value};
-use shared::seq_of;
 
 async fn patch_task(app: &TestApp, id: i64, patch: Value) -> i64 {
     let res = app.patch(&format!("/api/tasks/{id}"), patch).send().await.unwrap();

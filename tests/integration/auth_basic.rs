@@ -1,7 +1,6 @@
 //! Bearer tokens on REST and on the socket upgrade, and the member role.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn unauthorized(res: reqwest::Response, what: &str) {

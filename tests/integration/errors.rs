@@ -1,8 +1,7 @@
 //! Every error code the core server owns, over the socket and over REST, and a
 //! socket that goes on after each bad frame.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Sends a raw text frame without a readable ref; the answer is an error frame.

@@ -2,11 +2,9 @@
 //! versions conflict, a no-op commits nothing, and a repeated op_id or
 //! Idempotency-Key commits once and answers the same.
 
-mod common;
-mod shared;
-use common::*;
+use crate::common::*;
+use crate::shared::{header, seq_header};
 use serde_json::{json, Value};
-use shared::{header, seq_header};
 use std::sync::Arc;
 
 fn count_changes(app: &TestApp) -> i64 {

@@ -2,8 +2,7 @@
 //! Benchmarks are not timed tests: these assert only correctness (nothing lost,
 //! nothing duplicated, nothing out of order, no failed call), never speed.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::process::Command;
 

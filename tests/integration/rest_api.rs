@@ -1,11 +1,9 @@
 //! REST: its writes reach socket subscribers as the same events, with the
 //! cascades of deletes; its reads and `GET /api/changes`.
 
-mod common;
-mod shared;
-use common::*;
+use crate::common::*;
+use crate::shared::{header, seq_of};
 use serde_json::{json, Value};
-use shared::{header, seq_of};
 use std::collections::BTreeMap;
 
 fn sorted(v: &Value) -> Vec<String> {

@@ -8,10 +8,8 @@
 //! - a locked database: another connection holds the write lock, so a write
 //!   fails after the server's busy timeout (2 s).
 
-mod child;
-mod common;
-
-use common::*;
+use crate::child;
+use crate::common::*;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use serde_json::{json, Value};

@@ -4,12 +4,9 @@
 //! may commit without its answer (the in-flight commits finish and answer).
 //! Subscribers then resume from their positions and lose nothing.
 
-mod child;
-mod shared;
-
-use child::*;
+use crate::child::*;
+use crate::shared::by_id;
 use serde_json::{json, Value};
-use shared::by_id;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,12 +5,9 @@
 //! fast subscriber on the same topic gets every event, in order, on time; the
 //! slow one, after reconnecting with its position, ends with the same state.
 
-mod child;
-mod shared;
-
-use child::*;
+use crate::child::*;
+use crate::shared::by_id;
 use serde_json::{json, Value};
-use shared::by_id;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -8,9 +8,7 @@
 //! Waits poll a DOM condition (a JavaScript expression) until it holds; no test
 //! sleeps for a fixed time to let something happen.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use std::io::{Read, Write};

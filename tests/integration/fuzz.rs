@@ -7,16 +7,13 @@
 //! ref, every other frame one error frame, the server stays up, and a client
 //! subscribed meanwhile gets every event.
 
-mod child;
-mod common;
-mod shared;
-
+use crate::shared::by_id;
+use crate::{child, common};
 use futures_util::{SinkExt, StreamExt};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{json, Map, Value};
-use shared::by_id;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;

@@ -1,0 +1,28 @@
+//! The integration tests, as one test binary: each talks to a real server on
+//! port 0 (`common`) or to the real binary as a child process (`child`).
+//!
+//! One binary rather than one per file: each test binary links the whole
+//! dependency tree, and twenty of them took gigabytes of disk and most of the
+//! build's link time.
+
+mod child;
+mod common;
+mod shared;
+
+mod auth_basic;
+mod bench_smoke;
+mod browser;
+mod calls;
+mod consistency;
+mod crash;
+mod errors;
+mod fuzz;
+mod liveness;
+mod readonly;
+mod rest_api;
+mod resume;
+mod security;
+mod shutdown;
+mod slow_client;
+mod smoke;
+mod subscriptions;
