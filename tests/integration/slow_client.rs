@@ -10,9 +10,10 @@ use crate::shared::by_id;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Creates, each pushed as one event of about 750 B: 15 MB in all.
@@ -22,6 +23,10 @@ const MAX_QUEUE_BYTES: usize = 256 * 1024;
 /// Calls each writer keeps in flight.
 const WINDOW: usize = 128;
 const WRITERS: usize = 2;
+/// How many events the writers may send ahead of what the fast subscriber has
+/// read (about 120 KB, under half the queue bound), so that on a loaded machine
+/// the fast subscriber is never itself the one closed as too slow.
+const MAX_AHEAD: usize = 160;
 /// The bound on the server's peak resident memory, over its resident memory
 /// before the flow. The slow client's queue may hold 256 KiB; without a bound
 /// it would hold every event, 15 MB of frames (about 28 MiB resident).
@@ -43,19 +48,32 @@ async fn tiny_socket(addr: SocketAddr) -> Client {
     Client::handshaken(stream).await.expect("hello")
 }
 
-/// Pipelines `count` creates; returns when each was acknowledged, by seq.
-async fn writer(addr: SocketAddr, n: usize, count: usize) -> Vec<(i64, Instant)> {
+/// Pipelines `count` creates, staying at most `MAX_AHEAD` sends (`sent`, over
+/// all writers) ahead of the events the fast subscriber has read (`read`);
+/// returns when each was acknowledged, by seq.
+async fn writer(
+    addr: SocketAddr,
+    n: usize,
+    count: usize,
+    sent_total: Arc<AtomicUsize>,
+    mut read: watch::Receiver<usize>,
+) -> Vec<(i64, Instant)> {
     let mut c = Client::connect(addr, ADMIN).await.expect("connect");
     let description = "x".repeat(DESCRIPTION_BYTES);
     let mut acks = Vec::with_capacity(count);
     let (mut sent, mut outstanding) = (0usize, 0usize);
     while acks.len() < count {
-        while outstanding < WINDOW && sent < count {
+        while outstanding < WINDOW && sent < count && sent_total.load(Ordering::Relaxed) < *read.borrow() + MAX_AHEAD {
             sent += 1;
+            sent_total.fetch_add(1, Ordering::Relaxed);
             let frame = json!({"type": "call", "ref": sent, "method": "task.create",
                 "params": {"title": format!("w{n}-{sent}"), "description": description}});
             c.send(&frame).await.expect("send");
             outstanding += 1;
+        }
+        if outstanding == 0 {
+            read.changed().await.expect("the fast subscriber stopped reading");
+            continue;
         }
         let reply = c.recv().await.expect("reply");
         assert_eq!(reply["ok"], true, "{reply}");
@@ -97,6 +115,7 @@ async fn a_client_that_never_reads_is_closed_1013_and_memory_stays_bounded() {
 
     // The fast subscriber: every event, in seq order, timestamped.
     let arrivals = Arc::new(Mutex::new(Vec::<(i64, Instant)>::with_capacity(EVENTS)));
+    let (read_tx, read_rx) = watch::channel(0usize);
     let reader = {
         let arrivals = arrivals.clone();
         tokio::spawn(async move {
@@ -110,14 +129,16 @@ async fn a_client_that_never_reads_is_closed_1013_and_memory_stays_bounded() {
                 assert_eq!(ev["event"], "task.created");
                 tasks.insert(ev["data"]["id"].as_i64().unwrap(), ev["data"].clone());
                 arrivals.lock().unwrap().push((seq, Instant::now()));
+                read_tx.send_replace(tasks.len());
             }
             (fast, tasks)
         })
     };
 
     let t0 = Instant::now();
+    let sent_total = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..WRITERS)
-        .map(|n| tokio::spawn(writer(addr, n, EVENTS / WRITERS)))
+        .map(|n| tokio::spawn(writer(addr, n, EVENTS / WRITERS, sent_total.clone(), read_rx.clone())))
         .collect();
     let mut acked: HashMap<i64, Instant> = HashMap::new();
     for w in writers {
