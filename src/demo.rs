@@ -108,7 +108,7 @@ async fn exec(db: &Addr<Db>, method: Method, params: Value) -> Result<Value, Api
         })
         .await
         .map_err(|_| ApiError::unavailable("the database stopped"))??;
-    Ok(done.data)
+    done.value()
 }
 
 /// Reads all tasks or all agents.

@@ -4,8 +4,10 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use std::fmt;
+use std::sync::Arc;
 
 use crate::error::ApiError;
 
@@ -500,8 +502,13 @@ pub fn error_frame(e: &ApiError) -> String {
     json!({"type": "error", "error": e.body()}).to_string()
 }
 
+/// JSON as text: what replies, the change log and events carry.
+pub fn raw(v: &Value) -> Arc<RawValue> {
+    Arc::from(serde_json::value::to_raw_value(v).expect("a JSON value serializes"))
+}
+
 /// One committed change, as the Db actor publishes it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Change {
     pub seq: i64,
     pub entity: Entity,
@@ -509,45 +516,45 @@ pub struct Change {
     /// `created`, `updated` or `deleted`.
     pub kind: &'static str,
     pub changed: Vec<String>,
-    pub data: Value,
+    /// The entity's JSON, serialized once on the writer's thread and shared
+    /// by the reply, the change log, the resume memory and every event.
+    pub data: Arc<RawValue>,
 }
 
 /// An event frame, serialized straight from a borrowed change.
 #[derive(Serialize)]
-struct EventFrame<'a> {
+pub struct EventFrame<'a> {
     r#type: &'static str,
     topic: String,
     seq: i64,
     event: String,
     changed: &'a [String],
-    data: &'a Value,
+    data: &'a RawValue,
 }
 
 impl Change {
-    /// The event frame of this change on `topic`, as the text sent to
-    /// subscribers (without building a JSON value first).
-    pub fn event_text(&self, topic: &Topic) -> String {
-        let frame = EventFrame {
+    /// The event frame of this change on `topic`, to serialize (a resume's
+    /// replay) without building a JSON value first.
+    pub fn frame(&self, topic: &Topic) -> EventFrame<'_> {
+        EventFrame {
             r#type: "event",
             topic: topic.to_string(),
             seq: self.seq,
             event: format!("{}.{}", self.entity.as_str(), self.kind),
             changed: &self.changed,
             data: &self.data,
-        };
-        serde_json::to_string(&frame).expect("an event serializes")
+        }
+    }
+
+    /// The event frame of this change on `topic`, as the text sent to
+    /// subscribers.
+    pub fn event_text(&self, topic: &Topic) -> String {
+        serde_json::to_string(&self.frame(topic)).expect("an event serializes")
     }
 
     /// The event frame of this change on `topic`, as a JSON value.
     pub fn event(&self, topic: &Topic) -> Value {
-        json!({
-            "type": "event",
-            "topic": topic.to_string(),
-            "seq": self.seq,
-            "event": format!("{}.{}", self.entity.as_str(), self.kind),
-            "changed": self.changed,
-            "data": self.data,
-        })
+        serde_json::to_value(self.frame(topic)).expect("an event serializes")
     }
 }
 
@@ -663,11 +670,14 @@ mod tests {
             entity_id: 3,
             kind: "updated",
             changed: vec!["status".into()],
-            data: json!({"id": 3, "status": "done"}),
+            data: Arc::from(serde_json::value::to_raw_value(&json!({"id": 3, "status": "done"})).unwrap()),
         };
         for topic in [Topic::Tasks, Topic::Task(3)] {
+            let expected = json!({"type": "event", "topic": topic.to_string(), "seq": 7, "event": "task.updated",
+                "changed": ["status"], "data": {"id": 3, "status": "done"}});
             let text: Value = serde_json::from_str(&c.event_text(&topic)).unwrap();
-            assert_eq!(text, c.event(&topic));
+            assert_eq!(text, expected);
+            assert_eq!(c.event(&topic), expected);
         }
         let reply: Value = serde_json::from_str(&reply_ok(&json!("r"), &json!({"a": 1}), Some(4))).unwrap();
         assert_eq!(

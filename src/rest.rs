@@ -367,11 +367,12 @@ async fn create(app: &AppState, req: &HttpRequest, who: Principal, payload: web:
         Kind::Agent => Method::AgentCreate,
     };
     let c = execute(app, req, who, method, Value::Object(params)).await?;
-    let location = format!("/api/{}/{}", kind.path(), c.data["id"]);
+    let data = c.value()?;
+    let location = format!("/api/{}/{}", kind.path(), data["id"]);
     Ok(written(HttpResponse::Created(), c.seq)
         .insert_header((header::LOCATION, location))
-        .insert_header(etag(&c.data))
-        .json(c.data))
+        .insert_header(etag(&data))
+        .json(data))
 }
 
 async fn get_one(app: &AppState, id: &str, kind: Kind) -> Res {
@@ -400,9 +401,8 @@ async fn update(app: &AppState, req: &HttpRequest, who: Principal, id: &str, pay
         params["if_version"] = json!(v);
     }
     let c = execute(app, req, who, method, params).await?;
-    Ok(written(HttpResponse::Ok(), c.seq)
-        .insert_header(etag(&c.data))
-        .json(c.data))
+    let data = c.value()?;
+    Ok(written(HttpResponse::Ok(), c.seq).insert_header(etag(&data)).json(data))
 }
 
 async fn delete(app: &AppState, req: &HttpRequest, who: Principal, id: &str, kind: Kind) -> Res {

@@ -14,10 +14,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, WebsocketContext};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ use crate::db::{Execute, Subscribe, Subscribed};
 use crate::error::ApiError;
 use crate::limits::Bucket;
 use crate::peer::{text_frame, Peer, Pushed};
-use crate::protocol::{self, Hello, Ref, Request, Topic};
+use crate::protocol::{self, raw, Hello, Ref, Request, Topic};
 use crate::registry::{CloseSession, Leave, LocalRegistry};
 use crate::AppState;
 
@@ -127,10 +129,10 @@ impl Session {
         &self,
         ctx: &mut WebsocketContext<Self>,
         reference: Option<Ref>,
-        result: Result<(serde_json::Value, Option<i64>), ApiError>,
+        result: Result<(Arc<RawValue>, Option<i64>), ApiError>,
     ) {
         let frame = match (&reference, &result) {
-            (Some(r), Ok((data, seq))) => protocol::reply_ok(r, data, *seq),
+            (Some(r), Ok((data, seq))) => protocol::reply_ok(r, &**data, *seq),
             (Some(r), Err(e)) => protocol::reply_err(r, e),
             (None, Err(e)) => protocol::error_frame(e),
             (None, Ok(_)) => return,
@@ -140,7 +142,7 @@ impl Session {
 
     fn dispatch(&mut self, reference: Ref, request: Request, ctx: &mut WebsocketContext<Self>) {
         match request {
-            Request::Ping => self.answer(ctx, Some(reference), Ok((serde_json::json!({}), None))),
+            Request::Ping => self.answer(ctx, Some(reference), Ok((raw(&serde_json::json!({})), None))),
             Request::Subscribe { topic, resume } => {
                 let already = self.peer.is_live(&topic) || self.pending.contains_key(&topic);
                 if !already && self.peer.live_count() + self.pending.len() >= self.app.config.max_subscriptions {
@@ -167,7 +169,7 @@ impl Session {
             Request::Unsubscribe { topic } => {
                 self.pending.remove(&topic);
                 self.leave(topic);
-                self.answer(ctx, Some(reference), Ok((serde_json::json!({}), None)));
+                self.answer(ctx, Some(reference), Ok((raw(&serde_json::json!({})), None)));
             }
             Request::Call(call) => {
                 let request = self.app.db.send(Execute {

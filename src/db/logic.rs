@@ -7,15 +7,17 @@
 //! a savepoint; any other error fails the whole batch.
 
 use diesel::sqlite::SqliteConnection;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::models::*;
 use super::queries as q;
 use crate::auth::{self, authorize, Action, Principal, Role};
 use crate::error::ApiError;
-use crate::protocol::{self as p, from_ref, Call, Change, Entity, Method};
+use crate::protocol::{self as p, from_ref, raw, Call, Change, Entity, Method};
 
 pub const TASK_STATUSES: [&str; 5] = ["todo", "in_progress", "blocked", "review", "done"];
 /// The statuses an agent reports; `offline` is the server's to set.
@@ -37,10 +39,11 @@ pub struct WriteCtx<'a> {
 }
 
 /// What a committed call produced.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outcome {
-    /// The reply's `data`.
-    pub data: Value,
+    /// The reply's `data`, serialized (for a write of one entity, the same
+    /// text as its change's).
+    pub data: Arc<RawValue>,
     /// The seq of the call's last change, if it made any.
     pub seq: Option<i64>,
     pub changes: Vec<Change>,
@@ -54,6 +57,20 @@ pub struct Outcome {
     pub revoked_tokens: Vec<i64>,
 }
 
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            data: raw(&json!({})),
+            seq: None,
+            changes: Vec::new(),
+            heartbeat: None,
+            new_agent: None,
+            new_token: None,
+            revoked_tokens: Vec::new(),
+        }
+    }
+}
+
 impl<'a> WriteCtx<'a> {
     fn record(
         &mut self,
@@ -62,7 +79,7 @@ impl<'a> WriteCtx<'a> {
         (entity, entity_id): (Entity, i64),
         kind: &'static str,
         changed: Vec<String>,
-        data: Value,
+        data: Arc<RawValue>,
     ) -> Result<(), ApiError> {
         *self.seq += 1;
         let row = ChangeRow {
@@ -71,7 +88,7 @@ impl<'a> WriteCtx<'a> {
             entity_id,
             kind: kind.to_string(),
             changed: serde_json::to_string(&changed).map_err(ApiError::internal)?,
-            data: data.to_string(),
+            data: data.get().to_string(),
             at: self.now.clone(),
         };
         q::append_change(conn, &row)?;
@@ -120,15 +137,15 @@ pub fn execute(
                 "op_id {op_id:?} was already used for another call"
             )));
         }
-        let data = serde_json::from_str(&row.reply).map_err(ApiError::internal)?;
+        let data = RawValue::from_string(row.reply).map_err(ApiError::internal)?;
         return Ok(Outcome {
-            data,
+            data: Arc::from(data),
             seq: row.seq,
             ..Outcome::default()
         });
     }
     let out = dispatch(conn, ctx, principal, call)?;
-    let mut stored = out.data.clone();
+    let mut stored: Value = serde_json::from_str(out.data.get()).map_err(ApiError::internal)?;
     if let Some(obj) = stored.as_object_mut() {
         // The secret is shown once and never stored in clear.
         obj.remove("token");
@@ -327,14 +344,14 @@ fn task_create(
             updated_at: &ctx.now,
         },
     )?;
-    let data = task.to_json();
+    let data = task.to_raw();
     let mut out = Outcome::default();
     ctx.record(
         conn,
         &mut out,
         (Entity::Task, task.id),
         "created",
-        all_fields(&data),
+        Task::FIELDS.iter().map(|f| f.to_string()).collect(),
         data.clone(),
     )?;
     out.data = data;
@@ -375,19 +392,17 @@ fn task_update(
         valid_assignee(conn, a)?;
         next.assignee_id = a;
     }
-    let before = task.to_json();
-    let mut data = next.to_json();
-    let changed = changed_fields(&before, &data);
+    let changed = task.changed_fields(&next);
     if changed.is_empty() {
         return Ok(Outcome {
-            data: before,
+            data: task.to_raw(),
             ..Outcome::default()
         });
     }
     next.version += 1;
     next.updated_at = ctx.now.clone();
     q::save_task(conn, &next, next.assignee_id != task.assignee_id)?;
-    stamp(&mut data, next.version, &next.updated_at);
+    let data = next.to_raw();
     let mut out = Outcome::default();
     ctx.record(
         conn,
@@ -423,7 +438,7 @@ fn task_delete(
             (Entity::Agent, next.id),
             "updated",
             vec!["current_task_id".into()],
-            next.to_json(),
+            raw(&next.to_json()),
         )?;
     }
     q::delete_task(conn, task.id)?;
@@ -433,9 +448,8 @@ fn task_delete(
         (Entity::Task, task.id),
         "deleted",
         vec![],
-        json!({"id": task.id}),
+        raw(&json!({"id": task.id})),
     )?;
-    out.data = json!({});
     Ok(out)
 }
 
@@ -487,11 +501,11 @@ fn agent_create(
         (Entity::Agent, agent.id),
         "created",
         all_fields(&data),
-        data.clone(),
+        raw(&data),
     )?;
     let mut reply = data;
     reply["token"] = json!(token);
-    out.data = reply;
+    out.data = raw(&reply);
     out.new_agent = Some(agent.id);
     out.new_token = Some((
         hash,
@@ -555,7 +569,7 @@ fn finish_agent_update(
             q::save_agent(conn, &next)?;
         }
         return Ok(Outcome {
-            data: before_json,
+            data: raw(&before_json),
             ..Outcome::default()
         });
     }
@@ -564,15 +578,8 @@ fn finish_agent_update(
     q::save_agent(conn, &next)?;
     stamp(&mut data, next.version, &next.updated_at);
     let mut out = Outcome::default();
-    ctx.record(
-        conn,
-        &mut out,
-        (Entity::Agent, next.id),
-        "updated",
-        changed,
-        data.clone(),
-    )?;
-    out.data = data;
+    ctx.record(conn, &mut out, (Entity::Agent, next.id), "updated", changed, raw(&data))?;
+    out.data = raw(&data);
     Ok(out)
 }
 
@@ -598,7 +605,7 @@ fn agent_delete(
             (Entity::Task, next.id),
             "updated",
             vec!["assignee_id".into()],
-            next.to_json(),
+            next.to_raw(),
         )?;
     }
     out.revoked_tokens = q::revoke_agent_tokens(conn, agent.id, &ctx.now)?;
@@ -610,9 +617,8 @@ fn agent_delete(
         (Entity::Agent, agent.id),
         "deleted",
         vec![],
-        json!({"id": agent.id}),
+        raw(&json!({"id": agent.id})),
     )?;
-    out.data = json!({});
     Ok(out)
 }
 
@@ -647,7 +653,7 @@ fn heartbeat(
         }
         Outcome::default()
     };
-    out.data = json!({});
+    out.data = raw(&json!({}));
     out.heartbeat = Some((h.id, at));
     Ok(out)
 }
@@ -790,6 +796,58 @@ pub fn change_of_row(row: ChangeRow) -> Result<Change, ApiError> {
         entity_id: row.entity_id,
         kind,
         changed: serde_json::from_str(&row.changed).map_err(ApiError::internal)?,
-        data: serde_json::from_str(&row.data).map_err(ApiError::internal)?,
+        data: Arc::from(RawValue::from_string(row.data).map_err(ApiError::internal)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> Task {
+        Task {
+            id: 4,
+            title: "t".into(),
+            description: "d".into(),
+            status: "todo".into(),
+            priority: 1,
+            assignee_id: None,
+            version: 3,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            updated_at: "2026-01-01T00:00:00.000Z".into(),
+        }
+    }
+
+    /// The task's own field comparison says what comparing its JSON says.
+    #[test]
+    fn task_changed_fields_match_its_json() {
+        let before = task();
+        assert_eq!(Task::FIELDS.to_vec(), all_fields(&before.to_json()));
+        let edits: [fn(&mut Task); 7] = [
+            |t| t.title = "u".into(),
+            |t| t.description = "e".into(),
+            |t| t.status = "done".into(),
+            |t| t.priority = 2,
+            |t| t.assignee_id = Some(9),
+            |t| {
+                t.title = "u".into();
+                t.assignee_id = Some(9);
+            },
+            |t| {
+                t.version += 1;
+                t.updated_at = "2027-01-01T00:00:00.000Z".into();
+            },
+        ];
+        for edit in edits {
+            let mut next = before.clone();
+            edit(&mut next);
+            assert_eq!(
+                before.changed_fields(&next),
+                changed_fields(&before.to_json(), &next.to_json()),
+                "{next:?}"
+            );
+        }
+        let text: Value = serde_json::from_str(before.to_raw().get()).unwrap();
+        assert_eq!(text, before.to_json());
+    }
 }

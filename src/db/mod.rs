@@ -13,7 +13,8 @@ pub mod schema;
 
 use actix::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use serde_json::value::RawValue;
+use serde::Serialize;
+use serde_json::value::{to_raw_value, RawValue};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -24,7 +25,7 @@ use tokio::sync::oneshot;
 use crate::auth::{self, authorize, Action, Principal, Role, TokenCache};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
-use crate::protocol::{Call, Change, Entity, Position, Ref, Topic};
+use crate::protocol::{Call, Change, Entity, EventFrame, Position, Ref, Topic};
 use crate::registry::{Hub, Published, RegistryHandle};
 use logic::{Outcome, WriteCtx};
 use queries as q;
@@ -164,10 +165,30 @@ pub fn load_tokens(conn: &mut SqliteConnection, cache: &TokenCache) -> Result<()
 }
 
 /// A write's answer: the reply's `data` and, if it committed a change, its seq.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Committed {
-    pub data: Value,
+    /// Serialized once on the writer's thread.
+    pub data: Arc<RawValue>,
     pub seq: Option<i64>,
+}
+
+impl Committed {
+    /// The reply's data as a JSON value, for callers that look into it.
+    pub fn value(&self) -> Result<Value, ApiError> {
+        serde_json::from_str(self.data.get()).map_err(ApiError::internal)
+    }
+}
+
+/// A subscribe's reply data: the missed events, or a snapshot.
+#[derive(Serialize)]
+struct SubscribeReply<'a> {
+    topic: String,
+    epoch: &'a str,
+    seq: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<&'a [EventFrame<'a>]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<&'a Value>,
 }
 
 /// Runs a call (from a socket or REST) through the group commit.
@@ -533,7 +554,7 @@ impl Db {
     }
 
     /// The reply data of a subscribe: a snapshot, or the missed changes.
-    fn subscribe(&mut self, topic: &Topic, resume: Option<&Position>) -> Result<Value, ApiError> {
+    fn subscribe(&mut self, topic: &Topic, resume: Option<&Position>) -> Result<Box<RawValue>, ApiError> {
         let epoch = self.position.epoch.clone();
         if let Some(pos) = resume {
             let same_db = pos.epoch.as_deref() == Some(epoch.as_str());
@@ -548,7 +569,7 @@ impl Db {
                             .skip((pos.since + 1 - first.seq) as usize)
                             .filter(|c| topic.matches(c.entity, c.entity_id))
                             .take(limit + 1)
-                            .map(|c| c.event(topic))
+                            .cloned()
                             .collect::<Vec<_>>(),
                     ),
                     _ if pos.since == self.seq => Some(Vec::new()),
@@ -558,7 +579,7 @@ impl Db {
                     _ => Some(
                         q::changes_since(&mut self.conn, pos.since, self.seq, Some(filter), limit as i64 + 1)?
                             .into_iter()
-                            .map(|r| logic::change_of_row(r).map(|c| c.event(topic)))
+                            .map(|r| logic::change_of_row(r).map(Arc::new))
                             .collect::<Result<Vec<_>, _>>()?,
                     ),
                 };
@@ -566,14 +587,29 @@ impl Db {
                     if missed.is_empty() && filter.1.is_some() && self.snapshot(topic)?.is_none() {
                         return Err(ApiError::not_found(format!("{topic} does not exist")));
                     }
-                    return Ok(json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "events": missed}));
+                    let events: Vec<_> = missed.iter().map(|c| c.frame(topic)).collect();
+                    return to_raw_value(&SubscribeReply {
+                        topic: topic.to_string(),
+                        epoch: &epoch,
+                        seq: self.seq,
+                        events: Some(&events),
+                        snapshot: None,
+                    })
+                    .map_err(ApiError::internal);
                 }
             }
         }
         let snapshot = self
             .snapshot(topic)?
             .ok_or_else(|| ApiError::not_found(format!("{topic} does not exist")))?;
-        Ok(json!({"topic": topic.to_string(), "epoch": epoch, "seq": self.seq, "snapshot": snapshot}))
+        to_raw_value(&SubscribeReply {
+            topic: topic.to_string(),
+            epoch: &epoch,
+            seq: self.seq,
+            events: None,
+            snapshot: Some(&snapshot),
+        })
+        .map_err(ApiError::internal)
     }
 
     /// The current state of a topic; `None` for a single entity that does not exist.
@@ -776,17 +812,14 @@ impl Handler<Subscribe> for Db {
         );
         let result = match self.replies.get(&key) {
             Some(data) => Ok(data.clone()),
-            None => self
-                .subscribe(&msg.topic, msg.resume.as_ref())
-                .and_then(|v| serde_json::value::to_raw_value(&v).map_err(ApiError::internal))
-                .map(|raw| {
-                    let raw: Arc<RawValue> = Arc::from(raw);
-                    if self.replies.len() >= 256 {
-                        self.replies.clear();
-                    }
-                    self.replies.insert(key, raw.clone());
-                    raw
-                }),
+            None => self.subscribe(&msg.topic, msg.resume.as_ref()).map(|raw| {
+                let raw: Arc<RawValue> = Arc::from(raw);
+                if self.replies.len() >= 256 {
+                    self.replies.clear();
+                }
+                self.replies.insert(key, raw.clone());
+                raw
+            }),
         };
         // Join before the reply and before any later change: any Leave the
         // session sends after the reply comes after the join, and the events

@@ -1,12 +1,16 @@
 //! Rows as diesel reads and writes them, and their JSON shape on the wire.
 
 use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 use super::schema::{agents, changes, ops, tasks, tokens};
 
-/// A task row.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+/// A task row. Its JSON on the wire is its serde form (`to_json`, `to_raw`), so
+/// a task is serialized straight from the row, without a JSON tree between.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Serialize)]
 #[diesel(table_name = tasks)]
 pub struct Task {
     pub id: i64,
@@ -21,18 +25,45 @@ pub struct Task {
 }
 
 impl Task {
+    /// The fields a create reports as changed: all but `version` and
+    /// `updated_at`, sorted by name as `changed_fields` lists them.
+    pub const FIELDS: [&'static str; 7] = [
+        "assignee_id",
+        "created_at",
+        "description",
+        "id",
+        "priority",
+        "status",
+        "title",
+    ];
+
     pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "title": self.title,
-            "description": self.description,
-            "status": self.status,
-            "priority": self.priority,
-            "assignee_id": self.assignee_id,
-            "version": self.version,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        })
+        serde_json::to_value(self).expect("a task serializes")
+    }
+
+    /// The task's JSON as text, shared by the reply, the change log and events.
+    pub fn to_raw(&self) -> Arc<RawValue> {
+        Arc::from(serde_json::value::to_raw_value(self).expect("a task serializes"))
+    }
+
+    /// The fields that differ in `next`, sorted by name; `version` and
+    /// `updated_at` change with every write and are left out.
+    pub fn changed_fields(&self, next: &Task) -> Vec<String> {
+        let differs = [
+            self.assignee_id != next.assignee_id,
+            self.created_at != next.created_at,
+            self.description != next.description,
+            self.id != next.id,
+            self.priority != next.priority,
+            self.status != next.status,
+            self.title != next.title,
+        ];
+        Self::FIELDS
+            .iter()
+            .zip(differs)
+            .filter(|(_, d)| *d)
+            .map(|(f, _)| f.to_string())
+            .collect()
     }
 }
 
