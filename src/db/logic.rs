@@ -82,14 +82,15 @@ impl<'a> WriteCtx<'a> {
         data: Arc<RawValue>,
     ) -> Result<(), ApiError> {
         *self.seq += 1;
-        let row = ChangeRow {
+        let changed_text = serde_json::to_string(&changed).map_err(ApiError::internal)?;
+        let row = NewChange {
             seq: *self.seq,
-            entity: entity.as_str().to_string(),
+            entity: entity.as_str(),
             entity_id,
-            kind: kind.to_string(),
-            changed: serde_json::to_string(&changed).map_err(ApiError::internal)?,
-            data: data.get().to_string(),
-            at: self.now.clone(),
+            kind,
+            changed: &changed_text,
+            data: data.get(),
+            at: &self.now,
         };
         q::append_change(conn, &row)?;
         out.seq = Some(*self.seq);

@@ -130,7 +130,7 @@ pub struct NewAgent<'a> {
 }
 
 /// A change-log row.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = changes)]
 pub struct ChangeRow {
     pub seq: i64,
@@ -140,6 +140,19 @@ pub struct ChangeRow {
     pub changed: String,
     pub data: String,
     pub at: String,
+}
+
+/// A change-log row to append, borrowing what the change already holds.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = changes)]
+pub struct NewChange<'a> {
+    pub seq: i64,
+    pub entity: &'a str,
+    pub entity_id: i64,
+    pub kind: &'a str,
+    pub changed: &'a str,
+    pub data: &'a str,
+    pub at: &'a str,
 }
 
 /// A remembered op_id and the reply it got.

@@ -264,7 +264,7 @@ pub fn write_heartbeats(conn: &mut SqliteConnection, beats: &[(i64, String)]) ->
 
 // ---- change log ----
 
-pub fn append_change(conn: &mut SqliteConnection, row: &ChangeRow) -> QueryResult<()> {
+pub fn append_change(conn: &mut SqliteConnection, row: &NewChange) -> QueryResult<()> {
     cached_as::<AppendChangeSql, _>(diesel::insert_into(changes::table).values(row))
         .execute(conn)
         .map(drop)
@@ -504,14 +504,14 @@ mod tests {
         // New changes go on after the old ones.
         append_change(
             &mut conn,
-            &ChangeRow {
+            &NewChange {
                 seq: 10,
-                entity: "task".into(),
+                entity: "task",
                 entity_id: 1,
-                kind: "updated".into(),
-                changed: "[]".into(),
-                data: "{}".into(),
-                at: "t3".into(),
+                kind: "updated",
+                changed: "[]",
+                data: "{}",
+                at: "t3",
             },
         )
         .unwrap();
