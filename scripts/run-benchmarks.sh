@@ -56,4 +56,6 @@ for run in $(seq "$RUNS"); do
     one sweep-100 fanout -n 100 -w 200 -r 10
     one sweep-1000 fanout -n 1000 -w 200 -r 10
     one sweep-5000 fanout -n 5000 -w 200 -r 10
+    # The floor under fanout-100: the same writes with a single subscriber.
+    one floor-1 fanout -n 1 -w 1000 -r 200
 done
