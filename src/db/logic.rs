@@ -146,18 +146,23 @@ pub fn execute(
         });
     }
     let out = dispatch(conn, ctx, principal, call)?;
-    let mut stored: Value = serde_json::from_str(out.data.get()).map_err(ApiError::internal)?;
-    if let Some(obj) = stored.as_object_mut() {
+    let stored = if call.method == Method::AgentCreate {
         // The secret is shown once and never stored in clear.
-        obj.remove("token");
-    }
+        let mut reply: Value = serde_json::from_str(out.data.get()).map_err(ApiError::internal)?;
+        if let Some(obj) = reply.as_object_mut() {
+            obj.remove("token");
+        }
+        reply.to_string()
+    } else {
+        out.data.get().to_string()
+    };
     q::insert_op(
         conn,
         &OpRow {
             token_id: principal.token_id,
             op_id: op_id.clone(),
             fingerprint: fp,
-            reply: stored.to_string(),
+            reply: stored,
             seq: out.seq,
             at: ctx.now.clone(),
         },
@@ -579,8 +584,16 @@ fn finish_agent_update(
     q::save_agent(conn, &next)?;
     stamp(&mut data, next.version, &next.updated_at);
     let mut out = Outcome::default();
-    ctx.record(conn, &mut out, (Entity::Agent, next.id), "updated", changed, raw(&data))?;
-    out.data = raw(&data);
+    let data = raw(&data);
+    ctx.record(
+        conn,
+        &mut out,
+        (Entity::Agent, next.id),
+        "updated",
+        changed,
+        data.clone(),
+    )?;
+    out.data = data;
     Ok(out)
 }
 
