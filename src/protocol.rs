@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use crate::error::ApiError;
 
@@ -505,6 +505,12 @@ pub fn error_frame(e: &ApiError) -> String {
 /// JSON as text: what replies, the change log and events carry.
 pub fn raw(v: &Value) -> Arc<RawValue> {
     Arc::from(serde_json::value::to_raw_value(v).expect("a JSON value serializes"))
+}
+
+/// `{}` as text, the data of replies that carry nothing: one shared copy.
+pub fn empty_object() -> Arc<RawValue> {
+    static EMPTY: LazyLock<Arc<RawValue>> = LazyLock::new(|| raw(&json!({})));
+    EMPTY.clone()
 }
 
 /// One committed change, as the Db actor publishes it.

@@ -28,7 +28,7 @@ use crate::db::{Execute, Subscribe, Subscribed};
 use crate::error::ApiError;
 use crate::limits::Bucket;
 use crate::peer::{text_frame, Peer, Pushed};
-use crate::protocol::{self, raw, Hello, Ref, Request, Topic};
+use crate::protocol::{self, empty_object, Hello, Ref, Request, Topic};
 use crate::registry::{CloseSession, Leave, LocalRegistry};
 use crate::AppState;
 
@@ -142,7 +142,7 @@ impl Session {
 
     fn dispatch(&mut self, reference: Ref, request: Request, ctx: &mut WebsocketContext<Self>) {
         match request {
-            Request::Ping => self.answer(ctx, Some(reference), Ok((raw(&serde_json::json!({})), None))),
+            Request::Ping => self.answer(ctx, Some(reference), Ok((empty_object(), None))),
             Request::Subscribe { topic, resume } => {
                 let already = self.peer.is_live(&topic) || self.pending.contains_key(&topic);
                 if !already && self.peer.live_count() + self.pending.len() >= self.app.config.max_subscriptions {
@@ -169,7 +169,7 @@ impl Session {
             Request::Unsubscribe { topic } => {
                 self.pending.remove(&topic);
                 self.leave(topic);
-                self.answer(ctx, Some(reference), Ok((raw(&serde_json::json!({})), None)));
+                self.answer(ctx, Some(reference), Ok((empty_object(), None)));
             }
             Request::Call(call) => {
                 let request = self.app.db.send(Execute {

@@ -17,7 +17,7 @@ use super::models::*;
 use super::queries as q;
 use crate::auth::{self, authorize, Action, Principal, Role};
 use crate::error::ApiError;
-use crate::protocol::{self as p, from_ref, raw, Call, Change, Entity, Method};
+use crate::protocol::{self as p, empty_object, from_ref, raw, Call, Change, Entity, Method};
 
 pub const TASK_STATUSES: [&str; 5] = ["todo", "in_progress", "blocked", "review", "done"];
 /// The statuses an agent reports; `offline` is the server's to set.
@@ -60,7 +60,7 @@ pub struct Outcome {
 impl Default for Outcome {
     fn default() -> Self {
         Outcome {
-            data: raw(&json!({})),
+            data: empty_object(),
             seq: None,
             changes: Vec::new(),
             heartbeat: None,
@@ -667,7 +667,7 @@ fn heartbeat(
         }
         Outcome::default()
     };
-    out.data = raw(&json!({}));
+    out.data = empty_object();
     out.heartbeat = Some((h.id, at));
     Ok(out)
 }
