@@ -191,6 +191,26 @@ struct SubscribeReply<'a> {
     snapshot: Option<&'a Value>,
 }
 
+impl<'a> SubscribeReply<'a> {
+    /// The reply as text: `events` for an exact resume, else `snapshot`.
+    fn text(
+        topic: &Topic,
+        epoch: &'a str,
+        seq: i64,
+        events: Option<&'a [EventFrame<'a>]>,
+        snapshot: Option<&'a Value>,
+    ) -> Result<Box<RawValue>, ApiError> {
+        let reply = SubscribeReply {
+            topic: topic.to_string(),
+            epoch,
+            seq,
+            events,
+            snapshot,
+        };
+        to_raw_value(&reply).map_err(ApiError::internal)
+    }
+}
+
 /// Runs a call (from a socket or REST) through the group commit.
 #[derive(Message)]
 #[rtype(result = "Result<Committed, ApiError>")]
@@ -588,28 +608,14 @@ impl Db {
                         return Err(ApiError::not_found(format!("{topic} does not exist")));
                     }
                     let events: Vec<_> = missed.iter().map(|c| c.frame(topic)).collect();
-                    return to_raw_value(&SubscribeReply {
-                        topic: topic.to_string(),
-                        epoch: &epoch,
-                        seq: self.seq,
-                        events: Some(&events),
-                        snapshot: None,
-                    })
-                    .map_err(ApiError::internal);
+                    return SubscribeReply::text(topic, &epoch, self.seq, Some(&events), None);
                 }
             }
         }
         let snapshot = self
             .snapshot(topic)?
             .ok_or_else(|| ApiError::not_found(format!("{topic} does not exist")))?;
-        to_raw_value(&SubscribeReply {
-            topic: topic.to_string(),
-            epoch: &epoch,
-            seq: self.seq,
-            events: None,
-            snapshot: Some(&snapshot),
-        })
-        .map_err(ApiError::internal)
+        SubscribeReply::text(topic, &epoch, self.seq, None, Some(&snapshot))
     }
 
     /// The current state of a topic; `None` for a single entity that does not exist.
