@@ -130,6 +130,9 @@ def details_table(by_label):
                       f"server CPU {fmt(med(runs, 'server_cpu_us_per_event'), ' µs', 1)}/event",
                       f"mean batch {fmt(med(runs, 'server_metrics.mean_batch'))}",
                       f"mean commit {fmt(med(runs, 'server_metrics.mean_commit_ms'))} ms"]
+            if r_has(runs, "fsync_paced"):
+                parts.append(f"fsync at the writes' pace p50/p99 {fmt(med(runs, 'fsync_paced.p50_us'), '', 0)}/"
+                             f"{fmt(med(runs, 'fsync_paced.p99_us'), ' µs', 0)}")
         elif s == "writes":
             parts += [f"{fmt(med(runs, 'acked_per_s'), '/s')}",
                       f"ack p50/p99 {fmt(med(runs, 'ack_latency_ms.p50'))}/{fmt(med(runs, 'ack_latency_ms.p99'))} ms",

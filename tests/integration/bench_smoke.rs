@@ -56,6 +56,9 @@ fn fanout_delivers_every_write_to_every_subscriber_once_in_order() {
     assert_eq!(v["failed_calls"], 0, "{v}");
     assert_eq!(v["sockets_ended_early"], 0, "{v}");
     assert_eq!(v["event_latency_ms"]["count"], 100, "{v}");
+    // The disk's floor at the writes' pace: one sync per 2 ms, 200 of them.
+    assert_eq!(v["fsync_paced"]["gap_ms"], 2.0, "{v}");
+    assert_eq!(v["fsync_paced"]["samples"], 200, "{v}");
     // A second run reuses the bench task instead of creating another.
     let again = bench(&app, &["fanout", "-n", "2", "-w", "5", "-r", "500"]);
     assert_eq!(again["delivered"], 10, "{again}");
