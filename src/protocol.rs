@@ -123,7 +123,12 @@ pub type Ref = Value;
 /// Reads a frame's `ref` if it is a readable one: a string, or an integer within
 /// ±2^53 written without fraction or exponent.
 pub fn readable_ref(frame: &Map<String, Value>) -> Option<Ref> {
-    match frame.get("ref")? {
+    ref_of(frame.get("ref")?)
+}
+
+/// A `ref` value, if it is one: a string or an integer within ±2^53.
+fn ref_of(v: &Value) -> Option<Ref> {
+    match v {
         Value::String(s) => Some(Value::String(s.clone())),
         Value::Number(n) => {
             let ok = n
@@ -205,6 +210,23 @@ pub type Rejected = (Option<Ref>, ApiError);
 /// Parses one text frame into its `ref` and request. Whatever is wrong becomes
 /// the error to answer, with the `ref` when one could be read.
 pub fn parse_frame(text: &str) -> Result<(Ref, Request), Rejected> {
+    // Most frames are well-formed calls: read those in one pass, straight into
+    // their fields. Anything else, or anything wrong, takes the general path
+    // below, which tells exactly what is wrong.
+    if let Ok(f) = serde_json::from_str::<CallFrame>(text) {
+        if let (true, Some(reference), Some(method)) = (f.r#type == "call", ref_of(&f.r#ref), Method::parse(f.method)) {
+            if let Ok(op_id) = f.op_id.map(check_op_id).transpose() {
+                let params = Value::Object(f.params);
+                return Ok((reference, Request::Call(Call { method, params, op_id })));
+            }
+        }
+    }
+    parse_any_frame(text)
+}
+
+/// Parses any frame, as a JSON value first, so that whatever is wrong with it
+/// can be told (and its `ref` still answered).
+fn parse_any_frame(text: &str) -> Result<(Ref, Request), Rejected> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| (None, ApiError::bad_request(format!("not JSON: {e}"))))?;
     let Value::Object(frame) = value else {
@@ -222,6 +244,19 @@ pub fn parse_frame(text: &str) -> Result<(Ref, Request), Rejected> {
         Ok(request) => Ok((reference, request)),
         Err(e) => Err((Some(reference), e)),
     }
+}
+
+/// A `call` frame, as [`parse_request`] reads one (same fields, same rules),
+/// borrowing what it only compares.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallFrame<'a> {
+    r#type: &'a str,
+    r#ref: Value,
+    method: &'a str,
+    params: Map<String, Value>,
+    #[serde(default, deserialize_with = "present")]
+    op_id: Option<String>,
 }
 
 fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
@@ -597,6 +632,38 @@ mod tests {
             assert!(Topic::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Topic::Task(42).to_string(), "task:42");
+    }
+
+    #[test]
+    fn a_call_read_in_one_pass_is_what_the_general_path_reads() {
+        let frames = [
+            r#"{"type":"call","ref":1,"method":"task.update","params":{"id":1,"patch":{"title":"x"}}}"#,
+            r#"{"type":"call","ref":"a","method":"task.create","params":{},"op_id":"k1"}"#,
+            r#" {"params":{"id":2},"method":"task.delete","ref":-9007199254740992,"type":"call"} "#,
+            r#"{"type":"call","ref":9007199254740993,"method":"task.delete","params":{}}"#,
+            r#"{"type":"call","ref":1.5,"method":"task.delete","params":{}}"#,
+            r#"{"type":"call","ref":null,"method":"task.delete","params":{}}"#,
+            r#"{"type":"call","method":"task.delete","params":{}}"#,
+            r#"{"type":"call","ref":1,"method":"task.nope","params":{}}"#,
+            r#"{"type":"call","ref":1,"method":"task.delete","params":[]}"#,
+            r#"{"type":"call","ref":1,"method":"task.delete","params":{},"op_id":null}"#,
+            r#"{"type":"call","ref":1,"method":"task.delete","params":{},"op_id":""}"#,
+            r#"{"type":"call","ref":1,"method":"task.delete","params":{},"extra":1}"#,
+            r#"{"type":"call","ref":1,"ref":2,"method":"task.delete","params":{}}"#,
+            r#"{"type":"c\u0061ll","ref":1,"method":"task.delete","params":{}}"#,
+            r#"{"type":"ping","ref":1,"method":"task.delete","params":{}}"#,
+            r#"{"type":"call","ref":1,"method":"task.delete","params":{}} x"#,
+            r#"{"type":"call","ref":1,"method":"task.delete","params":{}"#,
+        ];
+        for f in frames {
+            let one_pass = format!("{:?}", parse_frame(f));
+            assert_eq!(one_pass, format!("{:?}", parse_any_frame(f)), "{f}");
+        }
+        assert!(parse_frame(frames[0]).is_ok());
+        assert!(
+            parse_frame(frames[13]).is_ok(),
+            "escaped names are read the general way"
+        );
     }
 
     #[test]
