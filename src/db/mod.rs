@@ -27,7 +27,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::protocol::{Call, Change, Entity, EventFrame, Position, Ref, Topic};
 use crate::registry::{Hub, Published, RegistryHandle};
-use logic::{Outcome, WriteCtx};
+use logic::{Outcome, TaskRows, WriteCtx};
 use queries as q;
 
 /// How the Db actor keeps the log and watches agents.
@@ -331,6 +331,7 @@ pub struct Db {
     draining: bool,
     /// Heartbeat times by agent; `dirty` ones are not on disk yet.
     beats: HashMap<i64, String>,
+    tasks: TaskRows,
     dirty: HashSet<i64>,
     /// When each agent was last heard from, or the server started or it was created.
     seen: HashMap<i64, Instant>,
@@ -382,6 +383,7 @@ impl Db {
             flush_scheduled: false,
             draining: false,
             beats: HashMap::new(),
+            tasks: TaskRows::default(),
             dirty: HashSet::new(),
             seen,
             recent,
@@ -417,6 +419,7 @@ impl Db {
         // Undone if the batch fails: calls answered with an error leave no trace.
         let beats_before = self.beats.clone();
         let beats = &mut self.beats;
+        let tasks = &mut self.tasks;
         let now = logic::now();
         let committed = self.conn.immediate_transaction::<_, ApiError, _>(|conn| {
             for job in &jobs {
@@ -428,6 +431,7 @@ impl Db {
                 let mut ctx = WriteCtx {
                     seq: &mut seq,
                     beats,
+                    tasks,
                     now: now.clone(),
                 };
                 let result = match job {
@@ -449,6 +453,8 @@ impl Db {
         self.metrics.batch_size.observe(jobs.len() as f64);
         if let Err(e) = committed {
             self.beats = beats_before;
+            // Rows saved by the batch were rolled back with it.
+            self.tasks.clear();
             let overdue = Instant::now()
                 .checked_sub(self.config.heartbeat_timeout)
                 .unwrap_or_else(Instant::now);

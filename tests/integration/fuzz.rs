@@ -310,6 +310,7 @@ struct HandlerDb {
     conn: diesel::SqliteConnection,
     seq: i64,
     beats: HashMap<i64, String>,
+    tasks: taskwire::db::logic::TaskRows,
 }
 
 thread_local! {
@@ -359,13 +360,14 @@ proptest! {
                 let opened = taskwire::db::open(path.to_str().unwrap()).expect("open");
                 let mut conn = opened.conn;
                 taskwire::db::ensure_admin_token(&mut conn, Some("fuzz")).unwrap();
-                HandlerDb { _dir: dir, conn, seq: 0, beats: HashMap::new() }
+                HandlerDb { _dir: dir, conn, seq: 0, beats: HashMap::new(), tasks: Default::default() }
             });
             let mut seq = db.seq;
             let now = taskwire::db::logic::now();
             let beats = &mut db.beats;
+            let tasks = &mut db.tasks;
             let result = db.conn.immediate_transaction::<_, taskwire::error::ApiError, _>(|conn| {
-                let mut ctx = taskwire::db::logic::WriteCtx { seq: &mut seq, beats, now };
+                let mut ctx = taskwire::db::logic::WriteCtx { seq: &mut seq, beats, tasks, now };
                 taskwire::db::logic::execute(conn, &mut ctx, &who, &call)
             });
             match result {
@@ -377,6 +379,11 @@ proptest! {
                     db.seq = seq;
                 }
                 Err(e) => assert_ne!(e.code, ErrorCode::Internal, "{call:?} as {who:?}: {e}"),
+            }
+            // The rows the writer keeps are the rows on disk.
+            for task in db.tasks.iter() {
+                let on_disk = taskwire::db::queries::find_task(&mut db.conn, task.id).unwrap();
+                assert_eq!(on_disk.as_ref(), Some(task), "after {call:?}");
             }
         });
     }
