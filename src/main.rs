@@ -3,6 +3,9 @@
 use clap::{Parser, Subcommand};
 use taskwire::config::ServeArgs;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "taskwire",
