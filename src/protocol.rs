@@ -210,18 +210,30 @@ pub type Rejected = (Option<Ref>, ApiError);
 /// Parses one text frame into its `ref` and request. Whatever is wrong becomes
 /// the error to answer, with the `ref` when one could be read.
 pub fn parse_frame(text: &str) -> Result<(Ref, Request), Rejected> {
-    // Most frames are well-formed calls: read those in one pass, straight into
-    // their fields. Anything else, or anything wrong, takes the general path
-    // below, which tells exactly what is wrong.
-    if let Ok(f) = serde_json::from_str::<CallFrame>(text) {
-        if let (true, Some(reference), Some(method)) = (f.r#type == "call", ref_of(&f.r#ref), Method::parse(f.method)) {
-            if let Ok(op_id) = f.op_id.map(check_op_id).transpose() {
-                let params = Value::Object(f.params);
-                return Ok((reference, Request::Call(Call { method, params, op_id })));
-            }
-        }
+    match parse_call(text) {
+        Some(parsed) => Ok(parsed),
+        None => parse_any_frame(text),
     }
-    parse_any_frame(text)
+}
+
+/// Most frames are well-formed calls: those are read in one pass, straight
+/// into their fields. Anything else, or anything wrong, is `None`, for the
+/// general path to tell exactly what is wrong.
+fn parse_call(text: &str) -> Option<(Ref, Request)> {
+    // serde also reads a struct from an array, by position; a frame is an
+    // object only.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let f = serde_json::from_str::<CallFrame>(text).ok()?;
+    if f.r#type != "call" {
+        return None;
+    }
+    let reference = ref_of(&f.r#ref)?;
+    let method = Method::parse(f.method)?;
+    let op_id = f.op_id.map(check_op_id).transpose().ok()?;
+    let params = Value::Object(f.params);
+    Some((reference, Request::Call(Call { method, params, op_id })))
 }
 
 /// Parses any frame, as a JSON value first, so that whatever is wrong with it
@@ -654,16 +666,23 @@ mod tests {
             r#"{"type":"ping","ref":1,"method":"task.delete","params":{}}"#,
             r#"{"type":"call","ref":1,"method":"task.delete","params":{}} x"#,
             r#"{"type":"call","ref":1,"method":"task.delete","params":{}"#,
+            r#"["call",1,"task.delete",{"id":2}]"#,
+            r#" ["call",1,"task.delete",{"id":2},"k1"]"#,
         ];
-        for f in frames {
-            let one_pass = format!("{:?}", parse_frame(f));
-            assert_eq!(one_pass, format!("{:?}", parse_any_frame(f)), "{f}");
+        for (i, f) in frames.iter().enumerate() {
+            let one_pass = parse_call(f);
+            assert_eq!(one_pass.is_some(), i < 3, "{f}");
+            let general = parse_any_frame(f);
+            if let Some(parsed) = one_pass {
+                assert_eq!(Ok(parsed), general, "{f}");
+            }
+            assert_eq!(parse_frame(f), general, "{f}");
         }
-        assert!(parse_frame(frames[0]).is_ok());
         assert!(
             parse_frame(frames[13]).is_ok(),
             "escaped names are read the general way"
         );
+        assert!(parse_frame(frames[17]).is_err(), "a frame is an object, not an array");
     }
 
     #[test]

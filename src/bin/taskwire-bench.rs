@@ -718,8 +718,16 @@ fn fsync_ceiling(c: &Common, dur: Duration) -> Res<Fsync> {
 /// The fsync floor under a paced run: the same sync, each after `gap` of idle
 /// time, as the writes of a `fanout` run come. On a virtual disk a sync after
 /// an idle gap can take twice as long as back to back, and every event of
-/// such a run waits for one.
-fn fsync_paced(c: &Common, gap: Duration, samples: u64) -> Res<Fsync> {
+/// such a run waits for one. As many syncs as fit in 2 s, at most 200; a pace
+/// slower than 5 in 2 s is not measured.
+fn fsync_paced(c: &Common, gap: Duration) -> Res<Fsync> {
+    const BUDGET: Duration = Duration::from_secs(2);
+    let samples = (BUDGET.as_secs_f64() / gap.as_secs_f64()).min(200.0) as u64;
+    if samples < 5 {
+        return Err(format!(
+            "a pace of one write per {gap:?} is too slow to time in {BUDGET:?}"
+        ));
+    }
     let dir = c
         .db_dir
         .clone()
@@ -728,8 +736,8 @@ fn fsync_paced(c: &Common, gap: Duration, samples: u64) -> Res<Fsync> {
 }
 
 /// Times a 4 KiB overwrite plus `fdatasync`, for at least `dur` and `samples`
-/// syncs, back to back or with `gap` of sleep before each (the pace being
-/// what is measured).
+/// syncs after 5 unrecorded ones, back to back or with `gap` of sleep before
+/// each recorded one (the pace being what is measured).
 fn measure_fsync(dir: &Path, dur: Duration, samples: u64, gap: Option<Duration>) -> std::io::Result<Fsync> {
     let path = dir.join(format!(".taskwire-bench-fsync-{}", std::process::id()));
     let f = std::fs::OpenOptions::new()
@@ -749,7 +757,7 @@ fn measure_fsync(dir: &Path, dur: Duration, samples: u64, gap: Option<Duration>)
             break Ok(());
         }
         page[0] = i as u8;
-        if let Some(gap) = gap {
+        if let Some(gap) = gap.filter(|_| i >= 5) {
             std::thread::sleep(gap);
         }
         let t = Instant::now();
@@ -907,11 +915,12 @@ impl Tally {
 }
 
 async fn fanout(c: &Common, n: usize, w: usize, rate: f64, drain: Duration) -> Res<(Value, Vec<(String, String)>)> {
-    let (mut writer, hello) = connect(c).await?;
+    // The disk first, before any socket is open (a socket nobody reads for
+    // long would miss the server's pings).
     let fs = fsync_ceiling(c, Duration::from_millis(500));
-    // The same syncs at the writes' pace: about a second of them, 20 to 200.
     let gap = Duration::from_secs_f64(1.0 / rate);
-    let paced = fsync_paced(c, gap, (rate as u64).clamp(20, 200).min((3.0 * rate) as u64 + 5));
+    let paced = fsync_paced(c, gap);
+    let (mut writer, hello) = connect(c).await?;
     let task = bench_tasks(&mut writer, 1).await?[0];
 
     let pb = progress(c, n as u64, "connect");

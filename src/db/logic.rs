@@ -40,35 +40,68 @@ pub struct WriteCtx<'a> {
 }
 
 /// Task rows as this writer last saved them by an update. The Db actor is the
-/// only writer of tasks, so the next update of the same task need not read its
-/// row back: that read was about a fifth of the writer thread's instructions
-/// per update. A row is taken out while a call works on it and put back only
-/// once saved; the Db actor clears them all when a batch fails.
+/// only writer of tasks in this process, so the next update of the same task
+/// need not read its row back: that read was about a fifth of the writer
+/// thread's instructions per update. A row is taken out while a call works on
+/// it and put back only once saved; the Db actor clears them all when a batch
+/// fails, and when another connection (the `sqlite3` shell, another process)
+/// committed to the file since the last batch.
 #[derive(Default)]
-pub struct TaskRows(HashMap<i64, Task>);
+pub struct TaskRows {
+    rows: HashMap<i64, Task>,
+    /// About what the rows hold; past [`TaskRows::MAX_BYTES`] they are dropped
+    /// (and read again).
+    bytes: usize,
+    /// The file's `data_version` the rows are from.
+    data_version: Option<i64>,
+}
 
 impl TaskRows {
-    /// More rows than this and they are all dropped (and read again).
-    const MAX: usize = 100_000;
+    const MAX_BYTES: usize = 16 << 20;
 
     pub fn clear(&mut self) {
-        self.0.clear();
+        self.rows.clear();
+        self.bytes = 0;
+    }
+
+    /// Called at the start of each batch, inside its transaction: the rows
+    /// are dropped if another connection wrote to the file since.
+    pub fn follow(&mut self, data_version: i64) {
+        if self.data_version != Some(data_version) {
+            self.clear();
+            self.data_version = Some(data_version);
+        }
     }
 
     /// The rows held, to check them against the database.
     pub fn iter(&self) -> impl Iterator<Item = &Task> {
-        self.0.values()
+        self.rows.values()
+    }
+
+    fn size(task: &Task) -> usize {
+        std::mem::size_of::<Task>()
+            + task.title.len()
+            + task.description.len()
+            + task.status.len()
+            + task.created_at.len()
+            + task.updated_at.len()
     }
 
     fn take(&mut self, id: i64) -> Option<Task> {
-        self.0.remove(&id)
+        let task = self.rows.remove(&id)?;
+        self.bytes -= Self::size(&task);
+        Some(task)
     }
 
     fn put(&mut self, task: Task) {
-        if self.0.len() >= Self::MAX {
-            self.0.clear();
+        let size = Self::size(&task);
+        if self.bytes + size > Self::MAX_BYTES {
+            self.clear();
         }
-        self.0.insert(task.id, task);
+        self.bytes += size;
+        if let Some(old) = self.rows.insert(task.id, task) {
+            self.bytes -= Self::size(&old);
+        }
     }
 }
 

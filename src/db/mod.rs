@@ -422,6 +422,7 @@ impl Db {
         let tasks = &mut self.tasks;
         let now = logic::now();
         let committed = self.conn.immediate_transaction::<_, ApiError, _>(|conn| {
+            tasks.follow(q::data_version(conn)?);
             for job in &jobs {
                 let before = seq;
                 // No savepoint per write: `logic` checks every rule before its

@@ -109,6 +109,20 @@ pub fn open(path: &str) -> Result<SqliteConnection, String> {
     Ok(conn)
 }
 
+/// A number that changes whenever another connection (another process, the
+/// `sqlite3` shell) commits to the file; this connection's own commits leave
+/// it as it is.
+pub fn data_version(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        data_version: i64,
+    }
+    diesel::sql_query("PRAGMA data_version")
+        .get_result::<Row>(conn)
+        .map(|r| r.data_version)
+}
+
 pub fn get_meta(conn: &mut SqliteConnection, key: &str) -> QueryResult<Option<String>> {
     meta::table.find(key).select(meta::value).get_result(conn).optional()
 }

@@ -218,6 +218,31 @@ async fn each_change_bumps_the_version_by_one_and_stale_versions_conflict() {
     assert_eq!(agent["status"], "idle");
 }
 
+/// The writer keeps the task rows it saved, to skip reading them back; what
+/// another connection (the `sqlite3` shell, say) wrote to the file meanwhile
+/// must not be undone by the next update.
+#[tokio::test]
+async fn an_update_builds_on_what_another_connection_wrote() {
+    let app = spawn_app();
+    let id = app.create_task("first").await["id"].as_i64().unwrap();
+    let mut ws = app.ws().await;
+    ws.call_ok("task.update", json!({"id": id, "patch": {"status": "review"}}))
+        .await;
+    let mut shell = app.sqlite();
+    let sql = format!("UPDATE tasks SET title = 'from the shell', version = version + 1 WHERE id = {id}");
+    assert_eq!(shell.execute(&sql), 1);
+    let r = ws
+        .call_ok("task.update", json!({"id": id, "patch": {"priority": 2}}))
+        .await;
+    let task = &r["data"];
+    assert_eq!(task["title"], "from the shell", "{r}");
+    assert_eq!(task["status"], "review", "{r}");
+    assert_eq!(task["priority"], 2, "{r}");
+    assert_eq!(task["version"], 4, "created, updated, the shell, updated: {r}");
+    let title = shell.text(&format!("SELECT title AS v FROM tasks WHERE id = {id}"));
+    assert_eq!(title.as_deref(), Some("from the shell"));
+}
+
 #[tokio::test]
 async fn a_patch_that_changes_nothing_commits_nothing() {
     let app = spawn_app();

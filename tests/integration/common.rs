@@ -187,6 +187,10 @@ pub mod sqlite {
                 .pop()
                 .map(|r| r.v)
         }
+        /// Runs a statement; the number of rows it changed.
+        pub fn execute(&mut self, sql: &str) -> usize {
+            diesel::sql_query(sql).execute(&mut self.0).unwrap()
+        }
         /// One integer value of a query.
         pub fn int(&mut self, sql: &str) -> i64 {
             diesel::sql_query(sql)
