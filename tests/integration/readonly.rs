@@ -142,6 +142,12 @@ async fn a_read_only_database_refuses_writes_and_recovers() {
     let list: Value = app.get("/api/tasks").send().await.unwrap().json().await.unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
     assert_eq!(list["items"][0], task, "the refused update left no trace");
+    // Nor in what the writer keeps: the next update builds on the row on disk.
+    let r = writer
+        .call_ok("task.update", json!({"id": task["id"], "patch": {"priority": 3}}))
+        .await;
+    assert_eq!(r["data"]["version"], task["version"].as_i64().unwrap() + 1, "{r}");
+    assert_eq!(r["data"]["status"], task["status"], "{r}");
     eprintln!("a write to the read-only file was refused in {refused_in:?}");
 }
 
