@@ -3,6 +3,9 @@
 use clap::{Parser, Subcommand};
 use taskwire::config::ServeArgs;
 
+/// jemalloc: with glibc's malloc, freeing (often blocks another thread
+/// allocated) was a fifth of the writer thread's instructions; see
+/// docs/benchmarks.md.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
