@@ -76,7 +76,8 @@ struct Common {
     /// The server's pid, to read its CPU time and resident memory from /proc.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
-    /// A folder on the database's disk, to measure the fsync ceiling there.
+    /// A folder on the database's disk, to measure the fsync ceiling there (and,
+    /// for `fanout`, the fsync floor at the writes' pace).
     #[arg(long, global = true)]
     db_dir: Option<PathBuf>,
     /// Handshakes in flight at once while opening many sockets.
