@@ -3,7 +3,7 @@
 //! sends, so it commits and publishes the same way.
 
 use actix_web::dev::Payload;
-use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::header::{self, ContentType, HeaderMap};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::{ready, Ready};
 
 use crate::auth::Principal;
-use crate::db::{Committed, Execute, Read, Tokens};
+use crate::db::{Committed, Execute, Read, ReadChanges, Tokens};
 use crate::error::ApiError;
 use crate::protocol::{check_op_id, Call, Method, Topic};
 use crate::AppState;
@@ -518,7 +518,14 @@ async fn changes(app: web::Data<AppState>, _who: Principal, query: web::Query<Ha
             other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
         }
     }
-    Ok(HttpResponse::Ok().json(read(&app, Read::Changes { since, topic, limit }).await?))
+    let page = app
+        .db
+        .send(ReadChanges { since, topic, limit })
+        .await
+        .map_err(|_| ApiError::unavailable("the database is not running"))??;
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(String::from(Box::<str>::from(page))))
 }
 
 // ---- tokens ----

@@ -259,11 +259,24 @@ pub enum Read {
     Task(i64),
     Agents,
     Agent(i64),
-    Changes {
-        since: i64,
-        topic: Option<Topic>,
-        limit: i64,
-    },
+}
+
+/// A page of the change log for REST, as JSON text: its events are printed
+/// straight from the stored rows, not parsed into trees on the writer's thread.
+#[derive(Message)]
+#[rtype(result = "Result<Box<RawValue>, ApiError>")]
+pub struct ReadChanges {
+    pub since: i64,
+    pub topic: Option<Topic>,
+    pub limit: i64,
+}
+
+/// A change-log page as REST answers it.
+#[derive(Serialize)]
+struct ChangesPage<'a> {
+    epoch: &'a str,
+    seq: i64,
+    events: &'a [EventFrame<'a>],
 }
 
 /// Token administration (not changes: nothing is published).
@@ -652,38 +665,47 @@ impl Db {
             }
             Read::Agent(id) => logic::get_agent(&mut self.conn, &self.beats, id)?
                 .ok_or_else(|| ApiError::not_found(format!("agent {id} not found"))),
-            Read::Changes { since, topic, limit } => {
-                if since < self.floor {
-                    return Err(ApiError::gone(format!(
-                        "changes up to {} are no longer kept; load a snapshot",
-                        self.floor
-                    )));
-                }
-                let filter = topic.as_ref().map(Topic::filter);
-                // One page looks through at most `log_scan_window` changes; it is
-                // complete up to the end of that window, or up to its last
-                // event when `limit` cut it short.
-                let window_end = seq.min(since.saturating_add(self.config.log_scan_window));
-                let rows = q::changes_since(&mut self.conn, since, window_end, filter, limit)?;
-                let upto = if rows.len() as i64 == limit {
-                    rows.last().map_or(window_end, |r| r.seq)
-                } else {
-                    window_end
-                };
-                let events = rows
-                    .into_iter()
-                    .map(|r| {
-                        let c = logic::change_of_row(r)?;
-                        let t = topic.clone().unwrap_or(match c.entity {
-                            Entity::Task => Topic::Tasks,
-                            Entity::Agent => Topic::Agents,
-                        });
-                        Ok(c.event(&t))
-                    })
-                    .collect::<Result<Vec<_>, ApiError>>()?;
-                Ok(json!({"epoch": epoch, "seq": upto, "events": events}))
-            }
         }
+    }
+
+    /// A page of the change log after `since`.
+    fn changes(&mut self, msg: ReadChanges) -> Result<Box<RawValue>, ApiError> {
+        let ReadChanges { since, topic, limit } = msg;
+        if since < self.floor {
+            return Err(ApiError::gone(format!(
+                "changes up to {} are no longer kept; load a snapshot",
+                self.floor
+            )));
+        }
+        let filter = topic.as_ref().map(Topic::filter);
+        // One page looks through at most `log_scan_window` changes; it is
+        // complete up to the end of that window, or up to its last event when
+        // `limit` cut it short.
+        let window_end = self.seq.min(since.saturating_add(self.config.log_scan_window));
+        let rows = q::changes_since(&mut self.conn, since, window_end, filter, limit)?;
+        let upto = if rows.len() as i64 == limit {
+            rows.last().map_or(window_end, |r| r.seq)
+        } else {
+            window_end
+        };
+        let changes = rows
+            .into_iter()
+            .map(logic::change_of_row)
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let events: Vec<_> = changes
+            .iter()
+            .map(|c| match &topic {
+                Some(t) => c.frame(t),
+                None if c.entity == Entity::Task => c.frame(&Topic::Tasks),
+                None => c.frame(&Topic::Agents),
+            })
+            .collect();
+        let page = ChangesPage {
+            epoch: &self.position.epoch,
+            seq: upto,
+            events: &events,
+        };
+        to_raw_value(&page).map_err(ApiError::internal)
     }
 
     fn tokens(&mut self, msg: Tokens) -> Result<Value, ApiError> {
@@ -854,6 +876,13 @@ impl Handler<Read> for Db {
     type Result = Result<Value, ApiError>;
     fn handle(&mut self, msg: Read, _: &mut Context<Self>) -> Self::Result {
         self.read(msg)
+    }
+}
+
+impl Handler<ReadChanges> for Db {
+    type Result = Result<Box<RawValue>, ApiError>;
+    fn handle(&mut self, msg: ReadChanges, _: &mut Context<Self>) -> Self::Result {
+        self.changes(msg)
     }
 }
 
