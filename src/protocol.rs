@@ -47,12 +47,21 @@ impl Topic {
         }
     }
 
+    /// The collection topic of an entity kind: `tasks` or `agents`.
+    pub fn collection(entity: Entity) -> &'static Topic {
+        match entity {
+            Entity::Task => &Topic::Tasks,
+            Entity::Agent => &Topic::Agents,
+        }
+    }
+
     /// The topics a change of `entity` `id` is published on.
     pub fn for_entity(entity: Entity, id: i64) -> [Topic; 2] {
-        match entity {
-            Entity::Task => [Topic::Tasks, Topic::Task(id)],
-            Entity::Agent => [Topic::Agents, Topic::Agent(id)],
-        }
+        let single = match entity {
+            Entity::Task => Topic::Task(id),
+            Entity::Agent => Topic::Agent(id),
+        };
+        [Topic::collection(entity).clone(), single]
     }
 
     /// The changes this topic receives: an entity kind, and one entity of it

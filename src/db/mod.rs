@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use crate::auth::{self, authorize, Action, Principal, Role, TokenCache};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
-use crate::protocol::{Call, Change, Entity, EventFrame, Position, Ref, Topic};
+use crate::protocol::{Call, Change, EventFrame, Position, Ref, Topic};
 use crate::registry::{Hub, Published, RegistryHandle};
 use logic::{Outcome, TaskRows, WriteCtx};
 use queries as q;
@@ -694,11 +694,7 @@ impl Db {
             .collect::<Result<Vec<_>, ApiError>>()?;
         let events: Vec<_> = changes
             .iter()
-            .map(|c| match &topic {
-                Some(t) => c.frame(t),
-                None if c.entity == Entity::Task => c.frame(&Topic::Tasks),
-                None => c.frame(&Topic::Agents),
-            })
+            .map(|c| c.frame(topic.as_ref().unwrap_or(Topic::collection(c.entity))))
             .collect();
         let page = ChangesPage {
             epoch: &self.position.epoch,
