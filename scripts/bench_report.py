@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Summarises taskwire-bench JSON lines: medians per label against the targets
-of issue 8 (a Markdown table on stdout), and an SVG plot of fanout event
-latency percentiles against the number of subscribers.
+of issue 8 (a Markdown table on stdout), the fan-out beside the no-database
+reference (the `ref-*` labels, runs against examples/fanout_baseline.rs), and
+an SVG plot of fanout event latency percentiles against the number of
+subscribers.
 
     python3 scripts/bench_report.py RESULTS.jsonl [--svg docs/fanout-latency.svg]
 
@@ -111,6 +113,31 @@ def targets_table(by_label):
     return "\n".join(out)
 
 
+# taskwire's label → the reference's label, run right after it on the same machine.
+REFERENCE = [("floor-1", "ref-floor-1", "N=1, R=200/s, W=1,000"),
+             ("fanout-100", "ref-fanout-100", "N=100, R=200/s, W=1,000"),
+             ("fanout-1000", "ref-fanout-1000", "N=1,000, R=200/s, W=1,000"),
+             ("fanout-10000", "ref-fanout-10000", "N=10,000, R=10/s, W=200")]
+
+
+def reference_table(by_label):
+    """taskwire's fan-out beside the no-database reference's, medians of runs."""
+    out = ["| fanout | taskwire event p50 / p99 | reference event p50 / p99 | p99 ratio | "
+           "server CPU per event, taskwire / reference |",
+           "| --- | --- | --- | --- | --- |"]
+    for ours, ref, scenario in REFERENCE:
+        a, b = by_label.get(ours, []), by_label.get(ref, [])
+        if not a or not b:
+            continue
+        pa, pb = med(a, "event_latency_ms.p99"), med(b, "event_latency_ms.p99")
+        ratio = f"{pa / pb:.2f}×" if pa and pb else "-"
+        out.append(f"| {scenario} | {fmt(med(a, 'event_latency_ms.p50'))} / {fmt(pa)} ms | "
+                   f"{fmt(med(b, 'event_latency_ms.p50'))} / {fmt(pb)} ms | {ratio} | "
+                   f"{fmt(med(a, 'server_cpu_us_per_event'), '', 1)} / "
+                   f"{fmt(med(b, 'server_cpu_us_per_event'), ' µs', 1)} |")
+    return "\n".join(out) if len(out) > 2 else None
+
+
 def r_has(runs, key):
     return any(key in r for r in runs)
 
@@ -161,7 +188,8 @@ def svg_plot(runs, path, rate=10.0, writes=200):
     """Median event latency p50/p90/p99/max against subscribers, log–log."""
     pts = defaultdict(list)
     for r in runs:
-        if r.get("scenario") == "fanout" and r.get("rate") == rate and r.get("writes") == writes:
+        if (r.get("scenario") == "fanout" and r.get("rate") == rate and r.get("writes") == writes
+                and not (r.get("label") or "").startswith("ref-")):
             pts[r["subscribers"]].append(r)
     ns = sorted(pts)
     if not ns:
@@ -238,6 +266,10 @@ def main():
         by_label[r.get("label") or r.get("scenario")].append(r)
     print("## Against the targets\n")
     print(targets_table(by_label))
+    ref = reference_table(by_label)
+    if ref:
+        print("\n## Beside the no-database reference\n")
+        print(ref)
     print("\n## Every label\n")
     print(details_table(by_label))
     if a.svg:

@@ -3,13 +3,15 @@
 # run gets a fresh server on a fresh database, so no run inherits another's
 # memory or data. Appends one JSON line per run to OUT.
 #
-#   cargo build --release
+#   cargo build --release --bins --examples
 #   scripts/run-benchmarks.sh [OUT.jsonl]        # default bench-results.jsonl
 #   python3 scripts/bench_report.py OUT.jsonl --svg docs/fanout-latency.svg
 #
 # Environment: RUNS (default 3), PORT (18080), WORK (/tmp/bench: the database
 # folder, whose disk the fsync ceiling is measured on), BIN (target/release),
-# ONLY (a regex of labels to run), TASKWIRE_ADMIN_TOKEN (default: random).
+# ONLY (a regex of labels to run), TASKWIRE_ADMIN_TOKEN (default: random),
+# REFERENCE (default 1; 0 skips the ref-* runs against examples/fanout_baseline,
+# the no-database fan-out the fan-out figures are compared with).
 set -euo pipefail
 
 OUT=${1:-bench-results.jsonl}
@@ -18,9 +20,30 @@ PORT=${PORT:-18080}
 WORK=${WORK:-/tmp/bench}
 BIN=${BIN:-target/release}
 ONLY=${ONLY:-.}
+REFERENCE=${REFERENCE:-1}
 export TASKWIRE_ADMIN_TOKEN=${TASKWIRE_ADMIN_TOKEN:-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
 mkdir -p "$WORK"
 ulimit -n "$(ulimit -Hn)"
+
+# up: waits until the server just started listens on $PORT.
+up() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
+        sleep 0.05
+    done
+}
+
+# bench LABEL PID SCENARIO ARGS...: one bench run against PID, then PID stopped.
+bench() {
+    local label=$1 pid=$2
+    shift 2
+    echo "== $label (run $run of $RUNS): $*" >&2
+    "$BIN/taskwire-bench" --addr "127.0.0.1:$PORT" --server-pid "$pid" --db-dir "$WORK" \
+        --label "$label" "$@" >>"$OUT" || echo "   (exit status $?)" >&2
+    kill "$pid"
+    wait "$pid" || true
+    sleep 1 # let the sockets of this run leave TIME_WAIT's way
+}
 
 # one LABEL SCENARIO ARGS...: a fresh server, one bench run, the server stopped.
 one() {
@@ -31,23 +54,30 @@ one() {
     RUST_LOG=warn "$BIN/taskwire" serve --bind "127.0.0.1:$PORT" --db "$WORK/x.db" \
         >>"$WORK/server.log" 2>&1 &
     local pid=$!
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-        sleep 0.05
-    done
-    echo "== $label (run $run of $RUNS): $*" >&2
-    "$BIN/taskwire-bench" --addr "127.0.0.1:$PORT" --server-pid "$pid" --db-dir "$WORK" \
-        --label "$label" "$@" >>"$OUT" || echo "   (exit status $?)" >&2
-    kill "$pid"
-    wait "$pid" || true
-    sleep 1 # let the sockets of this run leave TIME_WAIT's way
+    up
+    bench "$label" "$pid" "$@"
+}
+
+# reference LABEL SCENARIO ARGS...: the same run against the no-database
+# fan-out of examples/fanout_baseline.rs, right after taskwire's.
+reference() {
+    local label=$1
+    shift
+    [[ $REFERENCE == 1 && $label =~ $ONLY ]] || return 0
+    "$BIN/examples/fanout_baseline" "127.0.0.1:$PORT" >>"$WORK/server.log" 2>&1 &
+    local pid=$!
+    up
+    bench "$label" "$pid" "$@"
 }
 
 for run in $(seq "$RUNS"); do
     # The targets of issue 8.
     one fanout-100 fanout -n 100 -w 1000 -r 200
+    reference ref-fanout-100 fanout -n 100 -w 1000 -r 200
     one fanout-1000 fanout -n 1000 -w 1000 -r 200
+    reference ref-fanout-1000 fanout -n 1000 -w 1000 -r 200
     one fanout-10000 fanout -n 10000 -w 200 -r 10
+    reference ref-fanout-10000 fanout -n 10000 -w 200 -r 10
     one writes-32 writes -c 32 -s 10
     one writes-1 writes -c 1 -s 10
     one conns-5000 conns -n 5000
@@ -58,4 +88,5 @@ for run in $(seq "$RUNS"); do
     one sweep-5000 fanout -n 5000 -w 200 -r 10
     # The floor under fanout-100: the same writes with a single subscriber.
     one floor-1 fanout -n 1 -w 1000 -r 200
+    reference ref-floor-1 fanout -n 1 -w 1000 -r 200
 done
