@@ -4,8 +4,10 @@
 //!
 //! It speaks only the part of the protocol `taskwire-bench fanout` uses (hello,
 //! subscribe and unsubscribe of `tasks`, `task.create` and `task.update` calls,
-//! and events of the same shape and size as taskwire's), keeps one task in
-//! memory and writes nothing to disk. Issue 8's fan-out targets were set from
+//! and events with the same fields as taskwire's, about 8% larger), keeps one
+//! task in memory and writes nothing to disk. It copies each event into every
+//! subscriber's frame, as a plain tungstenite server does; taskwire encodes an
+//! event once and shares it. Issue 8's fan-out targets were set from
 //! a server like this one; running the same generator against it on the same
 //! machine shows how much of a fan-out figure is the machine and the generator,
 //! and how much is taskwire (see docs/benchmarks.md).
@@ -32,6 +34,10 @@ struct Shared {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18090".into());
+    // Thousands of sockets need more than the usual soft limit of 1,024 files.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("fanout_baseline: could not raise the open-file limit: {e}");
+    }
     let listener = TcpListener::bind(&addr).await?;
     eprintln!("fanout_baseline listening on {}", listener.local_addr()?);
     let (events, _) = broadcast::channel(4096);
@@ -46,8 +52,16 @@ async fn main() -> std::io::Result<()> {
         events,
     }));
     loop {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+        // One failed accept (out of files, a reset handshake) ends one socket,
+        // not the server.
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                eprintln!("fanout_baseline: accept: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
         tokio::spawn(serve(stream, shared.clone()));
     }
 }
@@ -75,19 +89,33 @@ async fn serve(stream: TcpStream, shared: Arc<Mutex<Shared>>) {
                     return;
                 }
             }
-            e = async { events.as_mut().expect("guarded by the select").recv().await }, if events.is_some() => {
+            e = next_event(&mut events), if events.is_some() => {
                 match e {
                     Ok(frame) => {
                         if ws.send(Message::Text(frame.to_string())).await.is_err() {
                             return;
                         }
                     }
-                    // A lagging reader loses events: the generator counts them.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    // A reader more than the channel's 4,096 events behind
+                    // loses some; the generator counts them as lost.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!("fanout_baseline: a socket lagged and lost {n} events");
+                        continue;
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
         }
+    }
+}
+
+/// The next event for a subscribed socket (never ready for one that is not).
+async fn next_event(
+    events: &mut Option<broadcast::Receiver<Arc<str>>>,
+) -> Result<Arc<str>, broadcast::error::RecvError> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,7 +5,7 @@ reference (the `ref-*` labels, runs against examples/fanout_baseline.rs), and
 an SVG plot of fanout event latency percentiles against the number of
 subscribers.
 
-    python3 scripts/bench_report.py RESULTS.jsonl [--svg docs/fanout-latency.svg]
+    python3 scripts/bench_report.py RESULTS.jsonl [--svg docs/benchmarks-fanout-latency.svg]
 
 Only the Python standard library is used.
 """

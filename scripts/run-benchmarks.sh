@@ -5,11 +5,12 @@
 #
 #   cargo build --release --bins --examples
 #   scripts/run-benchmarks.sh [OUT.jsonl]        # default bench-results.jsonl
-#   python3 scripts/bench_report.py OUT.jsonl --svg docs/fanout-latency.svg
+#   python3 scripts/bench_report.py OUT.jsonl --svg docs/benchmarks-fanout-latency.svg
 #
 # Environment: RUNS (default 3), PORT (18080), WORK (/tmp/bench: the database
 # folder, whose disk the fsync ceiling is measured on), BIN (target/release),
-# ONLY (a regex of labels to run), TASKWIRE_ADMIN_TOKEN (default: random),
+# ONLY (a regex of labels to run; unanchored, so ONLY=fanout-100 also runs
+# ref-fanout-100), TASKWIRE_ADMIN_TOKEN (default: random),
 # REFERENCE (default 1; 0 skips the ref-* runs against examples/fanout_baseline,
 # the no-database fan-out the fan-out figures are compared with).
 set -euo pipefail
@@ -25,12 +26,19 @@ export TASKWIRE_ADMIN_TOKEN=${TASKWIRE_ADMIN_TOKEN:-bench-$(od -An -N16 -tx1 /de
 mkdir -p "$WORK"
 ulimit -n "$(ulimit -Hn)"
 
+if [[ $REFERENCE == 1 && ! -x $BIN/examples/fanout_baseline ]]; then
+    echo "no $BIN/examples/fanout_baseline: cargo build --release --bins --examples (or REFERENCE=0)" >&2
+    exit 2
+fi
+
 # up: waits until the server just started listens on $PORT.
 up() {
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
         sleep 0.05
     done
+    echo "   (nothing listens on port $PORT after 5 s)" >&2
+    return 1
 }
 
 # bench LABEL PID SCENARIO ARGS...: one bench run against PID, then PID stopped.
@@ -40,7 +48,8 @@ bench() {
     echo "== $label (run $run of $RUNS): $*" >&2
     "$BIN/taskwire-bench" --addr "127.0.0.1:$PORT" --server-pid "$pid" --db-dir "$WORK" \
         --label "$label" "$@" >>"$OUT" || echo "   (exit status $?)" >&2
-    kill "$pid"
+    # A server that already exited is not a reason to stop the suite.
+    kill "$pid" 2>/dev/null || true
     wait "$pid" || true
     sleep 1 # let the sockets of this run leave TIME_WAIT's way
 }
@@ -54,7 +63,7 @@ one() {
     RUST_LOG=warn "$BIN/taskwire" serve --bind "127.0.0.1:$PORT" --db "$WORK/x.db" \
         >>"$WORK/server.log" 2>&1 &
     local pid=$!
-    up
+    up || true
     bench "$label" "$pid" "$@"
 }
 
@@ -66,7 +75,7 @@ reference() {
     [[ $REFERENCE == 1 && $label =~ $ONLY ]] || return 0
     "$BIN/examples/fanout_baseline" "127.0.0.1:$PORT" >>"$WORK/server.log" 2>&1 &
     local pid=$!
-    up
+    up || true
     bench "$label" "$pid" "$@"
 }
 
