@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::{ready, Ready};
 
 use crate::auth::Principal;
-use crate::db::{Committed, Execute, Read, ReadChanges, Tokens};
+use crate::db::{Committed, Db, Execute, Read, ReadChanges, Tokens};
 use crate::error::ApiError;
 use crate::protocol::{check_op_id, Call, Method, Topic};
 use crate::AppState;
@@ -208,7 +208,7 @@ async fn login(app: web::Data<AppState>, query: web::Query<HashMap<String, Strin
         .tokens
         .verify(token)
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
-    let session = tokens(&app, Tokens::Login { by: who }).await?;
+    let session = ask(&app, Tokens::Login { by: who }).await?;
     let secret = session["secret"].as_str().unwrap_or_default().to_string();
     let cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, secret)
         .path("/")
@@ -235,7 +235,7 @@ const LOGIN_FORM: &str = r#"<!doctype html>
 /// Ends the browser session and forgets the cookie.
 async fn logout(app: web::Data<AppState>, req: HttpRequest) -> Res {
     if let Some(cookie) = req.cookie(SESSION_COOKIE) {
-        tokens(
+        ask(
             &app,
             Tokens::Logout {
                 secret: cookie.value().to_string(),
@@ -318,15 +318,18 @@ async fn execute(
         params,
         op_id: op_id(req)?,
     };
-    app.db
-        .send(Execute { principal: who, call })
-        .await
-        .map_err(|_| ApiError::unavailable("the database is not running"))?
+    ask(app, Execute { principal: who, call }).await
 }
 
-async fn read(app: &AppState, r: Read) -> Result<Value, ApiError> {
+/// Sends a message to the Db actor and waits for its answer.
+async fn ask<M, T>(app: &AppState, msg: M) -> Result<T, ApiError>
+where
+    M: actix::Message<Result = Result<T, ApiError>> + Send + 'static,
+    T: Send + 'static,
+    Db: actix::Handler<M>,
+{
     app.db
-        .send(r)
+        .send(msg)
         .await
         .map_err(|_| ApiError::unavailable("the database is not running"))?
 }
@@ -377,7 +380,7 @@ async fn create(app: &AppState, req: &HttpRequest, who: Principal, payload: web:
 
 async fn get_one(app: &AppState, id: &str, kind: Kind) -> Res {
     let id = path_id(id)?;
-    let entity = read(
+    let entity = ask(
         app,
         match kind {
             Kind::Task => Read::Task(id),
@@ -429,11 +432,11 @@ async fn list_tasks(app: web::Data<AppState>, _who: Principal, query: web::Query
             other => return Err(ApiError::bad_request(format!("unknown filter {other:?}"))),
         }
     }
-    Ok(HttpResponse::Ok().json(read(&app, Read::Tasks { status, assignee_id }).await?))
+    Ok(HttpResponse::Ok().json(ask(&app, Read::Tasks { status, assignee_id }).await?))
 }
 
 async fn list_agents(app: web::Data<AppState>, _who: Principal) -> Res {
-    Ok(HttpResponse::Ok().json(read(&app, Read::Agents).await?))
+    Ok(HttpResponse::Ok().json(ask(&app, Read::Agents).await?))
 }
 
 async fn create_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, payload: web::Payload) -> Res {
@@ -518,24 +521,13 @@ async fn changes(app: web::Data<AppState>, _who: Principal, query: web::Query<Ha
             other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
         }
     }
-    let page = app
-        .db
-        .send(ReadChanges { since, topic, limit })
-        .await
-        .map_err(|_| ApiError::unavailable("the database is not running"))??;
+    let page = ask(&app, ReadChanges { since, topic, limit }).await?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(String::from(Box::<str>::from(page))))
 }
 
 // ---- tokens ----
-
-async fn tokens(app: &AppState, msg: Tokens) -> Result<Value, ApiError> {
-    app.db
-        .send(msg)
-        .await
-        .map_err(|_| ApiError::unavailable("the database is not running"))?
-}
 
 async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Payload) -> Res {
     #[derive(serde::Deserialize)]
@@ -551,7 +543,7 @@ async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Pa
     let b: NewToken = crate::protocol::from_value(Value::Object(body(&app, payload, false).await?))?;
     let role = b.role.ok_or_else(|| ApiError::invalid("role is required"))?;
     let name = b.name.ok_or_else(|| ApiError::invalid("name is required"))?;
-    let created = tokens(
+    let created = ask(
         &app,
         Tokens::Create {
             by: who,
@@ -565,11 +557,11 @@ async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Pa
 }
 
 async fn list_tokens(app: web::Data<AppState>, who: Principal) -> Res {
-    Ok(HttpResponse::Ok().json(tokens(&app, Tokens::List { by: who }).await?))
+    Ok(HttpResponse::Ok().json(ask(&app, Tokens::List { by: who }).await?))
 }
 
 async fn revoke_token(app: web::Data<AppState>, who: Principal, id: web::Path<String>) -> Res {
     let id = path_id(&id)?;
-    tokens(&app, Tokens::Revoke { by: who, id }).await?;
+    ask(&app, Tokens::Revoke { by: who, id }).await?;
     Ok(HttpResponse::NoContent().finish())
 }
