@@ -113,29 +113,26 @@ def targets_table(by_label):
     return "\n".join(out)
 
 
-# taskwire's label → the reference's label, run right after it on the same machine.
-REFERENCE = [("floor-1", "ref-floor-1", "N=1, R=200/s, W=1,000"),
-             ("fanout-100", "ref-fanout-100", "N=100, R=200/s, W=1,000"),
-             ("fanout-1000", "ref-fanout-1000", "N=1,000, R=200/s, W=1,000"),
-             ("fanout-10000", "ref-fanout-10000", "N=10,000, R=10/s, W=200")]
-
-
 def reference_table(by_label):
-    """taskwire's fan-out beside the no-database reference's, medians of runs."""
+    """taskwire's fan-out beside the no-database reference's, medians of runs:
+    each `ref-X` label against `X`, run right after it on the same machine."""
     out = ["| fanout | taskwire event p50 / p99 | reference event p50 / p99 | p99 ratio | "
            "server CPU per event, taskwire / reference |",
            "| --- | --- | --- | --- | --- |"]
-    for ours, ref, scenario in REFERENCE:
-        a, b = by_label.get(ours, []), by_label.get(ref, [])
-        if not a or not b:
-            continue
+    pairs = [(label[len("ref-"):], label) for label in by_label if label.startswith("ref-")]
+    pairs = [(ours, ref) for ours, ref in pairs if by_label.get(ours)]
+    pairs.sort(key=lambda p: by_label[p[0]][0].get("subscribers") or 0)
+    for ours, ref in pairs:
+        a, b = by_label[ours], by_label[ref]
+        r = a[0]
+        scenario = f"N={r.get('subscribers'):,}, R={r.get('rate'):g}/s, W={r.get('writes'):,}"
         pa, pb = med(a, "event_latency_ms.p99"), med(b, "event_latency_ms.p99")
         ratio = f"{pa / pb:.2f}×" if pa and pb else "-"
         out.append(f"| {scenario} | {fmt(med(a, 'event_latency_ms.p50'))} / {fmt(pa)} ms | "
                    f"{fmt(med(b, 'event_latency_ms.p50'))} / {fmt(pb)} ms | {ratio} | "
                    f"{fmt(med(a, 'server_cpu_us_per_event'), '', 1)} / "
                    f"{fmt(med(b, 'server_cpu_us_per_event'), ' µs', 1)} |")
-    return "\n".join(out) if len(out) > 2 else None
+    return "\n".join(out) if pairs else None
 
 
 def r_has(runs, key):
