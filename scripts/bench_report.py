@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Summarises taskwire-bench JSON lines: medians per label against the targets
 of issue 8 (a Markdown table on stdout), the fan-out beside the no-database
-reference (the `ref-*` labels, runs against examples/fanout_baseline.rs), and
-an SVG plot of fanout event latency percentiles against the number of
+reference (the `ref-*` labels, runs against examples/fanout_baseline.rs), every
+target's scenario beside the seed's design (the `seed-*` labels, runs against
+bench/seed-node), and an SVG plot of fanout event latency percentiles against the number of
 subscribers.
 
     python3 scripts/bench_report.py RESULTS.jsonl [--svg docs/benchmarks-fanout-latency.svg]
@@ -135,6 +136,31 @@ def reference_table(by_label):
     return "\n".join(out) if pairs else None
 
 
+def seed_table(by_label):
+    """taskwire beside the seed's design (Node, ws, better-sqlite3 with group
+    commit), medians of runs: each `seed-X` label against `X`, for the targets'
+    scenarios. The better of the two is in bold."""
+    out = ["| scenario | figure | taskwire | seed's design | taskwire's advantage |",
+           "| --- | --- | --- | --- | --- |"]
+    rows = 0
+    for label, scenario, _target, checks in TARGETS:
+        ours, seed = by_label.get(label), by_label.get("seed-" + label)
+        if not ours or not seed:
+            continue
+        for what, path, unit, _limit, at_most in checks:
+            a, b = med(ours, path), med(seed, path)
+            if a is None or b is None:
+                continue
+            better = (a <= b) if at_most else (a >= b)
+            adv = (b / a if at_most else a / b) if a and b else None
+            fa, fb = fmt(a, unit), fmt(b, unit)
+            fa, fb = (f"**{fa}**", fb) if better else (fa, f"**{fb}**")
+            out.append(f"| {scenario} | {what} | {fa} | {fb} | "
+                       f"{'-' if adv is None else f'{adv:.2f}×'} |")
+            rows += 1
+    return "\n".join(out) if rows else None
+
+
 def r_has(runs, key):
     return any(key in r for r in runs)
 
@@ -186,7 +212,7 @@ def svg_plot(runs, path, rate=10.0, writes=200):
     pts = defaultdict(list)
     for r in runs:
         if (r.get("scenario") == "fanout" and r.get("rate") == rate and r.get("writes") == writes
-                and not (r.get("label") or "").startswith("ref-")):
+                and not (r.get("label") or "").startswith(("ref-", "seed-"))):
             pts[r["subscribers"]].append(r)
     ns = sorted(pts)
     if not ns:
@@ -267,6 +293,10 @@ def main():
     if ref:
         print("\n## Beside the no-database reference\n")
         print(ref)
+    seed = seed_table(by_label)
+    if seed:
+        print("\n## Beside the seed's design\n")
+        print(seed)
     print("\n## Every label\n")
     print(details_table(by_label))
     if a.svg:

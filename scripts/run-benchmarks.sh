@@ -12,7 +12,10 @@
 # ONLY (a regex of labels to run; unanchored, so ONLY=fanout-100 also runs
 # ref-fanout-100), TASKWIRE_ADMIN_TOKEN (default: random),
 # REFERENCE (default 1; 0 skips the ref-* runs against examples/fanout_baseline,
-# the no-database fan-out the fan-out figures are compared with).
+# the no-database fan-out the fan-out figures are compared with),
+# SEED (default 1; 0 skips the seed-* runs against bench/seed-node, the seed's
+# design in Node that taskwire must beat; needs node and npm, and installs the
+# reference's packages with `npm ci` on first use).
 set -euo pipefail
 
 OUT=${1:-bench-results.jsonl}
@@ -22,6 +25,8 @@ WORK=${WORK:-/tmp/bench}
 BIN=${BIN:-target/release}
 ONLY=${ONLY:-.}
 REFERENCE=${REFERENCE:-1}
+SEED=${SEED:-1}
+SEED_DIR=$(dirname "$0")/../bench/seed-node
 export TASKWIRE_ADMIN_TOKEN=${TASKWIRE_ADMIN_TOKEN:-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
 mkdir -p "$WORK"
 ulimit -n "$(ulimit -Hn)"
@@ -29,6 +34,11 @@ ulimit -n "$(ulimit -Hn)"
 if [[ $REFERENCE == 1 && ! -x $BIN/examples/fanout_baseline ]]; then
     echo "no $BIN/examples/fanout_baseline: cargo build --release --bins --examples (or REFERENCE=0)" >&2
     exit 2
+fi
+
+if [[ $SEED == 1 && ! -d $SEED_DIR/node_modules ]]; then
+    command -v npm >/dev/null || { echo "no npm for the seed reference (or SEED=0)" >&2; exit 2; }
+    npm ci --prefix "$SEED_DIR" --no-audit --no-fund >&2
 fi
 
 # up: waits until the server just started listens on $PORT.
@@ -79,18 +89,39 @@ reference() {
     bench "$label" "$pid" "$@"
 }
 
+# seed LABEL SCENARIO ARGS...: the same run against the seed's design
+# (bench/seed-node: Node, ws, better-sqlite3 with group commit), on a fresh
+# database on the same disk.
+seed() {
+    local label=$1
+    shift
+    [[ $SEED == 1 && $label =~ $ONLY ]] || return 0
+    rm -f "$WORK"/seed.db "$WORK"/seed.db-wal "$WORK"/seed.db-shm
+    node "$SEED_DIR/server.js" "127.0.0.1:$PORT" "$WORK/seed.db" >>"$WORK/server.log" 2>&1 &
+    local pid=$!
+    up || true
+    bench "$label" "$pid" "$@"
+}
+
 for run in $(seq "$RUNS"); do
     # The targets of issue 8.
     one fanout-100 fanout -n 100 -w 1000 -r 200
     reference ref-fanout-100 fanout -n 100 -w 1000 -r 200
+    seed seed-fanout-100 fanout -n 100 -w 1000 -r 200
     one fanout-1000 fanout -n 1000 -w 1000 -r 200
     reference ref-fanout-1000 fanout -n 1000 -w 1000 -r 200
+    seed seed-fanout-1000 fanout -n 1000 -w 1000 -r 200
     one fanout-10000 fanout -n 10000 -w 200 -r 10
     reference ref-fanout-10000 fanout -n 10000 -w 200 -r 10
+    seed seed-fanout-10000 fanout -n 10000 -w 200 -r 10
     one writes-32 writes -c 32 -s 10
+    seed seed-writes-32 writes -c 32 -s 10
     one writes-1 writes -c 1 -s 10
+    seed seed-writes-1 writes -c 1 -s 10
     one conns-5000 conns -n 5000
+    seed seed-conns-5000 conns -n 5000
     one resume-1000 resume -n 1000 -m 100
+    seed seed-resume-1000 resume -n 1000 -m 100
     # The plot: event latency against subscribers at one rate (10000 is above).
     one sweep-100 fanout -n 100 -w 200 -r 10
     one sweep-1000 fanout -n 1000 -w 200 -r 10
