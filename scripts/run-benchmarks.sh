@@ -10,7 +10,7 @@
 # Environment: RUNS (default 3), PORT (18080), WORK (/tmp/bench: the database
 # folder, whose disk the fsync ceiling is measured on), BIN (target/release),
 # ONLY (a regex of labels to run; unanchored, so ONLY=fanout-100 also runs
-# ref-fanout-100), TASKWIRE_ADMIN_TOKEN (default: random),
+# ref-fanout-100 and seed-fanout-100), TASKWIRE_ADMIN_TOKEN (default: random),
 # REFERENCE (default 1; 0 skips the ref-* runs against examples/fanout_baseline,
 # the no-database fan-out the fan-out figures are compared with),
 # SEED (default 1; 0 skips the seed-* runs against bench/seed-node, the seed's
@@ -26,7 +26,7 @@ BIN=${BIN:-target/release}
 ONLY=${ONLY:-.}
 REFERENCE=${REFERENCE:-1}
 SEED=${SEED:-1}
-SEED_DIR=$(dirname "$0")/../bench/seed-node
+SEED_DIR=$(cd "$(dirname "$0")/.." && pwd)/bench/seed-node
 export TASKWIRE_ADMIN_TOKEN=${TASKWIRE_ADMIN_TOKEN:-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
 mkdir -p "$WORK"
 ulimit -n "$(ulimit -Hn)"
@@ -36,9 +36,13 @@ if [[ $REFERENCE == 1 && ! -x $BIN/examples/fanout_baseline ]]; then
     exit 2
 fi
 
-if [[ $SEED == 1 && ! -d $SEED_DIR/node_modules ]]; then
-    command -v npm >/dev/null || { echo "no npm for the seed reference (or SEED=0)" >&2; exit 2; }
-    npm ci --prefix "$SEED_DIR" --no-audit --no-fund >&2
+if [[ $SEED == 1 ]]; then
+    command -v node >/dev/null && command -v npm >/dev/null ||
+        { echo "no node or npm for the seed's design (or SEED=0)" >&2; exit 2; }
+    # Installed once; again if a package is missing or was built for another node.
+    if ! (cd "$SEED_DIR" && node -e "require('better-sqlite3'); require('ws'); require('express')") 2>/dev/null; then
+        npm ci --prefix "$SEED_DIR" --no-audit --no-fund >&2
+    fi
 fi
 
 # up: waits until the server just started listens on $PORT.

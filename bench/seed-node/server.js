@@ -6,11 +6,15 @@
 //
 // It keeps what makes the comparison fair: every acknowledged write is durable
 // (WAL, synchronous = FULL), the writes that arrive in one turn of the event
-// loop share one transaction (group commit), each event is serialized once and
-// its text sent to every subscriber, and changes are kept in a log that a
-// resume replays. It speaks only the part of the protocol taskwire-bench uses:
-// hello, subscribe (fresh or resumed) and unsubscribe of `tasks`, ping, and the
-// calls `task.create` and `task.update`. It is not part of taskwire.
+// loop share one transaction (group commit), each event is serialized and
+// encoded once and sent to every subscriber, and changes are kept in a log
+// that a resume replays. It speaks only the part of the protocol
+// taskwire-bench uses, with taskwire's frames: hello, subscribe (fresh or
+// resumed) and unsubscribe of `tasks`, ping, and the calls `task.create` and
+// `task.update`. It leaves out what the generator does not exercise (other
+// topics and entities, op_id, WebSocket pings, rate limits, a cap on a slow
+// socket's queue, hashed tokens), all of which would cost it a little more.
+// It is not part of taskwire.
 //
 //   npm ci --prefix bench/seed-node
 //   node bench/seed-node/server.js 127.0.0.1:18091 /tmp/seed.db
@@ -49,6 +53,7 @@ db.exec(`
     topic TEXT NOT NULL,
     frame TEXT NOT NULL
   );
+  CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 `);
 const q = {
   task: db.prepare('SELECT * FROM tasks WHERE id = ?'),
@@ -67,12 +72,20 @@ const q = {
   head: db.prepare('SELECT coalesce(max(seq), 0) AS seq FROM changes'),
 };
 
-// A new epoch per start, as taskwire's resume contract allows: a client from
-// before a restart gets a fresh snapshot, never a wrong replay.
-const epoch = crypto.randomBytes(9).toString('base64url');
+// The epoch is fixed when the database is created, as the contract says.
+db.prepare('INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)').run('epoch', crypto.randomBytes(9).toString('base64url'));
+const epoch = db.prepare("SELECT value FROM meta WHERE key = 'epoch'").get().value;
 let seq = q.head.get().seq;
 const subscribers = new Set();
 const FIELDS = ['title', 'description', 'status', 'priority', 'assignee_id'];
+// What each field may hold; anything else is refused before it reaches SQL.
+const VALID = {
+  title: (v) => typeof v === 'string' && v.trim() !== '' && v.length <= 200,
+  description: (v) => typeof v === 'string' && v.length <= 20000,
+  status: (v) => ['todo', 'in_progress', 'blocked', 'review', 'done'].includes(v),
+  priority: (v) => Number.isInteger(v) && v >= 0 && v <= 3,
+  assignee_id: (v) => v === null || (Number.isInteger(v) && v > 0),
+};
 
 // Writes wait here for the next group commit: every call that arrives before
 // the event loop's next turn shares one transaction and one fsync.
@@ -83,8 +96,19 @@ function enqueue(job) {
   if (pending.length === 1) setImmediate(flush);
 }
 
+// Each call in a savepoint of its own (better-sqlite3 nests transactions that
+// way), so one that fails takes nothing else in its group with it.
+const applyOne = db.transaction(apply);
 const commit = db.transaction((jobs) => {
-  for (const job of jobs) job.result = apply(job);
+  for (const job of jobs) {
+    const before = seq;
+    try {
+      job.result = applyOne(job);
+    } catch (e) {
+      seq = before;
+      job.result = { error: { code: 'bad_request', message: String(e.message) } };
+    }
+  }
 });
 
 function flush() {
@@ -105,8 +129,12 @@ function flush() {
       reply(job.ws, job.ref, { ok: false, error: r.error });
       continue;
     }
-    job.ws.send(`{"type":"reply","ref":${JSON.stringify(job.ref)},"ok":true,"seq":${r.seq},"data":${r.data}}`);
-    if (r.frame) for (const s of subscribers) if (s.readyState === 1) s.send(r.frame);
+    const seqField = r.frame ? `"seq":${r.seq},` : '';
+    job.ws.send(`{"type":"reply","ref":${JSON.stringify(job.ref)},"ok":true,${seqField}"data":${r.data}}`);
+    if (!r.frame) continue;
+    // Encoded once: ws would otherwise turn the text into bytes per socket.
+    const bytes = Buffer.from(r.frame);
+    for (const s of subscribers) if (s.readyState === 1) s.send(bytes, { binary: false });
   }
 }
 
@@ -116,25 +144,28 @@ function apply({ method, params }) {
   let task;
   let event;
   let changed;
+  const given = method === 'task.create' ? params : params.patch;
+  if (!given || typeof given !== 'object') return { error: { code: 'bad_request', message: 'no fields' } };
+  const bad = FIELDS.find((f) => given[f] !== undefined && !VALID[f](given[f]));
+  if (bad) return { error: { code: 'invalid', message: `bad ${bad}` } };
   if (method === 'task.create') {
-    if (typeof params.title !== 'string' || params.title === '') {
-      return { error: { code: 'invalid', message: 'title is required' } };
-    }
-    const row = { title: params.title, description: '', status: 'todo', priority: 0, assignee_id: null, created_at: now, updated_at: now };
-    for (const f of FIELDS) if (params[f] !== undefined) row[f] = params[f];
+    if (given.title === undefined) return { error: { code: 'invalid', message: 'title is required' } };
+    const row = { description: '', status: 'todo', priority: 0, assignee_id: null, created_at: now, updated_at: now };
+    for (const f of FIELDS) if (given[f] !== undefined) row[f] = given[f];
     const id = q.insert.run(row).lastInsertRowid;
     task = q.task.get(id);
     event = 'task.created';
+    changed = Object.keys(task).filter((k) => k !== 'version' && k !== 'updated_at');
   } else {
+    if (!Number.isInteger(params.id) || params.id < 1) return { error: { code: 'bad_request', message: '`id` must be a positive integer' } };
     task = q.task.get(params.id);
     if (!task) return { error: { code: 'not_found', message: `no task ${params.id}` } };
-    const patch = params.patch || {};
-    changed = FIELDS.filter((f) => patch[f] !== undefined && patch[f] !== task[f]);
-    if (changed.length === 0) return { seq: null, data: JSON.stringify(task) };
-    for (const f of changed) task[f] = patch[f];
+    // As taskwire: `changed` leaves out what every change sets.
+    changed = FIELDS.filter((f) => given[f] !== undefined && given[f] !== task[f]);
+    if (changed.length === 0) return { data: JSON.stringify(task) };
+    for (const f of changed) task[f] = given[f];
     task.version += 1;
     task.updated_at = now;
-    changed.push('updated_at', 'version');
     q.update.run(task);
     event = 'task.updated';
   }
@@ -142,8 +173,7 @@ function apply({ method, params }) {
   const data = JSON.stringify(task);
   const frame =
     `{"type":"event","topic":"tasks","seq":${seq},"event":"${event}",` +
-    (changed ? `"changed":${JSON.stringify(changed)},` : '') +
-    `"data":${data}}`;
+    `"changed":${JSON.stringify(changed)},"data":${data}}`;
   q.log.run(seq, 'tasks', frame);
   return { seq, data, frame };
 }
@@ -157,7 +187,10 @@ function onFrame(ws, text) {
   try {
     f = JSON.parse(text);
   } catch {
-    ws.send(JSON.stringify({ type: 'error', error: { code: 'bad_frame', message: 'not JSON' } }));
+    f = null;
+  }
+  if (!f || typeof f !== 'object' || Array.isArray(f)) {
+    ws.send(JSON.stringify({ type: 'error', error: { code: 'bad_frame', message: 'not a JSON object' } }));
     return;
   }
   const ref = f.ref;
