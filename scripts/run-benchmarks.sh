@@ -68,44 +68,40 @@ bench() {
     sleep 1 # let the sockets of this run leave TIME_WAIT's way
 }
 
-# one LABEL SCENARIO ARGS...: a fresh server, one bench run, the server stopped.
-one() {
-    local label=$1
-    shift
-    [[ $label =~ $ONLY ]] || return 0
+# Each start_* starts one kind of server in the background, on $PORT.
+start_taskwire() {
     rm -f "$WORK"/x.db "$WORK"/x.db-wal "$WORK"/x.db-shm
     RUST_LOG=warn "$BIN/taskwire" serve --bind "127.0.0.1:$PORT" --db "$WORK/x.db" \
         >>"$WORK/server.log" 2>&1 &
-    local pid=$!
-    up || true
-    bench "$label" "$pid" "$@"
 }
-
-# reference LABEL SCENARIO ARGS...: the same run against the no-database
-# fan-out of examples/fanout_baseline.rs, right after taskwire's.
-reference() {
-    local label=$1
-    shift
-    [[ $REFERENCE == 1 && $label =~ $ONLY ]] || return 0
+# The no-database fan-out of examples/fanout_baseline.rs.
+start_reference() {
     "$BIN/examples/fanout_baseline" "127.0.0.1:$PORT" >>"$WORK/server.log" 2>&1 &
-    local pid=$!
-    up || true
-    bench "$label" "$pid" "$@"
 }
-
-# seed LABEL SCENARIO ARGS...: the same run against the seed's design
-# (bench/seed-node: Node, ws, better-sqlite3 with group commit), on a fresh
-# database on the same disk.
-seed() {
-    local label=$1
-    shift
-    [[ $SEED == 1 && $label =~ $ONLY ]] || return 0
+# The seed's design (bench/seed-node: Node, ws, better-sqlite3 with group
+# commit), on a fresh database on the same disk.
+start_seed() {
     rm -f "$WORK"/seed.db "$WORK"/seed.db-wal "$WORK"/seed.db-shm
     node "$SEED_DIR/server.js" "127.0.0.1:$PORT" "$WORK/seed.db" >>"$WORK/server.log" 2>&1 &
+}
+
+# run START LABEL SCENARIO ARGS...: a fresh server from START, one bench run,
+# the server stopped.
+run_with() {
+    local start=$1 label=$2
+    shift 2
+    [[ $label =~ $ONLY ]] || return 0
+    "$start"
     local pid=$!
     up || true
     bench "$label" "$pid" "$@"
 }
+
+# one LABEL ...: taskwire; reference and seed LABEL ...: the same run against
+# the other two, in the same round.
+one() { run_with start_taskwire "$@"; }
+reference() { [[ $REFERENCE == 1 ]] && run_with start_reference "$@" || true; }
+seed() { [[ $SEED == 1 ]] && run_with start_seed "$@" || true; }
 
 for run in $(seq "$RUNS"); do
     # The targets of issue 8.
