@@ -3,8 +3,8 @@
 of issue 8 (a Markdown table on stdout), the fan-out beside the no-database
 reference (the `ref-*` labels, runs against examples/fanout_baseline.rs), every
 target's scenario beside the seed's design (the `seed-*` labels, runs against
-bench/seed-node), and an SVG plot of fanout event latency percentiles against the number of
-subscribers.
+bench/seed-node), and an SVG plot of fanout event latency percentiles against
+the number of subscribers.
 
     python3 scripts/bench_report.py RESULTS.jsonl [--svg docs/benchmarks-fanout-latency.svg]
 
@@ -155,6 +155,9 @@ def seed_table(by_label):
             adv = (b / a if at_most else a / b) if a and b else None
             fa, fb = fmt(a, unit), fmt(b, unit)
             fa, fb = (f"**{fa}**", fb) if better else (fa, f"**{fb}**")
+            # A figure from a run that failed a correctness check says so.
+            fa += "" if all_clean(ours) else " (FAILED a check)"
+            fb += "" if all_clean(seed) else " (FAILED a check)"
             out.append(f"| {scenario} | {what} | {fa} | {fb} | "
                        f"{'-' if adv is None else f'{adv:.2f}×'} |")
             rows += 1
