@@ -3,7 +3,7 @@
 //! board inside the server, so a new user sees it live at once.
 //!
 //! The simulation writes through the same path as every client: each change is
-//! an [`Execute`] of a protocol [`Call`] by [`Principal::system`], so it is
+//! an [`execute`] of a protocol [`Call`] by [`Principal::system`], so it is
 //! committed, logged, sequenced and pushed like any other. Agents heartbeat
 //! every second or few, take the most urgent unassigned task, move it through
 //! `in_progress`, sometimes `blocked`, `review` and `done`, now and then report
@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
-use crate::db::{Db, Execute, Read};
+use crate::db::{execute, Db, Read};
 use crate::error::{ApiError, ErrorCode};
 use crate::protocol::{Call, Method};
 use crate::AppState;
@@ -101,14 +101,7 @@ async fn exec(db: &Addr<Db>, method: Method, params: Value) -> Result<Value, Api
         params,
         op_id: None,
     };
-    let done = db
-        .send(Execute {
-            principal: Principal::system(),
-            call,
-        })
-        .await
-        .map_err(|_| ApiError::unavailable("the database stopped"))??;
-    done.value()
+    execute(db, Principal::system(), call).await?.value()
 }
 
 /// Reads all tasks or all agents.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::{ready, Ready};
 
 use crate::auth::Principal;
-use crate::db::{Committed, Db, Execute, Read, ReadChanges, Tokens};
+use crate::db::{self, Committed, Db, Read, ReadChanges, Tokens};
 use crate::error::ApiError;
 use crate::protocol::{check_op_id, Call, Method, Topic};
 use crate::AppState;
@@ -318,7 +318,7 @@ async fn execute(
         params,
         op_id: op_id(req)?,
     };
-    ask(app, Execute { principal: who, call }).await
+    db::execute(&app.db, who, call).await
 }
 
 /// Sends a message to the Db actor and waits for its answer.

@@ -24,7 +24,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
-use crate::db::{Execute, Subscribe, Subscribed};
+use crate::db::{execute, Subscribe, Subscribed};
 use crate::error::ApiError;
 use crate::limits::Bucket;
 use crate::peer::{text_frame, Peer, Pushed};
@@ -172,17 +172,12 @@ impl Session {
                 self.answer(ctx, Some(reference), Ok((empty_object(), None)));
             }
             Request::Call(call) => {
-                let request = self.app.db.send(Execute {
-                    principal: self.principal.clone(),
-                    call,
-                });
+                let db = self.app.db.clone();
+                let principal = self.principal.clone();
+                let request = async move { execute(&db, principal, call).await };
                 self.in_flight += 1;
                 ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
-                    let result = match result {
-                        Ok(r) => r.map(|c| (c.data, c.seq)),
-                        Err(_) => Err(ApiError::unavailable("the database is not running")),
-                    };
-                    act.answer(ctx, Some(reference), result);
+                    act.answer(ctx, Some(reference), result.map(|c| (c.data, c.seq)));
                     act.in_flight -= 1;
                     if act.in_flight == 0 {
                         if let Some((code, reason)) = act.closing.take() {
