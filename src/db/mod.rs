@@ -3,8 +3,8 @@
 //! Writes that wait in its mailbox are committed together in one transaction
 //! (group commit): each write is handled into a pending batch, and a `Flush`
 //! the actor sends itself runs once the mailbox is drained. A write that breaks
-//! a rule fails alone (rules are checked before a call's first write). Replies
-//! and `Publish` go out only after the commit, in seq order.
+//! a rule fails alone (rules are checked before a call's first write). Replies,
+//! then `Publish`, go out only after the commit; events in seq order.
 
 pub mod logic;
 pub mod models;
