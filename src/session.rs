@@ -172,9 +172,7 @@ impl Session {
                 self.answer(ctx, Some(reference), Ok((empty_object(), None)));
             }
             Request::Call(call) => {
-                let db = self.app.db.clone();
-                let principal = self.principal.clone();
-                let request = async move { execute(&db, principal, call).await };
+                let request = execute(&self.app.db, self.principal.clone(), call);
                 self.in_flight += 1;
                 ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
                     act.answer(ctx, Some(reference), result.map(|c| (c.data, c.seq)));
