@@ -223,10 +223,10 @@ pub struct Execute {
     pub reply: oneshot::Sender<Result<Committed, ApiError>>,
 }
 
-/// Runs a call through the group commit. The call is queued at once, in the
-/// order the caller reads its frames, even if the returned future is never
-/// polled (a call followed by a close in the same read); the future waits for
-/// the answer.
+/// Runs a call through the group commit. Unless the Db mailbox is full, the
+/// call is queued at once, in the order the caller reads its frames, even if
+/// the returned future is never polled (a call followed by a close in the same
+/// read); the future waits for the answer.
 pub fn execute(
     db: &Addr<Db>,
     principal: Principal,
