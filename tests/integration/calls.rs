@@ -556,3 +556,26 @@ async fn an_op_id_call_without_a_change_after_one_with_a_change() {
     }
     assert_eq!(app.get_json(&format!("/api/tasks/{id}")).await["version"], 3);
 }
+
+/// A call read in the same packet as the client's close is still made: the
+/// session queues it with the Db actor as it reads the frame, not later.
+#[tokio::test]
+async fn a_call_sent_right_before_a_close_is_still_committed() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app();
+    let task = app.create_task("before").await;
+    let id = task["id"].as_i64().unwrap();
+    let mut ws = app.ws().await;
+    let call = json!({"type": "call", "ref": 1, "method": "task.update",
+                      "params": {"id": id, "patch": {"title": "sent with the close"}}});
+    // `feed` only buffers: the call and the close leave in one write.
+    ws.stream.feed(Message::Text(call.to_string())).await.unwrap();
+    ws.stream.send(Message::Close(None)).await.unwrap();
+    ws.close_code().await;
+    // A later write through the same Db actor comes after the socket's call.
+    app.create_task("barrier").await;
+    let now = app.get_json(&format!("/api/tasks/{id}")).await;
+    assert_eq!(now["title"], "sent with the close", "{now}");
+}
