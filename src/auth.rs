@@ -1,41 +1,20 @@
 //! Tokens, roles and the one policy table that says who may do what.
 //!
-//! Tokens are 256 random bits; only their SHA-256 is stored. A verified token's
-//! principal is cached in memory and dropped from the cache on revocation.
+//! Tokens are 256 random bits; only their SHA-256 is stored. Every live token
+//! and browser session is held in memory, so a request is authenticated with
+//! one hash and a map lookup, never a query.
 
-use diesel::{Connection, SqliteConnection};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Admin,
-    Member,
-    Agent,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "member" => Some(Role::Member),
-            "agent" => Some(Role::Agent),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Member => "member",
-            Role::Agent => "agent",
-        }
-    }
+crate::model::text_enum! {
+    /// What a token may do.
+    Role { Admin = "admin", Member = "member", Agent = "agent" }
 }
 
 /// Who is asking: the token's id, its role and, for an agent token, its agent.
@@ -110,132 +89,100 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Verified tokens by hash, and browser sessions by hash. Filled at start from
-/// the database and kept in step by the Db actor when tokens are created or
-/// revoked. A token created by the command line while the server runs is found
-/// in the file on its first use.
+/// Every live token by hash, and every live browser session by hash. The Db
+/// actor fills it at start and keeps it current: it creates and revokes
+/// tokens itself, and reloads it when another process wrote to the file.
 #[derive(Default)]
 pub struct TokenCache {
-    by_hash: RwLock<HashMap<String, Principal>>,
+    inner: RwLock<Live>,
+}
+
+#[derive(Default)]
+struct Live {
+    by_hash: HashMap<String, Principal>,
+    by_id: HashMap<i64, Principal>,
     /// Browser sessions: token id and expiry (RFC 3339, comparable as text).
-    sessions: RwLock<HashMap<String, (i64, String)>>,
-    file: Option<Mutex<SqliteConnection>>,
+    sessions: HashMap<String, (i64, String)>,
 }
 
 impl TokenCache {
-    /// A cache that looks up unknown tokens in the database file at `path`.
-    pub fn with_file(path: &str) -> Result<TokenCache, String> {
-        let conn = SqliteConnection::establish(path).map_err(|e| format!("cannot open {path}: {e}"))?;
-        Ok(TokenCache {
-            file: Some(Mutex::new(conn)),
-            ..TokenCache::default()
-        })
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Live> {
+        self.inner.read().expect("token cache poisoned")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Live> {
+        self.inner.write().expect("token cache poisoned")
     }
 
     pub fn insert(&self, hash: String, p: Principal) {
-        self.by_hash.write().expect("token cache poisoned").insert(hash, p);
+        let mut live = self.write();
+        live.by_id.insert(p.token_id, p.clone());
+        live.by_hash.insert(hash, p);
+    }
+
+    /// Holds exactly these tokens and sessions from now on. Returns the ids of
+    /// tokens it held that are not among them (revoked elsewhere).
+    pub fn replace_all(&self, tokens: Vec<(String, Principal)>, sessions: Vec<(String, i64, String)>) -> Vec<i64> {
+        let mut fresh = Live::default();
+        for (hash, p) in tokens {
+            fresh.by_id.insert(p.token_id, p.clone());
+            fresh.by_hash.insert(hash, p);
+        }
+        fresh.sessions = sessions.into_iter().map(|(h, id, exp)| (h, (id, exp))).collect();
+        let mut live = self.write();
+        let gone = live
+            .by_id
+            .keys()
+            .filter(|id| !fresh.by_id.contains_key(id))
+            .copied()
+            .collect();
+        *live = fresh;
+        gone
     }
 
     /// Forgets a token and every browser session made with it.
     pub fn remove_token(&self, token_id: i64) {
-        self.by_hash
-            .write()
-            .expect("token cache poisoned")
-            .retain(|_, p| p.token_id != token_id);
-        self.sessions
-            .write()
-            .expect("session cache poisoned")
-            .retain(|_, (t, _)| *t != token_id);
+        let mut live = self.write();
+        live.by_id.remove(&token_id);
+        live.by_hash.retain(|_, p| p.token_id != token_id);
+        live.sessions.retain(|_, (t, _)| *t != token_id);
     }
 
-    /// True if the token is live in the cache.
+    /// True if the token is live.
     pub fn has_token(&self, token_id: i64) -> bool {
-        self.by_hash
-            .read()
-            .expect("token cache poisoned")
-            .values()
-            .any(|p| p.token_id == token_id)
+        self.read().by_id.contains_key(&token_id)
     }
 
     pub fn insert_session(&self, hash: String, token_id: i64, expires_at: String) {
-        self.sessions
-            .write()
-            .expect("session cache poisoned")
-            .insert(hash, (token_id, expires_at));
+        self.write().sessions.insert(hash, (token_id, expires_at));
     }
 
     pub fn remove_session(&self, hash: &str) {
-        self.sessions.write().expect("session cache poisoned").remove(hash);
+        self.write().sessions.remove(hash);
     }
 
     /// The principal of a presented token, if it is a live one.
     pub fn verify(&self, token: &str) -> Option<Principal> {
         let hash = hash_token(token);
-        if let Some(p) = self.cached(&hash) {
-            // A revocation by the command line reaches the file first; one
-            // indexed read makes it count at once.
-            // The Db actor's watch then drops it from the cache and closes its
-            // sockets within half a second.
-            if self.revoked_in_file(p.token_id) {
-                return None;
-            }
-            return Some(p);
-        }
-        let p = self.look_up_file(&hash)?;
-        self.insert(hash, p.clone());
-        Some(p)
-    }
-
-    fn cached(&self, hash: &str) -> Option<Principal> {
-        let map = self.by_hash.read().expect("token cache poisoned");
-        let (stored, p) = map.get_key_value(hash)?;
+        let live = self.read();
+        let (stored, p) = live.by_hash.get_key_value(&hash)?;
         // The lookup is by equality of a hash of 256 random bits; the constant-time
         // compare keeps the last step free of timing differences too.
         bool::from(stored.as_bytes().ct_eq(hash.as_bytes())).then(|| p.clone())
-    }
-
-    fn revoked_in_file(&self, token_id: i64) -> bool {
-        let Some(file) = self.file.as_ref() else { return false };
-        let mut conn = file.lock().expect("token file poisoned");
-        crate::db::queries::token_revoked(&mut conn, token_id).unwrap_or(false)
-    }
-
-    fn look_up_file(&self, hash: &str) -> Option<Principal> {
-        let mut conn = self.file.as_ref()?.lock().expect("token file poisoned");
-        let row = crate::db::queries::find_token_by_hash(&mut conn, hash).ok()??;
-        if row.revoked_at.is_some() {
-            return None;
-        }
-        Some(Principal {
-            token_id: row.id,
-            role: Role::parse(&row.role)?,
-            agent_id: row.agent_id,
-        })
     }
 
     /// The principal of a browser session cookie, if the session and its token
     /// are live.
     pub fn verify_session(&self, secret: &str) -> Option<Principal> {
         let hash = hash_token(secret);
-        let (token_id, expires_at) = self
-            .sessions
-            .read()
-            .expect("session cache poisoned")
-            .get(&hash)?
-            .clone();
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        if expires_at <= now {
-            self.remove_session(&hash);
+        let live = self.read();
+        let (token_id, expires_at) = live.sessions.get(&hash)?;
+        if *expires_at <= now {
+            // Pruned from the file and the cache by the Db actor's upkeep.
             return None;
         }
-        let p = self
-            .by_hash
-            .read()
-            .expect("token cache poisoned")
-            .values()
-            .find(|p| p.token_id == token_id)
-            .cloned()?;
-        (!self.revoked_in_file(token_id)).then_some(p)
+        live.by_id.get(token_id).cloned()
     }
 }
 

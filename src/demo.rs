@@ -26,7 +26,7 @@ use crate::auth::Principal;
 use crate::db::{execute, Db, Read};
 use crate::error::{ApiError, ErrorCode};
 use crate::protocol::{Call, Method};
-use crate::AppState;
+use crate::state::AppState;
 
 /// The simulated agents: name and what kind of worker it plays.
 const AGENTS: [(&str, &str); 5] = [
@@ -106,10 +106,11 @@ async fn exec(db: &Addr<Db>, method: Method, params: Value) -> Result<Value, Api
 
 /// Reads all tasks or all agents.
 async fn items(db: &Addr<Db>, read: Read) -> Result<Vec<Value>, ApiError> {
-    let v = db
+    let answer = db
         .send(read)
         .await
         .map_err(|_| ApiError::unavailable("the database stopped"))??;
+    let v = serde_json::to_value(answer).map_err(ApiError::internal)?;
     Ok(v["items"].as_array().cloned().unwrap_or_default())
 }
 

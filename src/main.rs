@@ -24,6 +24,15 @@ struct Cli {
 enum Command {
     /// Start the server (the default).
     Serve(ServeArgs),
+    /// Write a consistent copy of the database while the server runs. A
+    /// server started on the copy gives clients a fresh snapshot.
+    Backup {
+        /// Where to write the copy (a new file).
+        to: String,
+        /// The SQLite file.
+        #[arg(long, env = "DATABASE_URL", default_value = "./data/taskwire.db")]
+        db: String,
+    },
     /// Manage access tokens on the database file.
     Token {
         #[command(subcommand)]
@@ -49,9 +58,16 @@ enum TokenAction {
         agent_id: Option<i64>,
     },
     /// List tokens, without secrets.
-    List,
-    /// Revoke a token by id; its open sockets close within a second.
-    Revoke { id: i64 },
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id or by name; its open sockets close within a second.
+    Revoke {
+        /// The token's id, or its name if one live token has it.
+        token: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,38 +76,58 @@ fn main() -> std::process::ExitCode {
         Some(Command::Serve(args)) => serve(args),
         None => serve(ServeArgs::default_from_env()),
         Some(Command::Token { action, db }) => token(action, &db),
+        Some(Command::Backup { to, db }) => taskwire::admin::backup(&db, &to)
+            .map(|()| println!("wrote a copy of {db} to {to}"))
+            .map_err(|e| e.into()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("taskwire: {e}");
+            eprintln!("taskwire: {}", chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
-    let listener = taskwire::bind(args.bind).map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
+type Failure = Box<dyn std::error::Error>;
+
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let listener = taskwire::bind(args.bind)?;
     let mut config: taskwire::Config = args.into();
     config.fit_open_file_limit();
-    actix_web::rt::System::new()
-        .block_on(taskwire::run(listener, config, shutdown_signal()))
-        .map_err(|e| e.to_string())
+    actix_web::rt::System::new().block_on(taskwire::run(listener, config, shutdown_signal()))?;
+    Ok(())
 }
 
-fn token(action: TokenAction, db: &str) -> Result<(), String> {
-    let print = |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).expect("JSON prints"));
+fn token(action: TokenAction, db: &str) -> Result<(), Failure> {
+    fn print(v: &impl serde::Serialize) {
+        println!("{}", serde_json::to_string_pretty(v).expect("JSON prints"));
+    }
     match action {
         TokenAction::Create { role, name, agent_id } => {
             print(&taskwire::admin::create_token(db, &role, &name, agent_id)?)
         }
-        TokenAction::List => print(&serde_json::Value::Array(taskwire::admin::list_tokens(db)?)),
-        TokenAction::Revoke { id } => {
-            taskwire::admin::revoke_token(db, id)?;
+        TokenAction::List { json: true } => print(&taskwire::admin::list_tokens(db)?),
+        TokenAction::List { json: false } => {
+            println!("{}", taskwire::admin::token_table(&taskwire::admin::list_tokens(db)?))
+        }
+        TokenAction::Revoke { token } => {
+            let id = taskwire::admin::revoke_token(db, &token)?;
             println!("revoked token {id}");
         }
     }
     Ok(())
+}
+
+/// An error and its causes, one per line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!("\n  caused by: {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

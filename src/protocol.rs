@@ -1,6 +1,6 @@
 //! The wire contract in serde types: topics, client frames, server frames and the
 //! params of every call method. Parsing here only checks shape (`bad_request`);
-//! the rules of the entities (`invalid`, `not_found`, ...) live in `db::logic`.
+//! the rules of the entities (`invalid`, `not_found`, ...) live in `db::rules`.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -103,28 +103,7 @@ impl fmt::Display for Topic {
     }
 }
 
-/// The two kinds of entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Entity {
-    Task,
-    Agent,
-}
-
-impl Entity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Entity::Task => "task",
-            Entity::Agent => "agent",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Entity> {
-        match s {
-            "task" => Some(Entity::Task),
-            "agent" => Some(Entity::Agent),
-            _ => None,
-        }
-    }
-}
+pub use crate::model::{ChangeKind, Entity};
 
 /// A client's `ref`, kept as the JSON value it came as so the reply echoes it.
 pub type Ref = Value;
@@ -370,8 +349,9 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
 
 /// Checks a client-chosen idempotency key (`op_id` or `Idempotency-Key`).
 pub fn check_op_id(op_id: String) -> Result<String, ApiError> {
+    // A string of any length is well formed; its length is a rule.
     if op_id.is_empty() || op_id.chars().count() > 100 {
-        return Err(ApiError::bad_request("an op_id has 1 to 100 characters"));
+        return Err(ApiError::invalid("an op_id has 1 to 100 characters"));
     }
     Ok(op_id)
 }
@@ -575,8 +555,7 @@ pub struct Change {
     pub seq: i64,
     pub entity: Entity,
     pub entity_id: i64,
-    /// `created`, `updated` or `deleted`.
-    pub kind: &'static str,
+    pub kind: ChangeKind,
     pub changed: Vec<String>,
     /// The entity's JSON, serialized once on the writer's thread and shared
     /// by the reply, the change log, the resume memory and every event.
@@ -764,7 +743,7 @@ mod tests {
             seq: 7,
             entity: Entity::Task,
             entity_id: 3,
-            kind: "updated",
+            kind: ChangeKind::Updated,
             changed: vec!["status".into()],
             data: raw(&json!({"id": 3, "status": "done"})),
         };

@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::future::{ready, Ready};
 
 use crate::auth::Principal;
-use crate::db::{self, Committed, Db, Read, ReadChanges, Tokens};
+use crate::db::{self, Committed, CreateToken, Db, ListTokens, Login, Logout, Read, ReadChanges, RevokeToken};
 use crate::error::ApiError;
+use crate::model::TaskStatus;
 use crate::protocol::{check_op_id, Call, Method, Topic};
-use crate::AppState;
+use crate::state::AppState;
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -83,11 +84,13 @@ fn bearer(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
     app.tokens
         .verify(token)
@@ -208,15 +211,12 @@ async fn login(app: web::Data<AppState>, query: web::Query<HashMap<String, Strin
         .tokens
         .verify(token)
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
-    let session = ask(&app, Tokens::Login { by: who }).await?;
-    let secret = session["secret"].as_str().unwrap_or_default().to_string();
-    let cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, secret)
+    let session = ask(&app, Login { by: who }).await?;
+    let cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, session.secret)
         .path("/")
         .http_only(true)
         .same_site(actix_web::cookie::SameSite::Strict)
-        .max_age(actix_web::cookie::time::Duration::seconds(
-            session["max_age"].as_i64().unwrap_or(0),
-        ))
+        .max_age(actix_web::cookie::time::Duration::seconds(session.max_age_secs))
         .finish();
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/"))
@@ -237,7 +237,7 @@ async fn logout(app: web::Data<AppState>, req: HttpRequest) -> Res {
     if let Some(cookie) = req.cookie(SESSION_COOKIE) {
         ask(
             &app,
-            Tokens::Logout {
+            Logout {
                 secret: cookie.value().to_string(),
             },
         )
@@ -342,8 +342,8 @@ fn written(mut res: HttpResponseBuilder, seq: Option<i64>) -> HttpResponseBuilde
     res
 }
 
-fn etag(entity: &Value) -> (header::HeaderName, String) {
-    (header::ETAG, format!("\"{}\"", entity["version"]))
+fn etag(version: impl std::fmt::Display) -> (header::HeaderName, String) {
+    (header::ETAG, format!("\"{version}\""))
 }
 
 // ---- tasks and agents ----
@@ -374,7 +374,7 @@ async fn create(app: &AppState, req: &HttpRequest, who: Principal, payload: web:
     let location = format!("/api/{}/{}", kind.path(), data["id"]);
     Ok(written(HttpResponse::Created(), c.seq)
         .insert_header((header::LOCATION, location))
-        .insert_header(etag(&data))
+        .insert_header(etag(&data["version"]))
         .json(data))
 }
 
@@ -388,7 +388,11 @@ async fn get_one(app: &AppState, id: &str, kind: Kind) -> Res {
         },
     )
     .await?;
-    Ok(HttpResponse::Ok().insert_header(etag(&entity)).json(entity))
+    let mut res = HttpResponse::Ok();
+    if let Some(version) = entity.version() {
+        res.insert_header(etag(version));
+    }
+    Ok(res.json(entity))
 }
 
 async fn update(app: &AppState, req: &HttpRequest, who: Principal, id: &str, payload: web::Payload, kind: Kind) -> Res {
@@ -405,7 +409,9 @@ async fn update(app: &AppState, req: &HttpRequest, who: Principal, id: &str, pay
     }
     let c = execute(app, req, who, method, params).await?;
     let data = c.value()?;
-    Ok(written(HttpResponse::Ok(), c.seq).insert_header(etag(&data)).json(data))
+    Ok(written(HttpResponse::Ok(), c.seq)
+        .insert_header(etag(&data["version"]))
+        .json(data))
 }
 
 async fn delete(app: &AppState, req: &HttpRequest, who: Principal, id: &str, kind: Kind) -> Res {
@@ -427,7 +433,11 @@ async fn list_tasks(app: web::Data<AppState>, _who: Principal, query: web::Query
     let mut assignee_id = None;
     for (k, v) in query.into_inner() {
         match k.as_str() {
-            "status" => status = Some(v),
+            "status" => {
+                status = Some(TaskStatus::parse(&v).ok_or_else(|| {
+                    ApiError::bad_request(format!("unknown status {v:?}; one of {}", TaskStatus::spellings()))
+                })?)
+            }
             "assignee_id" => assignee_id = Some(path_id(&v)?),
             other => return Err(ApiError::bad_request(format!("unknown filter {other:?}"))),
         }
@@ -545,7 +555,7 @@ async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Pa
     let name = b.name.ok_or_else(|| ApiError::invalid("name is required"))?;
     let created = ask(
         &app,
-        Tokens::Create {
+        CreateToken {
             by: who,
             role,
             name,
@@ -557,11 +567,12 @@ async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Pa
 }
 
 async fn list_tokens(app: web::Data<AppState>, who: Principal) -> Res {
-    Ok(HttpResponse::Ok().json(ask(&app, Tokens::List { by: who }).await?))
+    let items = ask(&app, ListTokens { by: who }).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
 async fn revoke_token(app: web::Data<AppState>, who: Principal, id: web::Path<String>) -> Res {
     let id = path_id(&id)?;
-    ask(&app, Tokens::Revoke { by: who, id }).await?;
+    ask(&app, RevokeToken { by: who, id }).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -30,7 +30,7 @@ use crate::limits::Bucket;
 use crate::peer::{text_frame, Peer, Pushed};
 use crate::protocol::{self, empty_object, Hello, Ref, Request, Topic};
 use crate::registry::{CloseSession, Leave, LocalRegistry};
-use crate::AppState;
+use crate::state::AppState;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 

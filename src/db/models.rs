@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 use super::schema::{agents, changes, ops, tasks, tokens};
+use crate::auth::Role;
+use crate::model::{AgentStatus, ChangeKind, Entity, TaskStatus};
 
 /// A task row. Its JSON on the wire is its serde form (`to_json`, `to_raw`), so
 /// a task is serialized straight from the row, without a JSON tree between.
@@ -16,7 +18,7 @@ pub struct Task {
     pub id: i64,
     pub title: String,
     pub description: String,
-    pub status: String,
+    pub status: TaskStatus,
     pub priority: i32,
     pub assignee_id: Option<i64>,
     pub version: i64,
@@ -73,7 +75,7 @@ impl Task {
 pub struct NewTask<'a> {
     pub title: &'a str,
     pub description: &'a str,
-    pub status: &'a str,
+    pub status: TaskStatus,
     pub priority: i32,
     pub assignee_id: Option<i64>,
     pub version: i64,
@@ -88,8 +90,8 @@ pub struct NewTask<'a> {
 pub struct Agent {
     pub id: i64,
     pub name: String,
-    pub status: String,
-    pub reported_status: String,
+    pub status: AgentStatus,
+    pub reported_status: AgentStatus,
     pub current_task_id: Option<i64>,
     pub last_heartbeat_at: Option<String>,
     pub meta: String,
@@ -115,13 +117,19 @@ impl Agent {
     }
 }
 
+impl Serialize for Agent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
 /// A new agent row.
 #[derive(Debug, Insertable)]
 #[diesel(table_name = agents)]
 pub struct NewAgent<'a> {
     pub name: &'a str,
-    pub status: &'a str,
-    pub reported_status: &'a str,
+    pub status: AgentStatus,
+    pub reported_status: AgentStatus,
     pub current_task_id: Option<i64>,
     pub meta: &'a str,
     pub version: i64,
@@ -134,9 +142,9 @@ pub struct NewAgent<'a> {
 #[diesel(table_name = changes)]
 pub struct ChangeRow {
     pub seq: i64,
-    pub entity: String,
+    pub entity: Entity,
     pub entity_id: i64,
-    pub kind: String,
+    pub kind: ChangeKind,
     pub changed: String,
     pub data: String,
     pub at: String,
@@ -147,9 +155,9 @@ pub struct ChangeRow {
 #[diesel(table_name = changes)]
 pub struct NewChange<'a> {
     pub seq: i64,
-    pub entity: &'a str,
+    pub entity: Entity,
     pub entity_id: i64,
-    pub kind: &'a str,
+    pub kind: ChangeKind,
     pub changed: &'a str,
     pub data: &'a str,
     pub at: &'a str,
@@ -167,31 +175,19 @@ pub struct OpRow {
     pub at: String,
 }
 
-/// A token row; only the SHA-256 of the secret is stored.
-#[derive(Debug, Clone, Queryable, Selectable)]
+/// A token row; only the SHA-256 of the secret is stored. Its JSON is the
+/// token as listed: everything but the hash.
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = tokens)]
 pub struct TokenRow {
     pub id: i64,
+    #[serde(skip)]
     pub hash: String,
-    pub role: String,
+    pub role: Role,
     pub name: String,
     pub agent_id: Option<i64>,
     pub created_at: String,
     pub revoked_at: Option<String>,
-}
-
-impl TokenRow {
-    /// The token as listed: everything but the hash.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "role": self.role,
-            "name": self.name,
-            "agent_id": self.agent_id,
-            "created_at": self.created_at,
-            "revoked_at": self.revoked_at,
-        })
-    }
 }
 
 /// A new token row.
@@ -199,7 +195,7 @@ impl TokenRow {
 #[diesel(table_name = tokens)]
 pub struct NewToken<'a> {
     pub hash: &'a str,
-    pub role: &'a str,
+    pub role: Role,
     pub name: &'a str,
     pub agent_id: Option<i64>,
     pub created_at: &'a str,

@@ -9,8 +9,9 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::models::*;
+use super::open::OpenError;
 use super::schema::{agents, changes, meta, ops, tasks, tokens, web_sessions};
-use crate::protocol::Entity;
+use crate::model::{Entity, TaskStatus};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -88,24 +89,36 @@ struct WriteHeartbeatSql;
 
 /// Opens the database file, sets the per-connection pragmas and runs the
 /// migrations. The folder of the file is created if missing.
-pub fn open(path: &str) -> Result<SqliteConnection, String> {
+pub fn open(path: &str) -> Result<SqliteConnection, OpenError> {
     if let Some(dir) = std::path::Path::new(path).parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| OpenError::Folder {
+                path: dir.display().to_string(),
+                source,
+            })?;
         }
     }
-    let mut conn = SqliteConnection::establish(path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    let mut conn = SqliteConnection::establish(path).map_err(|source| OpenError::Connect {
+        path: path.to_string(),
+        source,
+    })?;
     conn.batch_execute(
         "PRAGMA busy_timeout = 2000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )
-    .map_err(|e| format!("cannot configure {path}: {e}"))?;
+    .map_err(|source| OpenError::Configure {
+        path: path.to_string(),
+        source,
+    })?;
     // One transaction holding the write lock: a second process opening the same
     // new file (the command line, another server) waits and then finds the
     // migrations done, instead of running them twice.
     conn.immediate_transaction::<_, Box<dyn std::error::Error + Send + Sync>, _>(|conn| {
         conn.run_pending_migrations(MIGRATIONS).map(drop)
     })
-    .map_err(|e| format!("cannot migrate {path}: {e}"))?;
+    .map_err(|source| OpenError::Migrate {
+        path: path.to_string(),
+        source,
+    })?;
     Ok(conn)
 }
 
@@ -134,6 +147,10 @@ pub fn set_meta(conn: &mut SqliteConnection, key: &str, value: &str) -> QueryRes
         .map(drop)
 }
 
+pub fn delete_meta(conn: &mut SqliteConnection, key: &str) -> QueryResult<()> {
+    diesel::delete(meta::table.find(key)).execute(conn).map(drop)
+}
+
 // ---- tasks ----
 
 pub fn find_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Task>> {
@@ -148,7 +165,7 @@ pub fn find_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Tas
 
 pub fn list_tasks(
     conn: &mut SqliteConnection,
-    status: Option<&str>,
+    status: Option<TaskStatus>,
     assignee_id: Option<i64>,
 ) -> QueryResult<Vec<Task>> {
     let mut q = tasks::table.select(Task::as_select()).order(tasks::id).into_boxed();
@@ -369,20 +386,17 @@ pub fn insert_token(conn: &mut SqliteConnection, new: &NewToken) -> QueryResult<
         .get_result(conn)
 }
 
-pub fn find_token_by_hash(conn: &mut SqliteConnection, hash: &str) -> QueryResult<Option<TokenRow>> {
-    tokens::table
-        .filter(tokens::hash.eq(hash))
-        .select(TokenRow::as_select())
-        .get_result(conn)
-        .optional()
-}
-
 pub fn list_tokens(conn: &mut SqliteConnection) -> QueryResult<Vec<TokenRow>> {
     tokens::table.select(TokenRow::as_select()).order(tokens::id).load(conn)
 }
 
-pub fn count_tokens(conn: &mut SqliteConnection) -> QueryResult<i64> {
-    tokens::table.count().get_result(conn)
+/// Admin tokens not revoked.
+pub fn count_live_admins(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    tokens::table
+        .filter(tokens::role.eq(crate::auth::Role::Admin))
+        .filter(tokens::revoked_at.is_null())
+        .count()
+        .get_result(conn)
 }
 
 /// Marks a token revoked; returns false if there is no such live token.
@@ -404,24 +418,6 @@ pub fn revoke_agent_tokens(conn: &mut SqliteConnection, agent_id: i64, at: &str)
         .set(tokens::revoked_at.eq(at))
         .execute(conn)?;
     Ok(ids)
-}
-
-/// True if the token is revoked (or gone).
-pub fn token_revoked(conn: &mut SqliteConnection, id: i64) -> QueryResult<bool> {
-    let live: Option<Option<String>> = tokens::table
-        .find(id)
-        .select(tokens::revoked_at)
-        .get_result(conn)
-        .optional()?;
-    Ok(!matches!(live, Some(None)))
-}
-
-/// Ids of tokens revoked at or after `since` (an RFC 3339 time; "" for all).
-pub fn revoked_token_ids_since(conn: &mut SqliteConnection, since: &str) -> QueryResult<Vec<i64>> {
-    tokens::table
-        .filter(tokens::revoked_at.ge(since))
-        .select(tokens::id)
-        .load(conn)
 }
 
 // ---- browser sessions ----
@@ -520,9 +516,9 @@ mod tests {
             &mut conn,
             &NewChange {
                 seq: 10,
-                entity: "task",
+                entity: Entity::Task,
                 entity_id: 1,
-                kind: "updated",
+                kind: crate::model::ChangeKind::Updated,
                 changed: "[]",
                 data: "{}",
                 at: "t3",
@@ -542,7 +538,7 @@ mod tests {
             &NewTask {
                 title: "a",
                 description: "",
-                status: "todo",
+                status: TaskStatus::Todo,
                 priority: 0,
                 assignee_id: None,
                 version: 1,

@@ -245,7 +245,7 @@ struct Server {
     addr: SocketAddr,
     admin: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), taskwire::StartError>>>,
 }
 
 impl Server {

@@ -25,7 +25,7 @@ pub struct TestApp {
     pub db_path: PathBuf,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), taskwire::StartError>>>,
 }
 
 /// Starts a server with the default settings.
@@ -38,6 +38,11 @@ pub fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let db_path = dir.path().join("data").join("taskwire.db");
     start_on(dir, db_path, tweak)
+}
+
+/// Starts a server on an existing database file.
+pub fn spawn_app_on(db_path: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    start_on(tempfile::tempdir().expect("temp dir"), db_path, tweak)
 }
 
 fn start_on(dir: tempfile::TempDir, db_path: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestApp {

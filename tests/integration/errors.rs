@@ -112,13 +112,26 @@ async fn frames_with_a_ref_get_a_bad_request_reply() {
         json!({"ref": 21, "type": "call", "method": "task.update", "params": {"id": id}}),
         json!({"ref": 22, "type": "call", "method": "task.update", "params": {"patch": {}}}),
         json!({"ref": 23, "type": "call", "method": "task.delete", "params": {"id": "1"}}),
-        json!({"ref": 24, "type": "call", "method": "task.create", "params": {"title": "x"}, "op_id": ""}),
+        json!({"ref": 24, "type": "call", "method": "task.create", "params": {"title": "x"}, "op_id": 7}),
         json!({"ref": 25, "type": "call", "method": "agent.create", "params": {"name": "x", "nope": 1}}),
         json!({"ref": -9007199254740992i64, "type": "nope"}),
     ];
     for frame in cases {
         expect_reply_error(&mut ws, frame, "bad_request").await;
     }
+    // An op_id of any length is well formed; its length is a rule.
+    for op_id in [String::new(), "x".repeat(101)] {
+        let frame =
+            json!({"ref": 26, "type": "call", "method": "task.create", "params": {"title": "x"}, "op_id": op_id});
+        expect_reply_error(&mut ws, frame, "invalid").await;
+    }
+    let res = app
+        .post("/api/tasks", json!({"title": "x"}))
+        .header("Idempotency-Key", "k".repeat(101))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
     assert_eq!(count_changes(&app), 1, "no bad frame executed");
     assert_eq!(app.get_json(&format!("/api/tasks/{id}")).await, task);
 }

@@ -309,8 +309,8 @@ struct HandlerDb {
     _dir: tempfile::TempDir,
     conn: diesel::SqliteConnection,
     seq: i64,
-    beats: HashMap<i64, String>,
-    tasks: taskwire::db::logic::TaskRows,
+    live: taskwire::db::liveness::Liveness,
+    tasks: taskwire::db::row_cache::TaskRows,
 }
 
 thread_local! {
@@ -360,16 +360,16 @@ proptest! {
                 let opened = taskwire::db::open(path.to_str().unwrap()).expect("open");
                 let mut conn = opened.conn;
                 taskwire::db::ensure_admin_token(&mut conn, Some("fuzz")).unwrap();
-                HandlerDb { _dir: dir, conn, seq: 0, beats: HashMap::new(), tasks: Default::default() }
+                HandlerDb { _dir: dir, conn, seq: 0, live: Default::default(), tasks: Default::default() }
             });
             let mut seq = db.seq;
-            let now = taskwire::db::logic::now();
-            let beats = &mut db.beats;
+            let live = &mut db.live;
             let tasks = &mut db.tasks;
             let result = db.conn.immediate_transaction::<_, taskwire::error::ApiError, _>(|conn| {
-                let mut ctx = taskwire::db::logic::WriteCtx { seq: &mut seq, beats, tasks, now };
-                taskwire::db::logic::execute(conn, &mut ctx, &who, &call)
+                let mut ctx = taskwire::db::rules::WriteCtx::new(&mut seq, live, tasks);
+                taskwire::db::rules::run(conn, &mut ctx, |conn, ctx| taskwire::db::rules::execute(conn, ctx, &who, &call))
             });
+            db.live.keep();
             match result {
                 Ok(out) => {
                     if let Some(s) = out.seq {

@@ -9,6 +9,8 @@ mod child;
 mod common;
 mod shared;
 
+mod admin_cli;
+mod atomic;
 mod auth_basic;
 mod bench_smoke;
 mod browser;

@@ -1,0 +1,79 @@
+//! The Db actor's timers: heartbeat times to disk, silent agents going
+//! offline, the token watch, and pruning the change log.
+
+use actix::prelude::*;
+use std::time::Duration;
+
+use super::queries as q;
+use super::rules::now;
+use super::writer::{Db, Job};
+
+impl Db {
+    /// Starts the timers; called when the actor starts.
+    pub(super) fn start_upkeep(&mut self, ctx: &mut Context<Self>) {
+        self.prune();
+        ctx.run_interval(Duration::from_secs(1), |db, _| db.flush_beats());
+        ctx.run_interval(Duration::from_millis(500), |db, _| db.watch_tokens());
+        let sweep = (self.config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        ctx.run_interval(sweep, |db, ctx| db.sweep_offline(ctx));
+        // A log over its count is cut back within seconds; its age is looked at
+        // once a minute.
+        ctx.run_interval(Duration::from_secs(1), |db, _| {
+            if db.seq - db.floor > db.config.log_keep {
+                db.prune();
+            }
+        });
+        ctx.run_interval(Duration::from_secs(60), |db, _| db.prune());
+    }
+
+    /// Writes heartbeat times kept in memory, in one transaction.
+    pub(super) fn flush_beats(&mut self) {
+        let beats = self.live.unwritten();
+        if beats.is_empty() {
+            return;
+        }
+        let written = self
+            .conn
+            .immediate_transaction(|conn| q::write_heartbeats(conn, &beats));
+        match written {
+            Ok(()) => self.live.written(),
+            Err(e) => log::warn!("heartbeat times not written yet: {e}"),
+        }
+    }
+
+    /// Queues agents that stopped heartbeating to go offline.
+    fn sweep_offline(&mut self, ctx: &mut Context<Self>) {
+        for id in self.live.take_overdue(self.config.heartbeat_timeout) {
+            self.enqueue(Job::Offline(id), ctx);
+        }
+    }
+
+    /// Prunes the change log by count and age, old op_ids and expired
+    /// browser sessions.
+    pub(super) fn prune(&mut self) {
+        let ago = |d: Duration| {
+            let d = chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
+            (chrono::Utc::now() - d).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let cutoff = ago(self.config.log_max_age);
+        let op_cutoff = ago(self.config.op_keep);
+        let keep = self.config.log_keep;
+        let result = self.conn.immediate_transaction::<_, diesel::result::Error, _>(|conn| {
+            let cut = q::prune_changes(conn, keep, &cutoff)?;
+            if let Some(cut) = cut {
+                q::set_meta(conn, "pruned_through", &cut.to_string())?;
+            }
+            q::prune_ops(conn, &op_cutoff)?;
+            q::prune_web_sessions(conn, &now())?;
+            Ok(cut)
+        });
+        match result {
+            Ok(Some(cut)) => self.floor = self.floor.max(cut),
+            Ok(None) => {}
+            Err(e) => log::warn!("pruning the change log failed: {e}"),
+        }
+        if let Ok(n) = q::count_changes(&mut self.conn) {
+            self.metrics.change_log_len.set(n);
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The Db actor and its group commit.
+//!
+//! Writes that wait in its mailbox are committed together in one transaction:
+//! each is queued into a pending batch, and a `Flush` the actor sends itself
+//! runs once the mailbox is drained. Each call runs in its own savepoint, so a
+//! call that fails fails alone. A failure of the database itself (full,
+//! read-only, I/O) fails the whole batch: SQLite may have rolled the
+//! transaction back already, and a later call must not run outside it.
+//! Replies, then events, go out only after the commit; events in seq order.
+
+use actix::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+use super::liveness::Liveness;
+use super::open::{Head, Opened};
+use super::queries as q;
+use super::resume::{RecentChanges, ReplyCache};
+use super::row_cache::TaskRows;
+use super::rules::{self, Outcome, WriteCtx};
+use super::tokens::RevocationWatch;
+use super::DbConfig;
+use crate::auth::{Principal, TokenCache};
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::Metrics;
+use crate::protocol::Call;
+use crate::registry::{Hub, Published};
+
+/// A write's answer: the reply's `data` and, if it committed a change, its seq.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Serialized once on the writer's thread.
+    pub data: Arc<RawValue>,
+    pub seq: Option<i64>,
+}
+
+impl Committed {
+    /// The reply's data as a JSON value, for callers that look into it.
+    pub fn value(&self) -> Result<Value, ApiError> {
+        serde_json::from_str(self.data.get()).map_err(ApiError::internal)
+    }
+}
+
+/// Runs a call (from a socket or REST) through the group commit. The answer
+/// goes to `reply` straight from the commit, not through the Db actor's
+/// context, so it can leave before the commit's events are published; use
+/// [`execute`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Execute {
+    pub principal: Principal,
+    pub call: Call,
+    pub reply: oneshot::Sender<Result<Committed, ApiError>>,
+}
+
+/// Runs a call through the group commit. Unless the Db mailbox is full, the
+/// call is queued at once, in the order the caller reads its frames, even if
+/// the returned future is never polled (a call followed by a close in the same
+/// read); the future waits for the answer.
+pub fn execute(
+    db: &Addr<Db>,
+    principal: Principal,
+    call: Call,
+) -> impl std::future::Future<Output = Result<Committed, ApiError>> + 'static {
+    let (reply, answer) = oneshot::channel();
+    // Not `send`: its own answer (that the call was queued) would wake the
+    // caller's thread once more per call. `try_send` still parks this sender
+    // when the mailbox is full, so one flood of calls cannot fill it; then
+    // `send` waits for room. A call to a stopped actor is dropped with its
+    // `reply`, which answers `unavailable` below.
+    let waiting = match db.try_send(Execute { principal, call, reply }) {
+        Err(SendError::Full(msg)) => Some(db.send(msg)),
+        Ok(()) | Err(SendError::Closed(_)) => None,
+    };
+    async move {
+        if let Some(queued) = waiting {
+            queued
+                .await
+                .map_err(|_| ApiError::unavailable("the database is not running"))?;
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ApiError::unavailable("the database is not running")))
+    }
+}
+
+/// Stops taking writes: commits what is pending, writes heartbeat times, and
+/// answers every later write `unavailable`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// Commits the pending batch; sent by the actor to itself.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+/// One job of a batch.
+pub(super) enum Job {
+    Call {
+        principal: Principal,
+        call: Call,
+        reply: oneshot::Sender<Result<Committed, ApiError>>,
+    },
+    /// The server's own change: an agent went silent.
+    Offline(i64),
+}
+
+/// The Db actor.
+pub struct Db {
+    pub(super) conn: SqliteConnection,
+    pub(super) position: Arc<Head>,
+    pub(super) seq: i64,
+    /// Changes with seq at or below this were pruned from the log.
+    pub(super) floor: i64,
+    pub(super) hub: Arc<Hub>,
+    pub(super) tokens: Arc<TokenCache>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) config: DbConfig,
+    pending: Vec<Job>,
+    flush_scheduled: bool,
+    draining: bool,
+    pub(super) live: Liveness,
+    tasks: TaskRows,
+    pub(super) recent: RecentChanges,
+    pub(super) replies: ReplyCache,
+    pub(super) revocations: RevocationWatch,
+}
+
+impl Db {
+    pub fn new(
+        opened: Opened,
+        hub: Arc<Hub>,
+        tokens: Arc<TokenCache>,
+        metrics: Arc<Metrics>,
+        config: DbConfig,
+    ) -> Result<Db, ApiError> {
+        let Opened {
+            mut conn,
+            position,
+            floor,
+        } = opened;
+        let live = Liveness::starting(q::list_agents(&mut conn)?.into_iter().map(|a| a.id));
+        let recent = RecentChanges::load(&mut conn, position.seq(), floor, config.recent_changes)?;
+        let revocations = RevocationWatch::start(&mut conn)?;
+        Ok(Db {
+            seq: position.seq(),
+            conn,
+            position,
+            floor,
+            hub,
+            tokens,
+            metrics,
+            config,
+            pending: Vec::new(),
+            flush_scheduled: false,
+            draining: false,
+            live,
+            tasks: TaskRows::default(),
+            recent,
+            replies: ReplyCache::default(),
+            revocations,
+        })
+    }
+
+    pub(super) fn enqueue(&mut self, job: Job, ctx: &mut Context<Self>) {
+        self.pending.push(job);
+        self.metrics.db_mailbox.set(self.pending.len() as i64);
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            // `notify` runs after the mailbox is drained: that is the batch.
+            ctx.notify(Flush);
+        }
+    }
+
+    /// Commits every pending job in one transaction and answers them.
+    pub(super) fn flush(&mut self) {
+        self.flush_scheduled = false;
+        let jobs = std::mem::take(&mut self.pending);
+        // Any write, even a heartbeat, may change what a subscribe answers.
+        self.replies.clear();
+        self.metrics.db_mailbox.set(0);
+        if jobs.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let start_seq = self.seq;
+        let mut seq = start_seq;
+        let mut results: Vec<Result<Outcome, ApiError>> = Vec::with_capacity(jobs.len());
+        let batch_mark = self.live.mark();
+        let (live, tasks) = (&mut self.live, &mut self.tasks);
+        let fail_op_id = self.config.fail_op_id.as_deref();
+        let committed = self.conn.immediate_transaction::<_, ApiError, _>(|conn| {
+            tasks.follow(q::data_version(conn)?);
+            let mut ctx = WriteCtx {
+                fail_op_id,
+                ..WriteCtx::new(&mut seq, live, tasks)
+            };
+            for job in &jobs {
+                let result = match job {
+                    Job::Call { principal, call, .. } => {
+                        rules::run(conn, &mut ctx, |conn, ctx| rules::execute(conn, ctx, principal, call))
+                    }
+                    Job::Offline(id) => {
+                        rules::run(conn, &mut ctx, |conn, ctx| rules::agents::mark_offline(conn, ctx, *id))
+                    }
+                };
+                match result {
+                    Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => return Err(e),
+                    result => results.push(result),
+                }
+            }
+            Ok(())
+        });
+        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(jobs.len() as f64);
+        if let Err(e) = committed {
+            self.live.roll_back(batch_mark);
+            // Rows saved by the batch were rolled back with it.
+            self.tasks.clear();
+            for job in jobs {
+                match job {
+                    Job::Call { reply, .. } => {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    Job::Offline(id) => self.live.still_overdue(id, self.config.heartbeat_timeout),
+                }
+            }
+            return;
+        }
+        self.live.keep();
+        self.seq = seq;
+        self.position.seq.store(seq, Ordering::Release);
+        let mut items = Vec::new();
+        let mut revoked = Vec::new();
+        let mut answers = Vec::with_capacity(jobs.len());
+        for (job, result) in jobs.into_iter().zip(results) {
+            let answer = result.map(|out| {
+                // One copy of each change, shared by the resume memory and
+                // the Registry.
+                for change in out.changes.into_iter().map(Arc::new) {
+                    self.recent.push(change.clone());
+                    items.push(Published::Change(change));
+                }
+                if let Some((agent_id, at)) = out.heartbeat {
+                    self.live.heard(agent_id);
+                    items.push(Published::Heartbeat { agent_id, at });
+                }
+                if let Some(id) = out.new_agent {
+                    self.live.created(id);
+                }
+                if let Some((hash, p)) = out.new_token {
+                    self.tokens.insert(hash, p);
+                }
+                revoked.extend(out.revoked_tokens);
+                Committed {
+                    data: out.data,
+                    seq: out.seq,
+                }
+            });
+            if let Job::Call { reply, .. } = job {
+                answers.push((reply, answer));
+            }
+        }
+        self.metrics.change_log_len.add(seq - start_seq);
+        // Revoked tokens are gone before their revoker hears so.
+        self.forget_tokens(revoked);
+        // Replies before events (the two have no fixed order, see
+        // docs/protocol.md): a reply sent after the publish waits on the
+        // writer's thread behind that thread's share of the subscribers'
+        // events.
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
+        }
+        if !items.is_empty() {
+            self.hub.publish(items, &self.metrics);
+        }
+    }
+}
+
+impl Actor for Db {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.start_upkeep(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.flush();
+        self.flush_beats();
+    }
+}
+
+impl Handler<Execute> for Db {
+    type Result = ();
+
+    fn handle(&mut self, msg: Execute, ctx: &mut Context<Self>) {
+        if self.draining {
+            let _ = msg
+                .reply
+                .send(Err(ApiError::unavailable("the server is shutting down")));
+            return;
+        }
+        self.enqueue(
+            Job::Call {
+                principal: msg.principal,
+                call: msg.call,
+                reply: msg.reply,
+            },
+            ctx,
+        );
+    }
+}
+
+impl Handler<Flush> for Db {
+    type Result = ();
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) {
+        self.flush();
+    }
+}
+
+impl Handler<Drain> for Db {
+    type Result = ();
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) {
+        self.flush();
+        self.flush_beats();
+        self.draining = true;
+    }
+}

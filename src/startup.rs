@@ -1,0 +1,146 @@
+//! Builds and runs the whole server: opens the database, starts the Db actor,
+//! the HTTP workers with their Registries, and stops them all on shutdown.
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::TokenCache;
+use crate::config::Config;
+use crate::db::{self, Db, Drain, OpenError};
+use crate::error::ApiError;
+use crate::limits::{RestLimiter, SocketCounts};
+use crate::metrics::Metrics;
+use crate::registry::{Hub, LocalRegistry};
+use crate::state::AppState;
+use crate::{demo, rest};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("cannot read the database {path}")]
+    Load {
+        path: String,
+        #[source]
+        source: LoadError,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A failure reading what the server loads at start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// Binds a listener with a backlog large enough for thousands of clients
+/// connecting at once.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        Ok(socket.into())
+    };
+    bind().map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then stops
+/// gracefully: pending commits finish and are answered, every socket is closed
+/// with 1001. Must be called inside an actix system.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let load = |source: LoadError| StartError::Load {
+        path: config.db_path.clone(),
+        source,
+    };
+    let mut opened = db::open(&config.db_path)?;
+    let created =
+        db::ensure_admin_token(&mut opened.conn, config.admin_token.as_deref()).map_err(|e| load(e.into()))?;
+    if let Some(token) = created {
+        let addr = listener.local_addr().map_err(StartError::Serve)?;
+        // Shown once, on the terminal only, so the token is in no log file.
+        eprintln!("taskwire: created the admin token. Log in at http://{addr}/login?token={token}");
+    }
+    let tokens = Arc::new(TokenCache::default());
+    db::load_tokens(&mut opened.conn, &tokens).map_err(|e| load(e.into()))?;
+    let metrics = Arc::new(Metrics::new());
+    let head = opened.position.clone();
+
+    let hub = Arc::new(Hub::default());
+    let db =
+        Db::new(opened, hub.clone(), tokens.clone(), metrics.clone(), config.db.clone()).map_err(|e| load(e.into()))?;
+    let db = Db::start_in_arbiter(&Arbiter::new().handle(), move |_| db);
+
+    let state = AppState {
+        db: db.clone(),
+        tokens,
+        head,
+        sockets: Arc::new(SocketCounts::new(config.max_sockets, config.max_sockets_per_token)),
+        rest_limits: Arc::new(RestLimiter::new(config.rest_rate_limit)),
+        config: Arc::new(config),
+        metrics,
+    };
+    if state.config.demo {
+        demo::start(&state);
+    }
+    let addr = listener.local_addr().map_err(StartError::Serve)?;
+    let data = web::Data::new(state.clone());
+    let workers_hub = hub.clone();
+    let server = HttpServer::new(move || {
+        // Runs on each worker thread: its sessions get a Registry of their own.
+        let registry = LocalRegistry::start(&workers_hub, data.metrics.clone());
+        App::new()
+            .app_data(data.clone())
+            .app_data(registry)
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add(("Content-Security-Policy", rest::CSP))
+                    .add(("X-Content-Type-Options", "nosniff"))
+                    .add(("X-Frame-Options", "DENY"))
+                    .add(("Referrer-Policy", "no-referrer")),
+            )
+            .configure(rest::routes)
+    })
+    .workers(state.config.workers)
+    .backlog(4096)
+    .tcp_nodelay(true)
+    .max_connection_rate(4096)
+    .client_request_timeout(Duration::from_secs(10))
+    .shutdown_timeout(3)
+    .disable_signals()
+    .listen(listener)
+    .map_err(StartError::Serve)?
+    .run();
+    log::info!(
+        "taskwire listening on http://{addr} (database {})",
+        state.config.db_path
+    );
+    let handle = server.handle();
+    let stopper = async move {
+        shutdown.await;
+        log::info!("shutting down");
+        handle.pause().await;
+        let _ = db.send(Drain).await;
+        let n = hub.close_all(1001, "server shutting down").await;
+        log::info!("closed {n} sockets");
+        handle.stop(true).await;
+    };
+    let (served, ()) = futures_util::future::join(server, stopper).await;
+    served.map_err(StartError::Serve)
+}

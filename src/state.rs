@@ -1,0 +1,21 @@
+//! What every request handler and session shares.
+
+use actix::Addr;
+use std::sync::Arc;
+
+use crate::auth::TokenCache;
+use crate::config::Config;
+use crate::db::{Db, Head};
+use crate::limits::{RestLimiter, SocketCounts};
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Addr<Db>,
+    pub tokens: Arc<TokenCache>,
+    pub head: Arc<Head>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub sockets: Arc<SocketCounts>,
+    pub rest_limits: Arc<RestLimiter>,
+}
