@@ -55,6 +55,14 @@ pub struct ServeArgs {
     /// Frames waiting for one socket before it is closed 1013.
     #[arg(long, default_value_t = 65_536)]
     pub max_queue_frames: usize,
+    /// HTTP worker threads (at least 1); each holds its sockets and a Registry.
+    #[arg(
+        long,
+        env = "TASKWIRE_WORKERS",
+        default_value_t = 2,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub workers: usize,
     /// The admin token to create on a database with no token.
     #[arg(long, env = "TASKWIRE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -161,6 +169,7 @@ impl From<ServeArgs> for Config {
             max_sockets_per_token: a.max_sockets_per_token,
             max_queue_bytes: a.max_queue_bytes,
             max_queue_frames: a.max_queue_frames,
+            workers: a.workers,
             ..base
         }
     }
