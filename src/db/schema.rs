@@ -1,4 +1,4 @@
-// @generated shape of `diesel print-schema` for migrations/; keep in step with them.
+// @generated automatically by Diesel CLI.
 
 diesel::table! {
     agents (id) {
@@ -71,8 +71,6 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(agents, changes, meta, ops, tasks, tokens);
-
 diesel::table! {
     web_sessions (hash) {
         hash -> Text,
@@ -82,4 +80,6 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(web_sessions, tokens);
+diesel::joinable!(tasks -> agents (assignee_id));
+
+diesel::allow_tables_to_appear_in_same_query!(agents, changes, meta, ops, tasks, tokens, web_sessions,);

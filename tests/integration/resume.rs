@@ -413,3 +413,22 @@ async fn log_reads_look_through_a_bounded_window() {
         pairs(&[("task.created", 1), ("task.updated", 3), ("task.updated", 6)])
     );
 }
+
+/// A running server cuts the log back to `--log-keep` soon after it passes
+/// it, not only at its minutely pruning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_past_log_keep_is_cut_back_while_running() {
+    let app = spawn_app_with(|c| c.db.log_keep = 20);
+    for i in 0..60 {
+        app.create_task(&format!("t{i}")).await;
+    }
+    // The check runs every second; ten leave room for a busy machine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.get("/api/changes?since=39").send().await.unwrap().status() != 410 {
+        assert!(std::time::Instant::now() < deadline, "the log was not cut back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let kept = app.changes(40, None).await;
+    assert_eq!(kept["events"].as_array().unwrap().len(), 20, "{kept}");
+    assert_eq!(app.sqlite().int("SELECT COUNT(*) AS n FROM changes"), 20);
+}
