@@ -63,6 +63,10 @@ pub struct ServeArgs {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     pub workers: usize,
+    /// Rows one member or agent token may read per second (lists, snapshots,
+    /// change-log scans); past it reads are answered `rate_limited`.
+    #[arg(long, default_value_t = 200_000)]
+    pub read_rows_per_sec: u32,
     /// The admin token to create on a database with no token.
     #[arg(long, env = "TASKWIRE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -101,6 +105,9 @@ pub struct Config {
     pub max_queue_frames: usize,
     /// HTTP worker threads.
     pub workers: usize,
+    /// Read-only connections for reads, each on its own thread.
+    pub readers: usize,
+    pub read_rows_per_sec: u32,
 }
 
 impl Default for Config {
@@ -121,6 +128,8 @@ impl Default for Config {
             max_queue_bytes: 8_388_608,
             max_queue_frames: 65_536,
             workers: 2,
+            readers: 2,
+            read_rows_per_sec: 200_000,
         }
     }
 }
@@ -170,6 +179,7 @@ impl From<ServeArgs> for Config {
             max_queue_bytes: a.max_queue_bytes,
             max_queue_frames: a.max_queue_frames,
             workers: a.workers,
+            read_rows_per_sec: a.read_rows_per_sec,
             ..base
         }
     }

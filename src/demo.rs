@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
-use crate::db::{execute, Db, Read};
+use crate::db::{execute, Db, Query, Read, Reader};
 use crate::error::{ApiError, ErrorCode};
 use crate::protocol::{Call, Method};
 use crate::state::AppState;
@@ -84,9 +84,10 @@ const TITLES: [&str; 36] = [
 /// Must be called inside the actix system (as `run` does).
 pub fn start(app: &AppState) {
     let db = app.db.clone();
+    let reader = app.reader.clone();
     let timeout = app.config.db.heartbeat_timeout;
     actix::spawn(async move {
-        match simulate(db, timeout).await {
+        match simulate(db, reader, timeout).await {
             Ok(()) => {}
             Err(e) if e.code == ErrorCode::Unavailable => log::debug!("demo: stopped ({e})"),
             Err(e) => log::warn!("demo: stopped: {e}"),
@@ -105,8 +106,12 @@ async fn exec(db: &Addr<Db>, method: Method, params: Value) -> Result<Value, Api
 }
 
 /// Reads all tasks or all agents.
-async fn items(db: &Addr<Db>, read: Read) -> Result<Vec<Value>, ApiError> {
-    let answer = db
+async fn items(reader: &Addr<Reader>, query: Query) -> Result<Vec<Value>, ApiError> {
+    let read = Read {
+        query,
+        by: Principal::system(),
+    };
+    let answer = reader
         .send(read)
         .await
         .map_err(|_| ApiError::unavailable("the database stopped"))??;
@@ -114,10 +119,10 @@ async fn items(db: &Addr<Db>, read: Read) -> Result<Vec<Value>, ApiError> {
     Ok(v["items"].as_array().cloned().unwrap_or_default())
 }
 
-fn all_tasks(db: &Addr<Db>) -> impl std::future::Future<Output = Result<Vec<Value>, ApiError>> + '_ {
+fn all_tasks(reader: &Addr<Reader>) -> impl std::future::Future<Output = Result<Vec<Value>, ApiError>> + '_ {
     items(
-        db,
-        Read::Tasks {
+        reader,
+        Query::Tasks {
             status: None,
             assignee_id: None,
         },
@@ -125,9 +130,9 @@ fn all_tasks(db: &Addr<Db>) -> impl std::future::Future<Output = Result<Vec<Valu
 }
 
 /// Fills an empty database; returns the demo agents' ids by name.
-async fn seed(db: &Addr<Db>, rng: &mut StdRng) -> Result<Vec<(i64, String)>, ApiError> {
-    let tasks = all_tasks(db).await?;
-    let agents = items(db, Read::Agents).await?;
+async fn seed(db: &Addr<Db>, reader: &Addr<Reader>, rng: &mut StdRng) -> Result<Vec<(i64, String)>, ApiError> {
+    let tasks = all_tasks(reader).await?;
+    let agents = items(reader, Query::Agents).await?;
     if tasks.is_empty() && agents.is_empty() {
         let mut ids = Vec::new();
         for (name, kind) in AGENTS {
@@ -163,7 +168,7 @@ async fn seed(db: &Addr<Db>, rng: &mut StdRng) -> Result<Vec<(i64, String)>, Api
         }
         log::info!("demo: created {} agents and {} tasks", AGENTS.len(), TITLES.len());
     }
-    let agents = items(db, Read::Agents).await?;
+    let agents = items(reader, Query::Agents).await?;
     Ok(agents
         .iter()
         .filter(|a| a["meta"]["demo"] == json!(true))
@@ -183,9 +188,9 @@ struct Sim {
     next_nap: Instant,
 }
 
-async fn simulate(db: Addr<Db>, heartbeat_timeout: Duration) -> Result<(), ApiError> {
+async fn simulate(db: Addr<Db>, reader: Addr<Reader>, heartbeat_timeout: Duration) -> Result<(), ApiError> {
     let mut rng = StdRng::from_entropy();
-    let agents = seed(&db, &mut rng).await?;
+    let agents = seed(&db, &reader, &mut rng).await?;
     if agents.is_empty() {
         log::info!("demo: the database has data but no demo agents; nothing to simulate");
         return Ok(());
@@ -210,8 +215,8 @@ async fn simulate(db: Addr<Db>, heartbeat_timeout: Duration) -> Result<(), ApiEr
         if !sims.iter().any(|s| s.next_at <= now) {
             continue;
         }
-        let tasks = all_tasks(&db).await?;
-        let live = items(&db, Read::Agents).await?;
+        let tasks = all_tasks(&reader).await?;
+        let live = items(&reader, Query::Agents).await?;
         let live: HashMap<i64, Value> = live.into_iter().filter_map(|a| Some((a["id"].as_i64()?, a))).collect();
         // An agent someone deleted is simulated no more.
         sims.retain(|s| live.contains_key(&s.id));

@@ -141,6 +141,65 @@ impl SocketCounts {
     }
 }
 
+/// Rows each token may have read for it per second (snapshots, lists,
+/// change-log scans), so one client's reads cannot take the readers from the
+/// others. A read is refused once the token's budget is spent, and charged
+/// what it read after it ran: one large read goes through, the next waits
+/// for the budget to refill. Admin tokens are not limited, as with sockets.
+pub struct ReadBudget {
+    rate: f64,
+    inner: Mutex<HashMap<i64, (f64, Instant)>>,
+}
+
+impl ReadBudget {
+    pub fn new(rows_per_second: u32) -> Self {
+        ReadBudget {
+            rate: rows_per_second as f64,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn refilled(&self, entry: &mut (f64, Instant)) {
+        let now = Instant::now();
+        entry.0 = (entry.0 + now.duration_since(entry.1).as_secs_f64() * self.rate).min(self.rate);
+        entry.1 = now;
+    }
+
+    /// Refuses a read while the token's budget is spent.
+    pub fn check(&self, p: &Principal) -> Result<(), ApiError> {
+        if p.role == Role::Admin {
+            return Ok(());
+        }
+        let mut all = self.inner.lock().expect("read budget poisoned");
+        let entry = all.entry(p.token_id).or_insert((self.rate, Instant::now()));
+        self.refilled(entry);
+        if entry.0 > 0.0 {
+            Ok(())
+        } else {
+            Err(ApiError::rate_limited(
+                "this token read too many rows in the last second; slow down",
+            ))
+        }
+    }
+
+    /// Charges a read that ran.
+    pub fn charge(&self, p: &Principal, rows: usize) {
+        if p.role == Role::Admin || rows == 0 {
+            return;
+        }
+        let mut all = self.inner.lock().expect("read budget poisoned");
+        let entry = all.entry(p.token_id).or_insert((self.rate, Instant::now()));
+        self.refilled(entry);
+        entry.0 -= rows as f64;
+        // Forget tokens whose budget is full again, so the map holds only
+        // the tokens reading now.
+        if all.len() > 1024 {
+            let rate = self.rate;
+            all.retain(|_, (left, at)| *left + at.elapsed().as_secs_f64() * rate < rate);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +210,24 @@ mod tests {
             role,
             agent_id: None,
         }
+    }
+
+    #[test]
+    fn a_spent_read_budget_refuses_until_it_refills() {
+        let budget = ReadBudget::new(100);
+        let member = p(Role::Member, 1);
+        assert!(budget.check(&member).is_ok());
+        budget.charge(&member, 250);
+        assert_eq!(
+            budget.check(&member).unwrap_err().code,
+            crate::error::ErrorCode::RateLimited
+        );
+        assert!(
+            budget.check(&p(Role::Member, 2)).is_ok(),
+            "another token has its own budget"
+        );
+        budget.charge(&p(Role::Admin, 3), 1_000_000);
+        assert!(budget.check(&p(Role::Admin, 3)).is_ok());
     }
 
     #[test]

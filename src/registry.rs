@@ -120,10 +120,11 @@ pub struct RegistryHandle {
 }
 
 impl RegistryHandle {
-    /// Joins a session to a topic. Counted here, on the Db actor's thread,
-    /// so no publish the Db actor sends after it can skip this Registry.
+    /// Joins a session to a topic. Counted here, before the subscribe's read
+    /// starts, so no publish of a change committed after that read can skip
+    /// this Registry.
     pub fn join(&self, session_id: u64, topic: Topic, generation: u64) {
-        self.listeners.fetch_add(1, Ordering::Relaxed);
+        self.listeners.fetch_add(1, Ordering::SeqCst);
         self.addr.do_send(Join {
             session_id,
             topic,
@@ -164,7 +165,7 @@ impl Hub {
         let listening: Vec<_> = self
             .registries()
             .into_iter()
-            .filter(|r| r.listeners.load(Ordering::Relaxed) > 0)
+            .filter(|r| r.listeners.load(Ordering::SeqCst) > 0)
             .collect();
         if listening.is_empty() {
             return;

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::future::{ready, Ready};
 
 use crate::auth::Principal;
-use crate::db::{self, Committed, CreateToken, Db, ListTokens, Login, Logout, Read, ReadChanges, RevokeToken};
+use crate::db::{
+    self, Committed, CreateToken, Db, ListTokens, Login, Logout, Query, Read, ReadChanges, Reader, RevokeToken,
+};
 use crate::error::ApiError;
 use crate::model::TaskStatus;
 use crate::protocol::{check_op_id, Call, Method, Topic};
@@ -334,6 +336,19 @@ where
         .map_err(|_| ApiError::unavailable("the database is not running"))?
 }
 
+/// Sends a read to the readers and waits for its answer.
+async fn read<M, T>(app: &AppState, msg: M) -> Result<T, ApiError>
+where
+    M: actix::Message<Result = Result<T, ApiError>> + Send + 'static,
+    T: Send + 'static,
+    Reader: actix::Handler<M>,
+{
+    app.reader
+        .send(msg)
+        .await
+        .map_err(|_| ApiError::unavailable("the database is not running"))?
+}
+
 /// A response with `Taskwire-Seq` when the write committed a change.
 fn written(mut res: HttpResponseBuilder, seq: Option<i64>) -> HttpResponseBuilder {
     if let Some(seq) = seq {
@@ -378,16 +393,13 @@ async fn create(app: &AppState, req: &HttpRequest, who: Principal, payload: web:
         .json(data))
 }
 
-async fn get_one(app: &AppState, id: &str, kind: Kind) -> Res {
+async fn get_one(app: &AppState, who: Principal, id: &str, kind: Kind) -> Res {
     let id = path_id(id)?;
-    let entity = ask(
-        app,
-        match kind {
-            Kind::Task => Read::Task(id),
-            Kind::Agent => Read::Agent(id),
-        },
-    )
-    .await?;
+    let query = match kind {
+        Kind::Task => Query::Task(id),
+        Kind::Agent => Query::Agent(id),
+    };
+    let entity = read(app, Read { query, by: who }).await?;
     let mut res = HttpResponse::Ok();
     if let Some(version) = entity.version() {
         res.insert_header(etag(version));
@@ -428,7 +440,7 @@ async fn delete(app: &AppState, req: &HttpRequest, who: Principal, id: &str, kin
     Ok(written(HttpResponse::NoContent(), c.seq).finish())
 }
 
-async fn list_tasks(app: web::Data<AppState>, _who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
+async fn list_tasks(app: web::Data<AppState>, who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
     let mut status = None;
     let mut assignee_id = None;
     for (k, v) in query.into_inner() {
@@ -442,11 +454,13 @@ async fn list_tasks(app: web::Data<AppState>, _who: Principal, query: web::Query
             other => return Err(ApiError::bad_request(format!("unknown filter {other:?}"))),
         }
     }
-    Ok(HttpResponse::Ok().json(ask(&app, Read::Tasks { status, assignee_id }).await?))
+    let query = Query::Tasks { status, assignee_id };
+    Ok(HttpResponse::Ok().json(read(&app, Read { query, by: who }).await?))
 }
 
-async fn list_agents(app: web::Data<AppState>, _who: Principal) -> Res {
-    Ok(HttpResponse::Ok().json(ask(&app, Read::Agents).await?))
+async fn list_agents(app: web::Data<AppState>, who: Principal) -> Res {
+    let query = Query::Agents;
+    Ok(HttpResponse::Ok().json(read(&app, Read { query, by: who }).await?))
 }
 
 async fn create_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, payload: web::Payload) -> Res {
@@ -457,12 +471,12 @@ async fn create_agent(app: web::Data<AppState>, req: HttpRequest, who: Principal
     create(&app, &req, who, payload, Kind::Agent).await
 }
 
-async fn get_task(app: web::Data<AppState>, _who: Principal, id: web::Path<String>) -> Res {
-    get_one(&app, &id, Kind::Task).await
+async fn get_task(app: web::Data<AppState>, who: Principal, id: web::Path<String>) -> Res {
+    get_one(&app, who, &id, Kind::Task).await
 }
 
-async fn get_agent(app: web::Data<AppState>, _who: Principal, id: web::Path<String>) -> Res {
-    get_one(&app, &id, Kind::Agent).await
+async fn get_agent(app: web::Data<AppState>, who: Principal, id: web::Path<String>) -> Res {
+    get_one(&app, who, &id, Kind::Agent).await
 }
 
 async fn update_task(
@@ -507,7 +521,7 @@ async fn heartbeat(
     Ok(written(HttpResponse::NoContent(), c.seq).finish())
 }
 
-async fn changes(app: web::Data<AppState>, _who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
+async fn changes(app: web::Data<AppState>, who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
     let mut since = 0;
     let mut topic = None;
     let mut limit = 1000;
@@ -531,7 +545,16 @@ async fn changes(app: web::Data<AppState>, _who: Principal, query: web::Query<Ha
             other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
         }
     }
-    let page = ask(&app, ReadChanges { since, topic, limit }).await?;
+    let page = read(
+        &app,
+        ReadChanges {
+            since,
+            topic,
+            limit,
+            by: who,
+        },
+    )
+    .await?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(String::from(Box::<str>::from(page))))

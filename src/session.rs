@@ -156,14 +156,17 @@ impl Session {
                 let resume = if already { None } else { resume };
                 self.generation += 1;
                 self.pending.insert(topic.clone(), self.generation);
-                self.app.db.do_send(Subscribe {
+                // Joined before the read, so every change committed after the
+                // reader's position reaches this session, held until the reply
+                // is written; those at or before it are in the reply.
+                self.registry.handle.join(self.id, topic.clone(), self.generation);
+                self.app.reader.do_send(Subscribe {
                     reference,
                     topic,
                     generation: self.generation,
                     resume,
-                    session_id: self.id,
+                    principal: self.principal.clone(),
                     reply_to: ctx.address().recipient(),
-                    registry: self.registry.handle.clone(),
                 });
             }
             Request::Unsubscribe { topic } => {

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use crate::auth::TokenCache;
 use crate::config::Config;
-use crate::db::{self, Db, Drain, OpenError};
+use crate::db::resume::RecentChanges;
+use crate::db::shared::Shared;
+use crate::db::{self, reader, Db, Drain, OpenError};
 use crate::error::ApiError;
-use crate::limits::{RestLimiter, SocketCounts};
+use crate::limits::{ReadBudget, RestLimiter, SocketCounts};
 use crate::metrics::Metrics;
 use crate::registry::{Hub, LocalRegistry};
 use crate::state::AppState;
@@ -82,13 +84,33 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let metrics = Arc::new(Metrics::new());
     let head = opened.position.clone();
 
+    let recent = RecentChanges::load(&mut opened.conn, head.seq(), opened.floor, config.db.recent_changes)
+        .map_err(|e| load(e.into()))?;
+    let shared = Arc::new(Shared::new(head.clone(), recent));
+    let budget = Arc::new(ReadBudget::new(config.read_rows_per_sec));
+    let reader = reader::start(
+        &config.db_path,
+        config.readers,
+        shared.clone(),
+        config.db.clone(),
+        budget,
+    )?;
+
     let hub = Arc::new(Hub::default());
-    let db =
-        Db::new(opened, hub.clone(), tokens.clone(), metrics.clone(), config.db.clone()).map_err(|e| load(e.into()))?;
+    let db = Db::new(
+        opened,
+        hub.clone(),
+        tokens.clone(),
+        metrics.clone(),
+        config.db.clone(),
+        shared,
+    )
+    .map_err(|e| load(e.into()))?;
     let db = Db::start_in_arbiter(&Arbiter::new().handle(), move |_| db);
 
     let state = AppState {
         db: db.clone(),
+        reader,
         tokens,
         head,
         sockets: Arc::new(SocketCounts::new(config.max_sockets, config.max_sockets_per_token)),

@@ -5,13 +5,16 @@ use std::sync::Arc;
 
 use crate::auth::TokenCache;
 use crate::config::Config;
-use crate::db::{Db, Head};
+use crate::db::{Db, Head, Reader};
 use crate::limits::{RestLimiter, SocketCounts};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct AppState {
+    /// The writer: every call goes here.
     pub db: Addr<Db>,
+    /// The readers: lists, pages, snapshots and resumes go here.
+    pub reader: Addr<Reader>,
     pub tokens: Arc<TokenCache>,
     pub head: Arc<Head>,
     pub config: Arc<Config>,

@@ -4,8 +4,11 @@
 //! - [`writer`]: the actor itself and the group commit of calls.
 //! - [`rules`]: what each call may do and what it changes, run inside the
 //!   commit, one savepoint per call.
-//! - [`resume`]: subscribes: a snapshot, or the changes a client missed.
-//! - [`reads`]: REST reads and change-log pages.
+//! - [`reader`]: the readers, read-only connections on their own threads.
+//! - [`reads`]: REST reads and change-log pages, run on a reader.
+//! - [`resume`]: subscribes: a snapshot, or the changes a client missed, run
+//!   on a reader.
+//! - [`shared`]: what the writer shares with the readers after each commit.
 //! - [`tokens`]: token and browser-session administration, and the watch for
 //!   revocations made by another process.
 //! - [`upkeep`]: the timers: heartbeat times, agents going offline, pruning.
@@ -17,11 +20,13 @@ pub mod liveness;
 pub mod models;
 pub mod open;
 pub mod queries;
+pub mod reader;
 pub mod reads;
 pub mod resume;
 pub mod row_cache;
 pub mod rules;
 pub mod schema;
+pub mod shared;
 pub mod tokens;
 pub mod upkeep;
 pub mod writer;
@@ -29,7 +34,8 @@ pub mod writer;
 use std::time::Duration;
 
 pub use open::{open, Head, OpenError, Opened};
-pub use reads::{Listing, Read, ReadAnswer, ReadChanges};
+pub use reader::Reader;
+pub use reads::{Listing, Query, Read, ReadAnswer, ReadChanges};
 pub use resume::{Subscribe, Subscribed};
 pub use tokens::{
     ensure_admin_token, load_tokens, CreateToken, ListTokens, Login, Logout, RevokeToken, WebSession, WEB_SESSION_DAYS,

@@ -1,8 +1,11 @@
-//! Reads for REST and snapshots: entities as lists or one by one, and pages of
-//! the change log. Every read is answered at one position: between two
-//! commits, on the writer's thread.
+//! Reads on a reader's connection, each in one read transaction, so what it
+//! answers is the state at one position: entity lists and single entities
+//! for REST and snapshots, and pages of the change log.
 
 use actix::prelude::*;
+use diesel::connection::Connection;
+use diesel::sqlite::SqliteConnection;
+use diesel::QueryResult;
 use serde::Serialize;
 use serde_json::value::{to_raw_value, RawValue};
 use serde_json::Value;
@@ -10,10 +13,30 @@ use serde_json::Value;
 use super::models::{Agent, Task};
 use super::queries as q;
 use super::rules::change_of_row;
-use super::writer::Db;
+use super::shared::Shared;
+use super::DbConfig;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::model::TaskStatus;
 use crate::protocol::{EventFrame, Topic};
+
+/// Where a read transaction stands: its last change, and the newest change
+/// pruned from the log.
+pub struct Position {
+    pub seq: i64,
+    pub floor: i64,
+}
+
+impl Position {
+    /// Read inside the transaction, first, so it is the transaction's position.
+    pub fn read(conn: &mut SqliteConnection) -> QueryResult<Position> {
+        let seq = q::max_seq(conn)?.unwrap_or(0);
+        let floor = q::get_meta(conn, "pruned_through")?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok(Position { seq, floor })
+    }
+}
 
 /// A list of entities and the position it was read at.
 #[derive(Debug, Serialize)]
@@ -25,7 +48,7 @@ pub struct Listing<T> {
 
 /// What a REST read asks for.
 #[derive(Debug, Clone)]
-pub enum Read {
+pub enum Query {
     /// Tasks, by id, optionally of one status and one assignee.
     Tasks {
         status: Option<TaskStatus>,
@@ -34,6 +57,16 @@ pub enum Read {
     Task(i64),
     Agents,
     Agent(i64),
+}
+
+/// A REST read, by a principal whose read budget it is charged to.
+pub struct Read {
+    pub query: Query,
+    pub by: Principal,
+}
+
+impl Message for Read {
+    type Result = Result<ReadAnswer, ApiError>;
 }
 
 /// The answer to a [`Read`].
@@ -55,20 +88,26 @@ impl ReadAnswer {
             ReadAnswer::Tasks(_) | ReadAnswer::Agents(_) => None,
         }
     }
-}
 
-impl Message for Read {
-    type Result = Result<ReadAnswer, ApiError>;
+    /// Rows read, for the read budget.
+    pub fn rows(&self) -> usize {
+        match self {
+            ReadAnswer::Tasks(l) => l.items.len(),
+            ReadAnswer::Agents(l) => l.items.len(),
+            ReadAnswer::Task(_) | ReadAnswer::Agent(_) => 1,
+        }
+    }
 }
 
 /// A page of the change log for REST, as JSON text: its events are printed
-/// straight from the stored rows, not parsed into trees on the writer's thread.
+/// straight from the stored rows, not parsed into trees.
 #[derive(Message)]
 #[rtype(result = "Result<Box<RawValue>, ApiError>")]
 pub struct ReadChanges {
     pub since: i64,
     pub topic: Option<Topic>,
     pub limit: i64,
+    pub by: Principal,
 }
 
 /// A change-log page as REST answers it.
@@ -79,108 +118,93 @@ struct ChangesPage<'a> {
     events: &'a [EventFrame<'a>],
 }
 
-impl Db {
-    fn tasks(&mut self, status: Option<TaskStatus>, assignee_id: Option<i64>) -> Result<Vec<Task>, ApiError> {
-        Ok(q::list_tasks(&mut self.conn, status, assignee_id)?)
-    }
+fn agents(conn: &mut SqliteConnection, shared: &Shared) -> QueryResult<Vec<Agent>> {
+    Ok(q::list_agents(conn)?.into_iter().map(|a| shared.overlay(a)).collect())
+}
 
-    /// Every agent, by id, with heartbeat times not yet on disk.
-    fn agents(&mut self) -> Result<Vec<Agent>, ApiError> {
-        let agents = q::list_agents(&mut self.conn)?;
-        Ok(agents.into_iter().map(|a| self.live.overlay(a)).collect())
-    }
+fn agent(conn: &mut SqliteConnection, shared: &Shared, id: i64) -> QueryResult<Option<Agent>> {
+    Ok(q::find_agent(conn, id)?.map(|a| shared.overlay(a)))
+}
 
-    fn agent(&mut self, id: i64) -> Result<Option<Agent>, ApiError> {
-        Ok(q::find_agent(&mut self.conn, id)?.map(|a| self.live.overlay(a)))
-    }
+/// The current state of a topic; `None` for a single entity that does not exist.
+pub fn snapshot(conn: &mut SqliteConnection, shared: &Shared, topic: &Topic) -> QueryResult<Option<Value>> {
+    Ok(match topic {
+        Topic::Tasks => Some(Value::Array(
+            q::list_tasks(conn, None, None)?.iter().map(Task::to_json).collect(),
+        )),
+        Topic::Agents => Some(Value::Array(agents(conn, shared)?.iter().map(Agent::to_json).collect())),
+        Topic::Task(id) => q::find_task(conn, *id)?.map(|t| t.to_json()),
+        Topic::Agent(id) => agent(conn, shared, *id)?.map(|a| a.to_json()),
+    })
+}
 
-    fn listing<T>(&self, items: Vec<T>) -> Listing<T> {
-        Listing {
-            epoch: self.position.epoch.clone(),
-            seq: self.seq,
-            items,
-        }
-    }
-
-    /// The current state of a topic; `None` for a single entity that does not exist.
-    pub(super) fn snapshot(&mut self, topic: &Topic) -> Result<Option<Value>, ApiError> {
-        Ok(match topic {
-            Topic::Tasks => Some(Value::Array(
-                self.tasks(None, None)?.iter().map(Task::to_json).collect(),
-            )),
-            Topic::Agents => Some(Value::Array(self.agents()?.iter().map(Agent::to_json).collect())),
-            Topic::Task(id) => q::find_task(&mut self.conn, *id)?.map(|t| t.to_json()),
-            Topic::Agent(id) => self.agent(*id)?.map(|a| a.to_json()),
-        })
-    }
-
-    fn read(&mut self, read: Read) -> Result<ReadAnswer, ApiError> {
-        Ok(match read {
-            Read::Tasks { status, assignee_id } => {
-                let tasks = self.tasks(status, assignee_id)?;
-                ReadAnswer::Tasks(self.listing(tasks))
+/// Answers a REST read, in one read transaction.
+pub fn read(conn: &mut SqliteConnection, shared: &Shared, query: Query) -> Result<ReadAnswer, ApiError> {
+    conn.transaction(|conn| {
+        let listing = |conn: &mut SqliteConnection| -> QueryResult<(String, i64)> {
+            Ok((shared.head.epoch.clone(), Position::read(conn)?.seq))
+        };
+        Ok(match query {
+            Query::Tasks { status, assignee_id } => {
+                let (epoch, seq) = listing(conn)?;
+                let items = q::list_tasks(conn, status, assignee_id)?;
+                ReadAnswer::Tasks(Listing { epoch, seq, items })
             }
-            Read::Agents => {
-                let agents = self.agents()?;
-                ReadAnswer::Agents(self.listing(agents))
+            Query::Agents => {
+                let (epoch, seq) = listing(conn)?;
+                let items = agents(conn, shared)?;
+                ReadAnswer::Agents(Listing { epoch, seq, items })
             }
-            Read::Task(id) => ReadAnswer::Task(
-                q::find_task(&mut self.conn, id)?.ok_or_else(|| ApiError::not_found(format!("task {id} not found")))?,
+            Query::Task(id) => ReadAnswer::Task(
+                q::find_task(conn, id)?.ok_or_else(|| ApiError::not_found(format!("task {id} not found")))?,
             ),
-            Read::Agent(id) => ReadAnswer::Agent(
-                self.agent(id)?
-                    .ok_or_else(|| ApiError::not_found(format!("agent {id} not found")))?,
+            Query::Agent(id) => ReadAnswer::Agent(
+                agent(conn, shared, id)?.ok_or_else(|| ApiError::not_found(format!("agent {id} not found")))?,
             ),
         })
-    }
+    })
+}
 
-    /// A page of the change log after `since`.
-    fn changes(&mut self, msg: ReadChanges) -> Result<Box<RawValue>, ApiError> {
-        let ReadChanges { since, topic, limit } = msg;
-        if since < self.floor {
+/// A page of the change log after `since`, and the rows it looked through.
+pub fn changes(
+    conn: &mut SqliteConnection,
+    shared: &Shared,
+    config: &DbConfig,
+    msg: &ReadChanges,
+) -> Result<(Box<RawValue>, usize), ApiError> {
+    conn.transaction(|conn| {
+        let at = Position::read(conn)?;
+        if msg.since < at.floor {
             return Err(ApiError::gone(format!(
                 "changes up to {} are no longer kept; load a snapshot",
-                self.floor
+                at.floor
             )));
         }
-        let filter = topic.as_ref().map(Topic::filter);
+        let filter = msg.topic.as_ref().map(Topic::filter);
         // One page looks through at most `log_scan_window` changes; it is
         // complete up to the end of that window, or up to its last event when
         // `limit` cut it short.
-        let window_end = self.seq.min(since.saturating_add(self.config.log_scan_window));
-        let rows = q::changes_since(&mut self.conn, since, window_end, filter, limit)?;
-        let upto = if rows.len() as i64 == limit {
+        let window_end = at.seq.min(msg.since.saturating_add(config.log_scan_window));
+        let rows = q::changes_since(conn, msg.since, window_end, filter, msg.limit)?;
+        let upto = if rows.len() as i64 == msg.limit {
             rows.last().map_or(window_end, |r| r.seq)
         } else {
             window_end
         };
+        let scanned = (upto - msg.since).max(0) as usize;
         let changes = rows
             .into_iter()
             .map(change_of_row)
             .collect::<Result<Vec<_>, ApiError>>()?;
         let events: Vec<_> = changes
             .iter()
-            .map(|c| c.frame(topic.as_ref().unwrap_or(Topic::collection(c.entity))))
+            .map(|c| c.frame(msg.topic.as_ref().unwrap_or(Topic::collection(c.entity))))
             .collect();
         let page = ChangesPage {
-            epoch: &self.position.epoch,
+            epoch: &shared.head.epoch,
             seq: upto,
             events: &events,
         };
-        to_raw_value(&page).map_err(ApiError::internal)
-    }
-}
-
-impl Handler<Read> for Db {
-    type Result = Result<ReadAnswer, ApiError>;
-    fn handle(&mut self, msg: Read, _: &mut Context<Self>) -> Self::Result {
-        self.read(msg)
-    }
-}
-
-impl Handler<ReadChanges> for Db {
-    type Result = Result<Box<RawValue>, ApiError>;
-    fn handle(&mut self, msg: ReadChanges, _: &mut Context<Self>) -> Self::Result {
-        self.changes(msg)
-    }
+        Ok((to_raw_value(&page).map_err(ApiError::internal)?, scanned))
+    })
 }

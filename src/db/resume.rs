@@ -1,8 +1,10 @@
 //! Subscribes: a snapshot of the topic, or, for a client that resumes, the
-//! changes it missed. Answered on the writer's thread between two commits, so
-//! the reply and the events after it neither overlap nor leave a gap.
+//! changes it missed, read on a reader at one position. The session joins its
+//! Registry to the topic before it asks, so every change committed after that
+//! position reaches it, and those at or before it are in the reply.
 
 use actix::prelude::*;
+use diesel::connection::Connection;
 use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 use serde_json::value::{to_raw_value, RawValue};
@@ -11,14 +13,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::queries as q;
+use super::reads::{snapshot, Position as At};
 use super::rules::change_of_row;
-use super::writer::Db;
+use super::shared::Shared;
+use super::DbConfig;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::protocol::{Change, EventFrame, Position, Ref, Topic};
-use crate::registry::RegistryHandle;
 
-/// The answer to a subscribe, sent to the session's mailbox before the Join, so
-/// no later event can overtake it.
+/// The answer to a subscribe.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribed {
@@ -30,8 +33,8 @@ pub struct Subscribed {
     pub result: Result<(Arc<RawValue>, i64), ApiError>,
 }
 
-/// Reads a snapshot or the missed changes of a topic, replies to the session
-/// and joins it to the topic.
+/// Reads a snapshot or the missed changes of a topic and answers the session.
+/// The session has joined the topic already.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribe {
@@ -40,14 +43,13 @@ pub struct Subscribe {
     /// The session's number for this subscribe, echoed in the answer.
     pub generation: u64,
     pub resume: Option<Position>,
-    pub session_id: u64,
+    pub principal: Principal,
     pub reply_to: Recipient<Subscribed>,
-    /// The Registry of the session's thread.
-    pub registry: RegistryHandle,
 }
 
 /// The newest committed changes, oldest first, so a resume needs neither SQL
-/// nor JSON parsing. Only committed changes go in.
+/// nor JSON parsing. The writer pushes a commit's changes after it committed,
+/// so a reader may see a position the memory does not reach yet.
 pub struct RecentChanges {
     changes: VecDeque<Arc<Change>>,
     capacity: usize,
@@ -71,13 +73,16 @@ impl RecentChanges {
         self.changes.push_back(change);
     }
 
-    /// The changes of `topic` after `since`, if memory reaches back that far.
-    fn of_topic_since(&self, topic: &Topic, since: i64, limit: usize) -> Option<Vec<Arc<Change>>> {
+    /// The changes of `topic` in (`since`, `upto`], at most `limit`, if memory
+    /// holds that whole range.
+    fn of_topic(&self, topic: &Topic, since: i64, upto: i64, limit: usize) -> Option<Vec<Arc<Change>>> {
         let first = self.changes.front()?;
-        (first.seq <= since + 1).then(|| {
+        let last = self.changes.back()?;
+        (first.seq <= since + 1 && last.seq >= upto).then(|| {
             self.changes
                 .iter()
                 .skip((since + 1 - first.seq) as usize)
+                .take_while(|c| c.seq <= upto)
                 .filter(|c| topic.matches(c.entity, c.entity_id))
                 .take(limit)
                 .cloned()
@@ -86,29 +91,28 @@ impl RecentChanges {
     }
 }
 
-/// Subscribe replies since the last commit, by topic and resume position:
-/// clients that (re)subscribe alike between two commits, as after a restart,
-/// share one reply, read and serialized once.
+/// Subscribe replies at one position, by topic and resume position: clients
+/// that (re)subscribe alike at the same position, as after a restart, share
+/// one reply, read and serialized once.
 #[derive(Default)]
-pub struct ReplyCache(HashMap<(Topic, Option<i64>), Arc<RawValue>>);
+pub struct ReplyCache {
+    seq: i64,
+    replies: HashMap<(Topic, Option<i64>), Arc<RawValue>>,
+}
 
 impl ReplyCache {
     const MAX: usize = 256;
 
-    /// Any commit may change what a subscribe answers.
-    pub fn clear(&mut self) {
-        self.0.clear();
+    fn get(&mut self, seq: i64, key: &(Topic, Option<i64>)) -> Option<Arc<RawValue>> {
+        (self.seq == seq).then(|| self.replies.get(key).cloned()).flatten()
     }
 
-    fn get(&self, key: &(Topic, Option<i64>)) -> Option<Arc<RawValue>> {
-        self.0.get(key).cloned()
-    }
-
-    fn insert(&mut self, key: (Topic, Option<i64>), reply: Arc<RawValue>) {
-        if self.0.len() >= Self::MAX {
-            self.0.clear();
+    fn insert(&mut self, seq: i64, key: (Topic, Option<i64>), reply: Arc<RawValue>) {
+        if self.seq != seq || self.replies.len() >= Self::MAX {
+            self.replies.clear();
+            self.seq = seq;
         }
-        self.0.insert(key, reply);
+        self.replies.insert(key, reply);
     }
 }
 
@@ -124,105 +128,103 @@ struct SubscribeReply<'a> {
     snapshot: Option<&'a Value>,
 }
 
-impl<'a> SubscribeReply<'a> {
-    /// The reply as text: `events` for an exact resume, else `snapshot`.
-    fn text(
-        topic: &Topic,
-        epoch: &'a str,
-        seq: i64,
-        events: Option<&'a [EventFrame<'a>]>,
-        snapshot: Option<&'a Value>,
-    ) -> Result<Box<RawValue>, ApiError> {
-        let reply = SubscribeReply {
-            topic: topic.to_string(),
-            epoch,
-            seq,
-            events,
-            snapshot,
+/// A subscribe's reply, read in one transaction, and the rows it read (for
+/// the token's read budget).
+pub fn reply(
+    conn: &mut SqliteConnection,
+    shared: &Shared,
+    config: &DbConfig,
+    topic: &Topic,
+    resume: Option<&Position>,
+) -> Result<(Arc<RawValue>, i64, usize), ApiError> {
+    let epoch = shared.head.epoch.as_str();
+    let same_db = resume.is_some_and(|p| p.epoch.as_deref() == Some(epoch));
+    let key = (topic.clone(), resume.filter(|_| same_db).map(|p| p.since));
+    conn.transaction(|conn| {
+        let at = At::read(conn)?;
+        if let Some(cached) = shared.replies.lock().expect("replies poisoned").get(at.seq, &key) {
+            return Ok((cached, at.seq, 0));
+        }
+        let mut rows = 0;
+        let missed = match resume.filter(|_| same_db) {
+            Some(pos) => missed(conn, shared, config, &at, topic, pos.since, &mut rows)?,
+            None => None,
         };
-        to_raw_value(&reply).map_err(ApiError::internal)
-    }
-}
-
-impl Db {
-    /// The reply data of a subscribe: a snapshot, or the missed changes.
-    fn subscribe(&mut self, topic: &Topic, resume: Option<&Position>) -> Result<Box<RawValue>, ApiError> {
-        let epoch = self.position.epoch.clone();
-        if let Some(missed) = resume.and_then(|pos| self.missed(topic, pos).transpose()) {
-            let missed = missed?;
-            if missed.is_empty() && topic.filter().1.is_some() && self.snapshot(topic)?.is_none() {
-                return Err(ApiError::not_found(format!("{topic} does not exist")));
+        let text = match missed {
+            Some(missed) => {
+                if missed.is_empty() && topic.filter().1.is_some() && snapshot(conn, shared, topic)?.is_none() {
+                    return Err(ApiError::not_found(format!("{topic} does not exist")));
+                }
+                let events: Vec<_> = missed.iter().map(|c| c.frame(topic)).collect();
+                text(topic, epoch, at.seq, Some(&events), None)?
             }
-            let events: Vec<_> = missed.iter().map(|c| c.frame(topic)).collect();
-            return SubscribeReply::text(topic, &epoch, self.seq, Some(&events), None);
-        }
-        let snapshot = self
-            .snapshot(topic)?
-            .ok_or_else(|| ApiError::not_found(format!("{topic} does not exist")))?;
-        SubscribeReply::text(topic, &epoch, self.seq, None, Some(&snapshot))
-    }
-
-    /// The changes of `topic` a client at `pos` missed, or `None` when it
-    /// must take a snapshot: another database, a position pruned or ahead,
-    /// more than `max_replay` changes, or too far back to scan.
-    fn missed(&mut self, topic: &Topic, pos: &Position) -> Result<Option<Vec<Arc<Change>>>, ApiError> {
-        let same_db = pos.epoch.as_deref() == Some(self.position.epoch.as_str());
-        if !same_db || pos.since > self.seq || pos.since < self.floor {
-            return Ok(None);
-        }
-        let limit = self.config.max_replay as usize;
-        let missed = match self.recent.of_topic_since(topic, pos.since, limit + 1) {
-            Some(missed) => missed,
-            None if pos.since == self.seq => Vec::new(),
-            // Too far back to look through on the writer's thread: a
-            // snapshot is cheaper than the scan.
-            None if self.seq - pos.since > self.config.log_scan_window => return Ok(None),
-            None => q::changes_since(
-                &mut self.conn,
-                pos.since,
-                self.seq,
-                Some(topic.filter()),
-                limit as i64 + 1,
-            )?
-            .into_iter()
-            .map(|r| change_of_row(r).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?,
+            None => {
+                let snapshot = snapshot(conn, shared, topic)?
+                    .ok_or_else(|| ApiError::not_found(format!("{topic} does not exist")))?;
+                rows += snapshot.as_array().map_or(1, Vec::len);
+                text(topic, epoch, at.seq, None, Some(&snapshot))?
+            }
         };
-        Ok((missed.len() <= limit).then_some(missed))
-    }
+        let text: Arc<RawValue> = Arc::from(text);
+        shared
+            .replies
+            .lock()
+            .expect("replies poisoned")
+            .insert(at.seq, key, text.clone());
+        Ok((text, at.seq, rows))
+    })
 }
 
-impl Handler<Subscribe> for Db {
-    type Result = ();
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
-        let same_db = msg
-            .resume
-            .as_ref()
-            .is_some_and(|p| p.epoch.as_deref() == Some(self.position.epoch.as_str()));
-        let key = (
-            msg.topic.clone(),
-            msg.resume.as_ref().filter(|_| same_db).map(|p| p.since),
-        );
-        let result = match self.replies.get(&key) {
-            Some(data) => Ok(data),
-            None => self.subscribe(&msg.topic, msg.resume.as_ref()).map(|raw| {
-                let raw: Arc<RawValue> = Arc::from(raw);
-                self.replies.insert(key, raw.clone());
-                raw
-            }),
-        };
-        // Join before the reply and before any later change: any Leave the
-        // session sends after the reply comes after the join, and the events
-        // past the snapshot reach the session's Registry after it; the ones
-        // that come before the session writes the reply wait for it there.
-        if result.is_ok() {
-            msg.registry.join(msg.session_id, msg.topic.clone(), msg.generation);
-        }
-        msg.reply_to.do_send(Subscribed {
-            reference: msg.reference,
-            topic: msg.topic,
-            generation: msg.generation,
-            result: result.map(|d| (d, self.seq)),
-        });
+fn text(
+    topic: &Topic,
+    epoch: &str,
+    seq: i64,
+    events: Option<&[EventFrame<'_>]>,
+    snapshot: Option<&Value>,
+) -> Result<Box<RawValue>, ApiError> {
+    let reply = SubscribeReply {
+        topic: topic.to_string(),
+        epoch,
+        seq,
+        events,
+        snapshot,
+    };
+    to_raw_value(&reply).map_err(ApiError::internal)
+}
+
+/// The changes of `topic` a client at `since` (of this database) missed, or
+/// `None` when it must take a snapshot: a position pruned or ahead, more than
+/// `max_replay` changes, or too far back to scan.
+fn missed(
+    conn: &mut SqliteConnection,
+    shared: &Shared,
+    config: &DbConfig,
+    at: &At,
+    topic: &Topic,
+    since: i64,
+    rows: &mut usize,
+) -> Result<Option<Vec<Arc<Change>>>, ApiError> {
+    if since > at.seq || since < at.floor {
+        return Ok(None);
     }
+    let limit = config.max_replay as usize;
+    let in_memory = shared
+        .recent
+        .read()
+        .expect("recent poisoned")
+        .of_topic(topic, since, at.seq, limit + 1);
+    let missed = match in_memory {
+        Some(missed) => missed,
+        None if since == at.seq => Vec::new(),
+        // Too far back to scan: a snapshot is cheaper.
+        None if at.seq - since > config.log_scan_window => return Ok(None),
+        None => {
+            *rows += (at.seq - since) as usize;
+            q::changes_since(conn, since, at.seq, Some(topic.filter()), limit as i64 + 1)?
+                .into_iter()
+                .map(|r| change_of_row(r).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    Ok((missed.len() <= limit).then_some(missed))
 }

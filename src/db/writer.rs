@@ -20,9 +20,9 @@ use tokio::sync::oneshot;
 use super::liveness::Liveness;
 use super::open::{Head, Opened};
 use super::queries as q;
-use super::resume::{RecentChanges, ReplyCache};
 use super::row_cache::TaskRows;
 use super::rules::{self, Outcome, WriteCtx};
+use super::shared::Shared;
 use super::tokens::RevocationWatch;
 use super::DbConfig;
 use crate::auth::{Principal, TokenCache};
@@ -127,8 +127,8 @@ pub struct Db {
     draining: bool,
     pub(super) live: Liveness,
     tasks: TaskRows,
-    pub(super) recent: RecentChanges,
-    pub(super) replies: ReplyCache,
+    /// What the readers see of the writer's memory.
+    shared: Arc<Shared>,
     pub(super) revocations: RevocationWatch,
 }
 
@@ -139,6 +139,7 @@ impl Db {
         tokens: Arc<TokenCache>,
         metrics: Arc<Metrics>,
         config: DbConfig,
+        shared: Arc<Shared>,
     ) -> Result<Db, ApiError> {
         let Opened {
             mut conn,
@@ -146,7 +147,6 @@ impl Db {
             floor,
         } = opened;
         let live = Liveness::starting(q::list_agents(&mut conn)?.into_iter().map(|a| a.id));
-        let recent = RecentChanges::load(&mut conn, position.seq(), floor, config.recent_changes)?;
         let revocations = RevocationWatch::start(&mut conn)?;
         Ok(Db {
             seq: position.seq(),
@@ -162,8 +162,7 @@ impl Db {
             draining: false,
             live,
             tasks: TaskRows::default(),
-            recent,
-            replies: ReplyCache::default(),
+            shared,
             revocations,
         })
     }
@@ -182,8 +181,6 @@ impl Db {
     pub(super) fn flush(&mut self) {
         self.flush_scheduled = false;
         let jobs = std::mem::take(&mut self.pending);
-        // Any write, even a heartbeat, may change what a subscribe answers.
-        self.replies.clear();
         self.metrics.db_mailbox.set(0);
         if jobs.is_empty() {
             return;
@@ -239,16 +236,18 @@ impl Db {
         let mut items = Vec::new();
         let mut revoked = Vec::new();
         let mut answers = Vec::with_capacity(jobs.len());
+        let mut recent = self.shared.recent.write().expect("recent poisoned");
         for (job, result) in jobs.into_iter().zip(results) {
             let answer = result.map(|out| {
                 // One copy of each change, shared by the resume memory and
                 // the Registry.
                 for change in out.changes.into_iter().map(Arc::new) {
-                    self.recent.push(change.clone());
+                    recent.push(change.clone());
                     items.push(Published::Change(change));
                 }
                 if let Some((agent_id, at)) = out.heartbeat {
                     self.live.heard(agent_id);
+                    self.shared.beat(agent_id, &at);
                     items.push(Published::Heartbeat { agent_id, at });
                 }
                 if let Some(id) = out.new_agent {
@@ -267,6 +266,7 @@ impl Db {
                 answers.push((reply, answer));
             }
         }
+        drop(recent);
         self.metrics.change_log_len.add(seq - start_seq);
         // Revoked tokens are gone before their revoker hears so.
         self.forget_tokens(revoked);

@@ -21,6 +21,7 @@ mod errors;
 mod fuzz;
 mod liveness;
 mod readonly;
+mod reads;
 mod rest_api;
 mod resume;
 mod security;
