@@ -39,6 +39,8 @@ pub enum StartError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("stopped after a storage failure: {0}")]
+    Storage(String),
 }
 
 /// A failure reading what the server loads at start.
@@ -97,6 +99,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     )?;
 
     let hub = Arc::new(Hub::default());
+    let (failed, storage_failure) = tokio::sync::oneshot::channel();
     let db = Db::new(
         opened,
         hub.clone(),
@@ -104,6 +107,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         metrics.clone(),
         config.db.clone(),
         shared,
+        failed,
     )
     .map_err(|e| load(e.into()))?;
     let db = Db::start_in_arbiter(&Arbiter::new().handle(), move |_| db);
@@ -155,14 +159,21 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     );
     let handle = server.handle();
     let stopper = async move {
-        shutdown.await;
+        // A storage failure stops the server as a signal does, but the exit
+        // says so.
+        let failure = tokio::select! {
+            () = shutdown => None,
+            reason = storage_failure => reason.ok(),
+        };
         log::info!("shutting down");
         handle.pause().await;
         let _ = db.send(Drain).await;
         let n = hub.close_all(1001, "server shutting down").await;
         log::info!("closed {n} sockets");
         handle.stop(true).await;
+        failure
     };
-    let (served, ()) = futures_util::future::join(server, stopper).await;
-    served.map_err(StartError::Serve)
+    let (served, failure) = futures_util::future::join(server, stopper).await;
+    served.map_err(StartError::Serve)?;
+    failure.map_or(Ok(()), |reason| Err(StartError::Storage(reason)))
 }

@@ -12,10 +12,12 @@
 //! - [`tokens`]: token and browser-session administration, and the watch for
 //!   revocations made by another process.
 //! - [`upkeep`]: the timers: heartbeat times, agents going offline, pruning.
+//! - [`files`]: the database and WAL files the writer has open, by inode.
 //! - [`liveness`]: heartbeat times kept in memory and when each agent was heard.
 //! - [`row_cache`]: task rows the writer saved, so the next update skips a read.
 //! - [`models`], [`queries`], [`schema`]: rows, the SQL, and the tables.
 
+pub mod files;
 pub mod liveness;
 pub mod models;
 pub mod open;
@@ -63,6 +65,11 @@ pub struct DbConfig {
     /// rule checked late would, to prove that it leaves nothing behind.
     #[doc(hidden)]
     pub fail_op_id: Option<String>,
+    /// Test-only: a batch holding a call with this `op_id` is treated as if
+    /// its commit's sync failed (after it committed), as an `fdatasync` that
+    /// returns EIO would leave it: outcome unknown.
+    #[doc(hidden)]
+    pub fail_sync_op_id: Option<String>,
 }
 
 impl Default for DbConfig {
@@ -76,6 +83,7 @@ impl Default for DbConfig {
             recent_changes: 4096,
             log_scan_window: 10_000,
             fail_op_id: None,
+            fail_sync_op_id: None,
         }
     }
 }

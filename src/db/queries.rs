@@ -136,6 +136,23 @@ pub fn data_version(conn: &mut SqliteConnection) -> QueryResult<i64> {
         .map(|r| r.data_version)
 }
 
+/// Copies the WAL into the database file and empties it.
+pub fn checkpoint(conn: &mut SqliteConnection) -> QueryResult<()> {
+    conn.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)")
+}
+
+/// The path of the main database file this connection has open.
+pub fn database_file(conn: &mut SqliteConnection) -> QueryResult<String> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        file: String,
+    }
+    diesel::sql_query("SELECT file FROM pragma_database_list WHERE name = 'main'")
+        .get_result::<Row>(conn)
+        .map(|r| r.file)
+}
+
 pub fn get_meta(conn: &mut SqliteConnection, key: &str) -> QueryResult<Option<String>> {
     meta::table.find(key).select(meta::value).get_result(conn).optional()
 }

@@ -111,7 +111,7 @@ pub fn load_tokens(conn: &mut SqliteConnection, cache: &TokenCache) -> QueryResu
 /// The file's `data_version` when the token cache was last loaded: it changes
 /// when another connection commits.
 pub struct RevocationWatch {
-    data_version: i64,
+    pub(super) data_version: i64,
 }
 
 impl RevocationWatch {

@@ -14,6 +14,9 @@ impl Db {
         self.prune();
         ctx.run_interval(Duration::from_secs(1), |db, _| db.flush_beats());
         ctx.run_interval(Duration::from_millis(500), |db, _| db.watch_tokens());
+        ctx.run_interval(Duration::from_secs(1), |db, _| {
+            db.check_files();
+        });
         let sweep = (self.config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         ctx.run_interval(sweep, |db, ctx| db.sweep_offline(ctx));
         // A log over its count is cut back within seconds; its age is looked at

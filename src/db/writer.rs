@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
+use super::files::Files;
 use super::liveness::Liveness;
 use super::open::{Head, Opened};
 use super::queries as q;
 use super::row_cache::TaskRows;
 use super::rules::{self, Outcome, WriteCtx};
 use super::shared::Shared;
-use super::tokens::RevocationWatch;
+use super::tokens::{load_tokens, RevocationWatch};
 use super::DbConfig;
 use crate::auth::{Principal, TokenCache};
 use crate::error::{ApiError, ErrorCode};
@@ -130,6 +131,41 @@ pub struct Db {
     /// What the readers see of the writer's memory.
     shared: Arc<Shared>,
     pub(super) revocations: RevocationWatch,
+    files: Files,
+    /// Set when the state on disk can no longer be trusted: every write is
+    /// refused with this reason, and the server stops.
+    failed: Option<String>,
+    /// Tells the server to stop, with the reason.
+    stop: Option<oneshot::Sender<String>>,
+}
+
+/// Why a batch did not commit: the database's own error (kept whole, to tell
+/// a failed sync from a refusal), or a call's.
+enum BatchError {
+    Db(diesel::result::Error),
+    Call(ApiError),
+}
+
+impl From<diesel::result::Error> for BatchError {
+    fn from(e: diesel::result::Error) -> Self {
+        BatchError::Db(e)
+    }
+}
+
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Db(e) => e.into(),
+            BatchError::Call(e) => e,
+        }
+    }
+}
+
+/// What a write of a batch whose outcome is unknown is answered.
+fn outcome_unknown(reason: &str) -> ApiError {
+    ApiError::unavailable(format!(
+        "the outcome of this write is unknown ({reason}); the server stops: retry it with the same op_id once it is back"
+    ))
 }
 
 impl Db {
@@ -140,6 +176,7 @@ impl Db {
         metrics: Arc<Metrics>,
         config: DbConfig,
         shared: Arc<Shared>,
+        stop: oneshot::Sender<String>,
     ) -> Result<Db, ApiError> {
         let Opened {
             mut conn,
@@ -148,6 +185,7 @@ impl Db {
         } = opened;
         let live = Liveness::starting(q::list_agents(&mut conn)?.into_iter().map(|a| a.id));
         let revocations = RevocationWatch::start(&mut conn)?;
+        let files = Files::open(&opened_path(&mut conn)?).map_err(ApiError::internal)?;
         Ok(Db {
             seq: position.seq(),
             conn,
@@ -164,7 +202,49 @@ impl Db {
             tasks: TaskRows::default(),
             shared,
             revocations,
+            files,
+            failed: None,
+            stop: Some(stop),
         })
+    }
+
+    /// The state on disk can no longer be trusted: the calls of the batch in
+    /// hand get `outcome_unknown`, every later write is refused, and the
+    /// server stops (non-zero), so a restart recovers from the WAL.
+    pub(super) fn fail(&mut self, reason: String) {
+        if self.failed.is_some() {
+            return;
+        }
+        log::error!("storage failure, refusing writes and stopping: {reason}");
+        // A WAL deleted under us is still open here: copying its frames into
+        // the database file saves the writes acknowledged since the last
+        // checkpoint.
+        if let Err(e) = q::checkpoint(&mut self.conn) {
+            log::error!("checkpoint after the failure failed too: {e}");
+        }
+        self.failed = Some(reason.clone());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(reason);
+        }
+    }
+
+    /// Checks the files on disk are the ones open; stops writes if not.
+    pub(super) fn check_files(&mut self) -> bool {
+        match self.files.check() {
+            Ok(()) => true,
+            Err(why) => {
+                self.fail(why);
+                false
+            }
+        }
+    }
+
+    /// A checkpoint that empties the WAL, at a graceful stop: the database
+    /// file alone then holds everything.
+    pub(super) fn checkpoint(&mut self) {
+        if let Err(e) = q::checkpoint(&mut self.conn) {
+            log::warn!("the checkpoint at stop failed: {e}");
+        }
     }
 
     pub(super) fn enqueue(&mut self, job: Job, ctx: &mut Context<Self>) {
@@ -185,21 +265,40 @@ impl Db {
         if jobs.is_empty() {
             return;
         }
+        if let Some(reason) = &self.failed {
+            let e = ApiError::unavailable(format!("the server refuses writes: {reason}"));
+            answer_all(jobs, &e);
+            return;
+        }
         let started = Instant::now();
         let start_seq = self.seq;
         let mut seq = start_seq;
         let mut results: Vec<Result<Outcome, ApiError>> = Vec::with_capacity(jobs.len());
         let batch_mark = self.live.mark();
-        let (live, tasks) = (&mut self.live, &mut self.tasks);
+        let (live, tasks, tokens, watch) = (&mut self.live, &mut self.tasks, &self.tokens, &mut self.revocations);
         let fail_op_id = self.config.fail_op_id.as_deref();
-        let committed = self.conn.immediate_transaction::<_, ApiError, _>(|conn| {
-            tasks.follow(q::data_version(conn)?);
+        let mut revoked_elsewhere = Vec::new();
+        let mut body_done = false;
+        let committed = self.conn.immediate_transaction::<_, BatchError, _>(|conn| {
+            // Another process (the token command) may have written: the rows
+            // cached are then stale, and a token it revoked must not write.
+            // This transaction holds the write lock, so no revocation can
+            // commit between this look and the batch's commit.
+            let version = q::data_version(conn)?;
+            tasks.follow(version);
+            if version != watch.data_version {
+                revoked_elsewhere = load_tokens(conn, tokens)?;
+                watch.data_version = version;
+            }
             let mut ctx = WriteCtx {
                 fail_op_id,
                 ..WriteCtx::new(&mut seq, live, tasks)
             };
             for job in &jobs {
                 let result = match job {
+                    Job::Call { principal, .. } if principal.token_id != 0 && !tokens.has_token(principal.token_id) => {
+                        Err(ApiError::unauthorized("the token was revoked"))
+                    }
                     Job::Call { principal, call, .. } => {
                         rules::run(conn, &mut ctx, |conn, ctx| rules::execute(conn, ctx, principal, call))
                     }
@@ -208,15 +307,43 @@ impl Db {
                     }
                 };
                 match result {
-                    Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => return Err(e),
+                    Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
+                        return Err(BatchError::Call(e))
+                    }
                     result => results.push(result),
                 }
             }
+            body_done = true;
             Ok(())
         });
         self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.observe(jobs.len() as f64);
+        self.forget_tokens(revoked_elsewhere);
+        // After a failed sync the state on disk is unknown (the writes may or
+        // may not be there after a restart): no answer may say either.
+        let sync_failed = match &committed {
+            Err(BatchError::Db(diesel::result::Error::DatabaseError(_, info))) if body_done => info
+                .message()
+                .to_ascii_lowercase()
+                .contains("disk i/o error")
+                .then(|| format!("the commit failed: {}", info.message())),
+            Ok(())
+                if self.config.fail_sync_op_id.is_some()
+                    && jobs
+                        .iter()
+                        .any(|j| matches!(j, Job::Call { call, .. } if call.op_id == self.config.fail_sync_op_id)) =>
+            {
+                Some("the commit's sync failed (test hook)".to_string())
+            }
+            _ => None,
+        };
+        if let Some(reason) = sync_failed {
+            self.fail(reason.clone());
+            answer_all(jobs, &outcome_unknown(&reason));
+            return;
+        }
         if let Err(e) = committed {
+            let e = ApiError::from(e);
             self.live.roll_back(batch_mark);
             // Rows saved by the batch were rolled back with it.
             self.tasks.clear();
@@ -228,6 +355,13 @@ impl Db {
                     Job::Offline(id) => self.live.still_overdue(id, self.config.heartbeat_timeout),
                 }
             }
+            return;
+        }
+        // Committed, but into the files at the paths? If not, nobody will
+        // read these writes again.
+        if !self.check_files() {
+            let reason = self.failed.clone().unwrap_or_default();
+            answer_all(jobs, &outcome_unknown(&reason));
             return;
         }
         self.live.keep();
@@ -283,6 +417,20 @@ impl Db {
     }
 }
 
+/// Answers every call of `jobs` with `e`.
+fn answer_all(jobs: Vec<Job>, e: &ApiError) {
+    for job in jobs {
+        if let Job::Call { reply, .. } = job {
+            let _ = reply.send(Err(e.clone()));
+        }
+    }
+}
+
+/// The path of the main database file the connection has open.
+fn opened_path(conn: &mut SqliteConnection) -> Result<String, ApiError> {
+    Ok(q::database_file(conn)?)
+}
+
 impl Actor for Db {
     type Context = Context<Self>;
 
@@ -293,6 +441,7 @@ impl Actor for Db {
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.flush();
         self.flush_beats();
+        self.checkpoint();
     }
 }
 
@@ -330,5 +479,6 @@ impl Handler<Drain> for Db {
         self.flush();
         self.flush_beats();
         self.draining = true;
+        self.checkpoint();
     }
 }

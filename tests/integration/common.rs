@@ -135,6 +135,15 @@ impl TestApp {
         }
     }
 
+    /// Waits for the server to stop by itself, and returns how it ended.
+    pub fn wait_stopped(&mut self) -> Result<(), taskwire::StartError> {
+        self.thread
+            .take()
+            .expect("the server was running")
+            .join()
+            .expect("server thread")
+    }
+
     /// Stops the server and starts a new one on the same database file.
     pub fn restart(mut self, tweak: impl FnOnce(&mut Config)) -> TestApp {
         self.stop();

@@ -28,4 +28,5 @@ mod security;
 mod shutdown;
 mod slow_client;
 mod smoke;
+mod storage;
 mod subscriptions;
