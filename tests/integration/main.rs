@@ -10,7 +10,6 @@ mod common;
 mod shared;
 
 mod auth_basic;
-mod bench_smoke;
 mod browser;
 mod calls;
 mod consistency;

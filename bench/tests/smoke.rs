@@ -2,12 +2,14 @@
 //! Benchmarks are not timed tests: these assert only correctness (nothing lost,
 //! nothing duplicated, nothing out of order, no failed call), never speed.
 
-use crate::common::*;
+mod server;
+
 use serde_json::Value;
+use server::Server;
 use std::process::Command;
 
 /// Runs the built `taskwire-bench` against `app` and returns its JSON line.
-fn bench(app: &TestApp, args: &[&str]) -> Value {
+fn bench(app: &Server, args: &[&str]) -> Value {
     // The folder holding the database folder: same disk, and it exists
     // before the server has started.
     let db_dir = app.dir.path();
@@ -44,7 +46,7 @@ fn bench(app: &TestApp, args: &[&str]) -> Value {
 
 #[test]
 fn fanout_delivers_every_write_to_every_subscriber_once_in_order() {
-    let app = spawn_app();
+    let app = server::start();
     let v = bench(&app, &["fanout", "-n", "5", "-w", "20", "-r", "500"]);
     assert_eq!(v["scenario"], "fanout");
     assert_eq!(v["acked"], 20, "{v}");
@@ -66,7 +68,7 @@ fn fanout_delivers_every_write_to_every_subscriber_once_in_order() {
 
 #[test]
 fn writes_are_all_acked() {
-    let app = spawn_app();
+    let app = server::start();
     let v = bench(&app, &["writes", "-c", "3", "-s", "0.3"]);
     assert_eq!(v["scenario"], "writes");
     assert!(v["acked"].as_u64().unwrap() > 0, "{v}");
@@ -76,7 +78,7 @@ fn writes_are_all_acked() {
 
 #[test]
 fn conns_holds_every_socket() {
-    let app = spawn_app();
+    let app = server::start();
     let v = bench(&app, &["conns", "-n", "20", "--hold-secs", "0.2"]);
     assert_eq!(v["scenario"], "conns");
     assert_eq!(v["sockets"], 20);
@@ -86,7 +88,7 @@ fn conns_holds_every_socket() {
 
 #[test]
 fn resume_replays_every_missed_event_once_in_order() {
-    let app = spawn_app();
+    let app = server::start();
     let v = bench(&app, &["resume", "-n", "5", "-m", "10"]);
     assert_eq!(v["scenario"], "resume");
     assert_eq!(v["expected"], 50, "{v}");
