@@ -13,7 +13,7 @@
 //! and how much is taskwire (see docs/benchmarks.md).
 //!
 //! ```text
-//! cargo run --release --example fanout_baseline -- 127.0.0.1:18090
+//! cargo run --release -p taskwire-bench --bin fanout-baseline -- 127.0.0.1:18090
 //! target/release/taskwire-bench --addr 127.0.0.1:18090 fanout -n 1000
 //! ```
 
@@ -36,10 +36,10 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18090".into());
     // Thousands of sockets need more than the usual soft limit of 1,024 files.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("fanout_baseline: could not raise the open-file limit: {e}");
+        eprintln!("fanout-baseline: could not raise the open-file limit: {e}");
     }
     let listener = TcpListener::bind(&addr).await?;
-    eprintln!("fanout_baseline listening on {}", listener.local_addr()?);
+    eprintln!("fanout-baseline listening on {}", listener.local_addr()?);
     let (events, _) = broadcast::channel(4096);
     let shared = Arc::new(Mutex::new(Shared {
         seq: 0,
@@ -57,7 +57,7 @@ async fn main() -> std::io::Result<()> {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                eprintln!("fanout_baseline: accept: {e}");
+                eprintln!("fanout-baseline: accept: {e}");
                 continue;
             }
         };
@@ -99,7 +99,7 @@ async fn serve(stream: TcpStream, shared: Arc<Mutex<Shared>>) {
                     // A reader more than the channel's 4,096 events behind
                     // loses some; the generator counts them as lost.
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("fanout_baseline: a socket lagged and lost {n} events");
+                        eprintln!("fanout-baseline: a socket lagged and lost {n} events");
                         continue;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
