@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarises taskwire-bench JSON lines: medians per label against the targets
 of issue 8 (a Markdown table on stdout), the fan-out beside the no-database
-reference (the `ref-*` labels, runs against examples/fanout_baseline.rs), every
+reference (the `ref-*` labels, runs against bench/src/bin/fanout-baseline.rs), every
 target's scenario beside the seed's design (the `seed-*` labels, runs against
 bench/seed-node), and an SVG plot of fanout event latency percentiles against
 the number of subscribers.

@@ -3,7 +3,7 @@
 # run gets a fresh server on a fresh database, so no run inherits another's
 # memory or data. Appends one JSON line per run to OUT.
 #
-#   cargo build --release --bins --examples
+#   cargo build --release        # the server, taskwire-bench and fanout-baseline
 #   scripts/run-benchmarks.sh [OUT.jsonl]        # default bench-results.jsonl
 #   python3 scripts/bench_report.py OUT.jsonl --svg docs/benchmarks-fanout-latency.svg
 #
@@ -11,7 +11,7 @@
 # folder, whose disk the fsync ceiling is measured on), BIN (target/release),
 # ONLY (a regex of labels to run; unanchored, so ONLY=fanout-100 also runs
 # ref-fanout-100 and seed-fanout-100), TASKWIRE_ADMIN_TOKEN (default: random),
-# REFERENCE (default 1; 0 skips the ref-* runs against examples/fanout_baseline,
+# REFERENCE (default 1; 0 skips the ref-* runs against fanout-baseline,
 # the no-database fan-out the fan-out figures are compared with),
 # SEED (default 1; 0 skips the seed-* runs against bench/seed-node, the seed's
 # design in Node that taskwire must beat; needs node and npm, and installs the
@@ -31,8 +31,8 @@ export TASKWIRE_ADMIN_TOKEN=${TASKWIRE_ADMIN_TOKEN:-bench-$(od -An -N16 -tx1 /de
 mkdir -p "$WORK"
 ulimit -n "$(ulimit -Hn)"
 
-if [[ $REFERENCE == 1 && ! -x $BIN/examples/fanout_baseline ]]; then
-    echo "no $BIN/examples/fanout_baseline: cargo build --release --bins --examples (or REFERENCE=0)" >&2
+if [[ $REFERENCE == 1 && ! -x $BIN/fanout-baseline ]]; then
+    echo "no $BIN/fanout-baseline: cargo build --release (or REFERENCE=0)" >&2
     exit 2
 fi
 
@@ -74,9 +74,9 @@ start_taskwire() {
     RUST_LOG=warn "$BIN/taskwire" serve --bind "127.0.0.1:$PORT" --db "$WORK/x.db" \
         >>"$WORK/server.log" 2>&1 &
 }
-# The no-database fan-out of examples/fanout_baseline.rs.
+# The no-database fan-out of bench/src/bin/fanout-baseline.rs.
 start_reference() {
-    "$BIN/examples/fanout_baseline" "127.0.0.1:$PORT" >>"$WORK/server.log" 2>&1 &
+    "$BIN/fanout-baseline" "127.0.0.1:$PORT" >>"$WORK/server.log" 2>&1 &
 }
 # The seed's design (bench/seed-node: Node, ws, better-sqlite3 with group
 # commit), on a fresh database on the same disk.

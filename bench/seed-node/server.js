@@ -1,7 +1,7 @@
 // The seed's design, as a reference for the benchmarks: Node, Express, ws and
 // better-sqlite3, one process, one thread. Issue 8 set its targets from this
 // design ("taskwire must beat [it]") and from a no-database fan-out
-// (examples/fanout_baseline.rs); the suite runs the same generator against
+// (bench/src/bin/fanout-baseline.rs); the suite runs the same generator against
 // all three on the same machine (docs/benchmarks.md, "Beside the seed's design").
 //
 // It keeps what makes the comparison fair: every acknowledged write is durable

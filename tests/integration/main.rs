@@ -12,7 +12,6 @@ mod shared;
 mod admin_cli;
 mod atomic;
 mod auth_basic;
-mod bench_smoke;
 mod browser;
 mod calls;
 mod consistency;

@@ -1,0 +1,165 @@
+//! The command line: the flags every scenario shares, the scenarios, and the
+//! bounds a run must stay within.
+
+use crate::Res;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Most sockets one run may open (one client address holds ~28k ports).
+const MAX_SOCKETS: usize = 20_000;
+
+#[derive(Parser)]
+#[command(
+    name = "taskwire-bench",
+    version,
+    about = "Load generator and benchmarks for taskwire (loopback only)"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// The server's address; must be a loopback address.
+    #[arg(long, global = true, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// A bearer token (an admin token: only those may hold thousands of sockets).
+    #[arg(
+        long,
+        global = true,
+        env = "TASKWIRE_ADMIN_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub token: String,
+    /// The server's pid, to read its CPU time and resident memory from /proc.
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
+    /// A folder on the database's disk, to measure the fsync ceiling there (and,
+    /// for `fanout`, the fsync floor at the writes' pace).
+    #[arg(long, global = true)]
+    pub db_dir: Option<PathBuf>,
+    /// Handshakes in flight at once while opening many sockets.
+    #[arg(long, global = true, default_value_t = 1000)]
+    pub concurrency: usize,
+    /// A free-form label copied into the JSON line.
+    #[arg(long, global = true)]
+    pub label: Option<String>,
+    /// No progress bar and no table: only the JSON line.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Scenario {
+    /// N subscribers of `tasks`, one writer sending W updates at R per second.
+    Fanout {
+        #[arg(short = 'n', long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(short = 'w', long, default_value_t = 1000)]
+        writes: usize,
+        /// Calls per second.
+        #[arg(short = 'r', long, default_value_t = 200.0)]
+        rate: f64,
+        /// Seconds to wait for the last events after the last ack.
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
+    },
+    /// C sockets each sending `task.update` as fast as acks return, for S seconds.
+    Writes {
+        #[arg(short = 'c', long, default_value_t = 32)]
+        conns: usize,
+        #[arg(short = 's', long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// N idle sockets subscribed to `tasks`: connect time and server memory.
+    Conns {
+        #[arg(short = 'n', long, default_value_t = 5000)]
+        sockets: usize,
+        /// Seconds to hold the sockets before reading the server's memory.
+        #[arg(long, default_value_t = 2.0)]
+        hold_secs: f64,
+    },
+    /// N clients subscribe, disconnect, M writes happen, all resume at once.
+    Resume {
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(short = 'm', long, default_value_t = 100)]
+        writes: usize,
+    },
+    /// Only the fsync ceiling of the disk under --db-dir.
+    Fsync {
+        /// Seconds to sample for.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
+}
+
+/// Counts and times are bounded: this is a benchmark, not a stress tool.
+pub fn check_bounds(s: &Scenario, c: &Common) -> Res<()> {
+    let sockets = |n: usize, what: &str| {
+        if n == 0 || n > MAX_SOCKETS {
+            Err(format!("{what} must be 1..={MAX_SOCKETS}"))
+        } else {
+            Ok(())
+        }
+    };
+    if c.concurrency == 0 || c.concurrency > MAX_SOCKETS {
+        return Err(format!("--concurrency must be 1..={MAX_SOCKETS}"));
+    }
+    match s {
+        Scenario::Fanout {
+            subscribers,
+            writes,
+            rate,
+            drain_secs,
+        } => {
+            sockets(*subscribers, "--subscribers")?;
+            if *writes == 0 || *writes > 1_000_000 {
+                return Err("--writes must be 1..=1000000".into());
+            }
+            if !(*rate > 0.0 && *rate <= 100_000.0) {
+                return Err("--rate must be in (0, 100000]".into());
+            }
+            if *writes as f64 / *rate > 600.0 {
+                return Err("writes / rate must be at most 600 seconds".into());
+            }
+            if (*subscribers as u64) * (*writes as u64) > 50_000_000 {
+                return Err("subscribers × writes must be at most 50,000,000".into());
+            }
+            if *drain_secs > 120 {
+                return Err("--drain-secs must be at most 120".into());
+            }
+        }
+        Scenario::Writes { conns, seconds } => {
+            if *conns == 0 || *conns > 1000 {
+                return Err("--conns must be 1..=1000".into());
+            }
+            if !(*seconds > 0.0 && *seconds <= 600.0) {
+                return Err("--seconds must be in (0, 600]".into());
+            }
+        }
+        Scenario::Conns { sockets: n, hold_secs } => {
+            sockets(*n, "--sockets")?;
+            if !(*hold_secs >= 0.0 && *hold_secs <= 600.0) {
+                return Err("--hold-secs must be in [0, 600]".into());
+            }
+        }
+        Scenario::Resume { clients, writes } => {
+            sockets(*clients, "--clients")?;
+            if *writes == 0 || *writes > 100_000 {
+                return Err("--writes must be 1..=100000".into());
+            }
+        }
+        Scenario::Fsync { seconds } => {
+            if !(*seconds > 0.0 && *seconds <= 60.0) {
+                return Err("--seconds must be in (0, 60]".into());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! One module per scenario; each `run` returns the JSON report and its table.
+
+pub mod conns;
+pub mod fanout;
+pub mod fsync;
+pub mod resume;
+pub mod writes;

@@ -1,0 +1,110 @@
+//! A small smoke run of each load-generator scenario against a test server.
+//! Benchmarks are not timed tests: these assert only correctness (nothing lost,
+//! nothing duplicated, nothing out of order, no failed call), never speed.
+
+mod server;
+
+use serde_json::Value;
+use server::Server;
+use std::process::Command;
+
+/// Runs the built `taskwire-bench` against `app` and returns its JSON line.
+fn bench(app: &Server, args: &[&str]) -> Value {
+    // The folder holding the database folder: same disk, and it exists
+    // before the server has started.
+    let db_dir = app.dir.path();
+    let out = Command::new(env!("CARGO_BIN_EXE_taskwire-bench"))
+        .arg("--addr")
+        .arg(app.addr.to_string())
+        .arg("--token")
+        .arg(&app.admin)
+        .arg("--db-dir")
+        .arg(db_dir)
+        // The server runs inside this test process.
+        .arg("--server-pid")
+        .arg(std::process::id().to_string())
+        .arg("--quiet")
+        .args(args)
+        .env_remove("TASKWIRE_ADMIN_TOKEN")
+        .output()
+        .expect("run taskwire-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line ({:?}); stderr: {stderr}", out.status));
+    let v: Value = serde_json::from_str(line).expect("the JSON line parses");
+    assert!(
+        out.status.success(),
+        "taskwire-bench exited {:?}: {v}\n{stderr}",
+        out.status
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    v
+}
+
+#[test]
+fn fanout_delivers_every_write_to_every_subscriber_once_in_order() {
+    let app = server::start();
+    let v = bench(&app, &["fanout", "-n", "5", "-w", "20", "-r", "500"]);
+    assert_eq!(v["scenario"], "fanout");
+    assert_eq!(v["acked"], 20, "{v}");
+    assert_eq!(v["expected"], 100, "{v}");
+    assert_eq!(v["delivered"], 100, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["duplicated"], 0, "{v}");
+    assert_eq!(v["out_of_order"], 0, "{v}");
+    assert_eq!(v["failed_calls"], 0, "{v}");
+    assert_eq!(v["sockets_ended_early"], 0, "{v}");
+    assert_eq!(v["event_latency_ms"]["count"], 100, "{v}");
+    // The disk's floor at the writes' pace: one sync per 2 ms, 200 of them.
+    assert_eq!(v["fsync_paced"]["gap_ms"], 2.0, "{v}");
+    assert_eq!(v["fsync_paced"]["samples"], 200, "{v}");
+    // A second run reuses the bench task instead of creating another.
+    let again = bench(&app, &["fanout", "-n", "2", "-w", "5", "-r", "500"]);
+    assert_eq!(again["delivered"], 10, "{again}");
+}
+
+#[test]
+fn writes_are_all_acked() {
+    let app = server::start();
+    let v = bench(&app, &["writes", "-c", "3", "-s", "0.3"]);
+    assert_eq!(v["scenario"], "writes");
+    assert!(v["acked"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["failed_calls"], 0, "{v}");
+    assert!(v["fsync"]["samples"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn conns_holds_every_socket() {
+    let app = server::start();
+    let v = bench(&app, &["conns", "-n", "20", "--hold-secs", "0.2"]);
+    assert_eq!(v["scenario"], "conns");
+    assert_eq!(v["sockets"], 20);
+    assert_eq!(v["sockets_ended_early"], 0, "{v}");
+    assert!(v["server_rss_kib_after"].is_u64(), "{v}");
+}
+
+#[test]
+fn resume_replays_every_missed_event_once_in_order() {
+    let app = server::start();
+    let v = bench(&app, &["resume", "-n", "5", "-m", "10"]);
+    assert_eq!(v["scenario"], "resume");
+    assert_eq!(v["expected"], 50, "{v}");
+    assert_eq!(v["delivered"], 50, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["duplicated"], 0, "{v}");
+    assert_eq!(v["out_of_order"], 0, "{v}");
+    assert_eq!(v["snapshot_instead_of_replay"], 0, "{v}");
+}
+
+#[test]
+fn only_loopback_is_accepted() {
+    let out = Command::new(env!("CARGO_BIN_EXE_taskwire-bench"))
+        .args(["--addr", "192.0.2.1:80", "--token", "x", "fsync"])
+        .output()
+        .expect("run taskwire-bench");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
