@@ -81,6 +81,8 @@ mod tests {
         std::fs::remove_file(format!("{path}-wal")).unwrap();
         assert!(files.check().unwrap_err().contains("-wal is gone"));
         let mut files = Files::open(path).unwrap();
+        // Held open, as SQLite holds it, so its inode is not reused.
+        let _open = std::fs::File::open(&db).unwrap();
         std::fs::remove_file(&db).unwrap();
         std::fs::write(&db, b"y").unwrap();
         assert!(files.check().unwrap_err().contains("replaced"));

@@ -15,6 +15,7 @@
 //! - [`files`]: the database and WAL files the writer has open, by inode.
 //! - [`liveness`]: heartbeat times kept in memory and when each agent was heard.
 //! - [`row_cache`]: task rows the writer saved, so the next update skips a read.
+//! - [`sqlite_log`]: SQLite's error log, which tells a failed sync apart.
 //! - [`models`], [`queries`], [`schema`]: rows, the SQL, and the tables.
 
 pub mod files;
@@ -29,6 +30,7 @@ pub mod row_cache;
 pub mod rules;
 pub mod schema;
 pub mod shared;
+pub mod sqlite_log;
 pub mod tokens;
 pub mod upkeep;
 pub mod writer;

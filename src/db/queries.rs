@@ -90,6 +90,7 @@ struct WriteHeartbeatSql;
 /// Opens the database file, sets the per-connection pragmas and runs the
 /// migrations. The folder of the file is created if missing.
 pub fn open(path: &str) -> Result<SqliteConnection, OpenError> {
+    super::sqlite_log::install();
     if let Some(dir) = std::path::Path::new(path).parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).map_err(|source| OpenError::Folder {

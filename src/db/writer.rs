@@ -24,6 +24,7 @@ use super::queries as q;
 use super::row_cache::TaskRows;
 use super::rules::{self, Outcome, WriteCtx};
 use super::shared::Shared;
+use super::sqlite_log;
 use super::tokens::{load_tokens, RevocationWatch};
 use super::DbConfig;
 use crate::auth::{Principal, TokenCache};
@@ -279,6 +280,7 @@ impl Db {
         let fail_op_id = self.config.fail_op_id.as_deref();
         let mut revoked_elsewhere = Vec::new();
         let mut body_done = false;
+        let syncs_failed = sqlite_log::sync_failures();
         let committed = self.conn.immediate_transaction::<_, BatchError, _>(|conn| {
             // Another process (the token command) may have written: the rows
             // cached are then stale, and a token it revoked must not write.
@@ -322,11 +324,11 @@ impl Db {
         // After a failed sync the state on disk is unknown (the writes may or
         // may not be there after a restart): no answer may say either.
         let sync_failed = match &committed {
-            Err(BatchError::Db(diesel::result::Error::DatabaseError(_, info))) if body_done => info
-                .message()
-                .to_ascii_lowercase()
-                .contains("disk i/o error")
-                .then(|| format!("the commit failed: {}", info.message())),
+            Err(BatchError::Db(diesel::result::Error::DatabaseError(_, info)))
+                if body_done && sqlite_log::sync_failures() > syncs_failed =>
+            {
+                Some(format!("the commit's sync failed: {}", info.message()))
+            }
             Ok(())
                 if self.config.fail_sync_op_id.is_some()
                     && jobs

@@ -47,6 +47,7 @@ pub fn spawn_app_on(db_path: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestAp
 
 fn start_on(dir: tempfile::TempDir, db_path: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
+    taskwire::db::sqlite_log::install();
     let admin = "tw_test_admin_token".to_string();
     let mut config = Config {
         db_path: db_path.to_string_lossy().into_owned(),
@@ -191,6 +192,7 @@ pub mod sqlite {
 
     impl Conn {
         pub fn open(path: &std::path::Path) -> Conn {
+            taskwire::db::sqlite_log::install();
             Conn(SqliteConnection::establish(path.to_str().unwrap()).expect("open the file"))
         }
         /// One text value of a query, if a row came back.

@@ -9,7 +9,7 @@ pub struct Server {
     /// Holds the database folder; its parent is on the same disk, for `--db-dir`.
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), taskwire::StartError>>>,
 }
 
 pub fn start() -> Server {
