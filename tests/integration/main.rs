@@ -20,6 +20,7 @@ mod crash;
 mod errors;
 mod fuzz;
 mod liveness;
+mod not_ours;
 mod readonly;
 mod rest_api;
 mod resume;
