@@ -4,7 +4,8 @@
 //! - a read-only file: the database and its WAL made immutable (`chattr +i`,
 //!   which holds even for root and for files already open, unlike chmod);
 //! - a full disk: the server's file size limit (RLIMIT_FSIZE) lowered under
-//!   the WAL's size while it runs;
+//!   the WAL's size while it runs; and a limit set before it starts, without
+//!   SIGXFSZ ignored, which the server must survive;
 //! - a locked database: another connection holds the write lock, so a write
 //!   fails after the server's busy timeout (2 s).
 
@@ -260,7 +261,8 @@ async fn a_file_size_limit_refuses_writes_without_killing_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("x.db");
     // Started as an operator would, without ignoring SIGXFSZ: no file of the
-    // server may grow past 1 MiB (dash counts `ulimit -f` in 512-byte blocks).
+    // server may grow past 1 MiB (2 MiB if `sh` is bash, which counts
+    // `ulimit -f` in KiB rather than 512-byte blocks).
     let mut server = child::Server::start_via_shell(&db, &[], "ulimit -f 2048;");
     let http = server.http();
     let description = "d".repeat(4000);
