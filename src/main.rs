@@ -95,8 +95,16 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     let listener = taskwire::bind(args.bind)?;
     let mut config: taskwire::Config = args.into();
     config.fit_open_file_limit();
-    actix_web::rt::System::new().block_on(taskwire::run(listener, config, shutdown_signal()))?;
-    Ok(())
+    actix_web::rt::System::new().block_on(async {
+        // Caught, not fatal: a write past the file size limit (RLIMIT_FSIZE)
+        // then fails with EFBIG, which SQLite reports as an I/O error, and the
+        // server answers 503 as for a full disk instead of being killed.
+        // Registering replaces the default action; the handler only notes it.
+        #[cfg(unix)]
+        let _file_too_large = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))?;
+        taskwire::run(listener, config, shutdown_signal()).await?;
+        Ok::<_, Failure>(())
+    })
 }
 
 fn token(action: TokenAction, db: &str) -> Result<(), Failure> {

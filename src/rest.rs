@@ -294,10 +294,19 @@ fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     if s == "*" {
         return Ok(None);
     }
-    let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
-    s.parse()
+    // Quotes come in a pair or not at all, and a weak tag is always quoted:
+    // `"3`, `3"` and `W/3` are malformed, not version 3.
+    fn quoted(t: &str) -> Option<&str> {
+        t.strip_prefix('"')?.strip_suffix('"')
+    }
+    let tag = match s.strip_prefix("W/") {
+        Some(weak) => quoted(weak),
+        None if s.starts_with('"') => quoted(s),
+        None => Some(s),
+    };
+    tag.and_then(|t| t.parse().ok())
         .map(Some)
-        .map_err(|_| ApiError::bad_request("If-Match must be a version, like \"3\""))
+        .ok_or_else(|| ApiError::bad_request("If-Match must be a version, like \"3\""))
 }
 
 fn op_id(req: &HttpRequest) -> Result<Option<String>, ApiError> {

@@ -40,6 +40,27 @@ pub enum OpenError {
         #[source]
         source: diesel::result::Error,
     },
+    /// The file holds someone else's tables, or is not a SQLite file at all
+    /// (`tables` is then empty). Nothing in it was changed.
+    #[error(
+        "{path} is not a taskwire database ({}), so it was left unchanged; give a new path or a taskwire database",
+        what_it_holds(tables)
+    )]
+    NotOurs { path: String, tables: Vec<String> },
+}
+
+/// A few of a foreign file's tables, for the refusal.
+fn what_it_holds(tables: &[String]) -> String {
+    const SHOWN: usize = 5;
+    match tables.len() {
+        0 => "it is not a SQLite database".to_string(),
+        n if n <= SHOWN => format!("it has the tables {}", tables.join(", ")),
+        n => format!(
+            "it has the tables {} and {} more",
+            tables[..SHOWN].join(", "),
+            n - SHOWN
+        ),
+    }
 }
 
 /// What everyone may read without asking the Db actor: the epoch and the seq

@@ -103,13 +103,17 @@ pub fn open(path: &str) -> Result<SqliteConnection, OpenError> {
         path: path.to_string(),
         source,
     })?;
-    conn.batch_execute(
-        "PRAGMA busy_timeout = 2000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-    )
-    .map_err(|source| OpenError::Configure {
+    let configure = |source| OpenError::Configure {
         path: path.to_string(),
         source,
-    })?;
+    };
+    // Nothing that writes to the file before it is known to be ours:
+    // `journal_mode = WAL` rewrites the header. The busy timeout only lets the
+    // check wait for another process's write.
+    conn.batch_execute("PRAGMA busy_timeout = 2000;").map_err(configure)?;
+    refuse_unless_ours(path, &mut conn)?;
+    conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(configure)?;
     // One transaction holding the write lock: a second process opening the same
     // new file (the command line, another server) waits and then finds the
     // migrations done, instead of running them twice.
@@ -121,6 +125,110 @@ pub fn open(path: &str) -> Result<SqliteConnection, OpenError> {
         source,
     })?;
     Ok(conn)
+}
+
+/// Refuses a file that holds someone else's tables or is not SQLite, having
+/// only read it, on `conn` (just opened, nothing written).
+fn refuse_unless_ours(path: &str, conn: &mut SqliteConnection) -> Result<(), OpenError> {
+    let wal = format!("{path}-wal");
+    let found = if std::path::Path::new(path).is_file() && std::path::Path::new(&wal).is_file() {
+        // Closing the last read-write connection checkpoints a WAL into the
+        // file; one left by someone else's killed program must stay as it is.
+        // A read-only connection reads it without that.
+        let mut read_only = SqliteConnection::establish(&read_only_uri(path)).map_err(|source| OpenError::Connect {
+            path: path.to_string(),
+            source,
+        })?;
+        read_only
+            .batch_execute("PRAGMA busy_timeout = 2000;")
+            .and_then(|()| found_in(&mut read_only))
+    } else {
+        found_in(conn)
+    };
+    let tables = match found {
+        Ok(Found::Nothing | Found::Ours) => return Ok(()),
+        Ok(Found::Foreign(tables)) => tables,
+        Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("not a database") => Vec::new(),
+        Err(source) => {
+            return Err(OpenError::Read {
+                path: path.to_string(),
+                source,
+            })
+        }
+    };
+    Err(OpenError::NotOurs {
+        path: path.to_string(),
+        tables,
+    })
+}
+
+/// `path` as a SQLite URI that opens it read-only.
+fn read_only_uri(path: &str) -> String {
+    // An absolute path gets the empty authority, so `//x` is not a host.
+    let mut uri = String::from(if path.starts_with('/') { "file://" } else { "file:" });
+    for c in path.chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3F"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?mode=ro");
+    uri
+}
+
+/// What a file holds, told before anything is written to it.
+enum Found {
+    /// No tables: a new or empty file, taskwire's to fill.
+    Nothing,
+    /// diesel's migrations table lists taskwire's first migration.
+    Ours,
+    /// Someone else's tables, by name in the order they were made.
+    Foreign(Vec<String>),
+}
+
+/// Reads the schema, in one read transaction, which writes nothing. A
+/// rollback journal left hot by a crash is still rolled back, as any
+/// SQLite reader would.
+fn found_in(conn: &mut SqliteConnection) -> QueryResult<Found> {
+    use diesel::migration::MigrationSource;
+    use diesel::sql_types::Text;
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let first: Option<String> = MigrationSource::<Sqlite>::migrations(&MIGRATIONS)
+        .map_err(diesel::result::Error::QueryBuilderError)?
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .min();
+    conn.transaction(|conn| {
+        let tables: Vec<String> = diesel::sql_query(
+            "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') \
+             AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid",
+        )
+        .load::<Name>(conn)?
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+        if tables.is_empty() {
+            return Ok(Found::Nothing);
+        }
+        if tables.iter().any(|t| t == "__diesel_schema_migrations") {
+            // Another program's table of that name may have other columns:
+            // an error here means not ours, not a failure to read.
+            let ours = diesel::sql_query("SELECT version AS name FROM __diesel_schema_migrations WHERE version = ?")
+                .bind::<Text, _>(first.unwrap_or_default())
+                .load::<Name>(conn)
+                .is_ok_and(|rows| !rows.is_empty());
+            if ours {
+                return Ok(Found::Ours);
+            }
+        }
+        Ok(Found::Foreign(tables))
+    })
 }
 
 /// A number that changes whenever another connection (another process, the

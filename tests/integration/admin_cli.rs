@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// `taskwire ARGS --db FILE`, run to its end.
-fn taskwire(db: &Path, args: &[&str]) -> Output {
+pub(crate) fn taskwire(db: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_taskwire"))
         .args(args)
         .arg("--db")
@@ -24,7 +24,7 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn refused(out: &Output) -> String {
+pub(crate) fn refused(out: &Output) -> String {
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

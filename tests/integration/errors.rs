@@ -328,6 +328,43 @@ async fn rest_bad_requests() {
 }
 
 #[tokio::test]
+async fn an_if_match_with_unbalanced_quotes_is_a_bad_request() {
+    let app = spawn_app();
+    let t = app.create_task("t").await;
+    let path = format!("/api/tasks/{}", t["id"]);
+    // The task is at version 1, so each of these would pass if read as 1.
+    for bad in ["\"1", "1\"", "W/\"1", "W/1\"", "W/1", "\"\"1\"\"", "\""] {
+        rest_error(
+            app.patch(&path, json!({"title": "x"}))
+                .header("If-Match", bad)
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "bad_request",
+        )
+        .await;
+        rest_error(
+            app.delete(&path).header("If-Match", bad).send().await.unwrap(),
+            400,
+            "bad_request",
+        )
+        .await;
+    }
+    assert_eq!(count_changes(&app), 1, "a bad If-Match changed something");
+    // The documented forms still match.
+    for (good, version) in [("W/\"1\"", 1), ("\"2\"", 2), ("3", 3)] {
+        let res = app
+            .patch(&path, json!({"priority": version}))
+            .header("If-Match", good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "If-Match: {good}");
+    }
+}
+
+#[tokio::test]
 async fn bodies_and_frames_over_the_limit_are_too_large() {
     let app = spawn_app();
     let big = "d".repeat(70 * 1024);

@@ -19,6 +19,7 @@ mod crash;
 mod errors;
 mod fuzz;
 mod liveness;
+mod not_ours;
 mod readonly;
 mod reads;
 mod rest_api;

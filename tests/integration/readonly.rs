@@ -4,7 +4,8 @@
 //! - a read-only file: the database and its WAL made immutable (`chattr +i`,
 //!   which holds even for root and for files already open, unlike chmod);
 //! - a full disk: the server's file size limit (RLIMIT_FSIZE) lowered under
-//!   the WAL's size while it runs;
+//!   the WAL's size while it runs; and a limit set before it starts, without
+//!   SIGXFSZ ignored, which the server must survive;
 //! - a locked database: another connection holds the write lock, so a write
 //!   fails after the server's busy timeout (2 s).
 
@@ -253,4 +254,58 @@ async fn a_full_disk_refuses_writes_and_recovers() {
         "the server is still running"
     );
     eprintln!("a write to a full disk was refused in {refused_in:?}");
+}
+
+#[tokio::test]
+async fn a_file_size_limit_refuses_writes_without_killing_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    // Started as an operator would, without ignoring SIGXFSZ: no file of the
+    // server may grow past 1 MiB (2 MiB if `sh` is bash, which counts
+    // `ulimit -f` in KiB rather than 512-byte blocks).
+    let mut server = child::Server::start_via_shell(&db, &[], "ulimit -f 2048;");
+    let http = server.http();
+    let description = "d".repeat(4000);
+    let mut written = 0;
+    let refused = loop {
+        let sent = http
+            .post(server.url("/api/tasks"))
+            .bearer_auth(child::ADMIN)
+            .json(&json!({ "title": format!("t{written}"), "description": description }))
+            .send()
+            .await;
+        let res = match sent {
+            Ok(res) => res,
+            Err(e) => panic!(
+                "after {written} writes the server stopped answering ({e}); it exited with {:?}",
+                server.wait_exit(Duration::from_secs(5))
+            ),
+        };
+        if res.status() != 201 {
+            break res;
+        }
+        written += 1;
+        assert!(written < 2000, "2000 writes of 4 KB fit in a 1 MiB limit");
+    };
+    assert_rest_write_refused(refused).await;
+    // Still refusing, still alive, still answering reads.
+    let mut ws = server.ws().await;
+    let r = ws.call("task.create", json!({"title": "refused"}), None).await.unwrap();
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    let list = server.get_json("/api/tasks").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), written, "{list}");
+    let r = ws.subscribe("tasks").await.unwrap();
+    assert_eq!(r["data"]["snapshot"].as_array().unwrap().len(), written);
+    let health = http.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
+    let log = server.log();
+    let fault = log
+        .lines()
+        .find(|l| l.contains("database refuses writes"))
+        .unwrap_or_else(|| panic!("no storage fault in the log:\n{log}"));
+    eprintln!("refused after {written} writes; the server logged: {fault}");
 }
