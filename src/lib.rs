@@ -128,6 +128,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     .max_connection_rate(4096)
     .client_request_timeout(Duration::from_secs(10))
     .shutdown_timeout(3)
+    .on_connect(session::on_connect)
     .disable_signals()
     .listen(listener)?
     .run();
