@@ -13,6 +13,7 @@ mod auth_basic;
 mod bench_smoke;
 mod browser;
 mod calls;
+mod close;
 mod consistency;
 mod crash;
 mod errors;
