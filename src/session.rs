@@ -7,15 +7,24 @@
 //! it (the [`Peer`]): a pump task drives the actor whatever the peer does, the
 //! bytes and frames the peer has not taken yet are counted, and a peer that
 //! falls too far behind is closed with 1013.
+//!
+//! A close ends with the server closing the TCP connection (RFC 6455, 7.1.1):
+//! at once after both close frames, and after [`CLOSE_TIMEOUT`] whether or not
+//! the client answered or read (see `Socket`).
 
 use actix::prelude::*;
 use actix_http::ws::{Codec, Item};
+use actix_web::dev::Extensions;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, WebsocketContext};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde_json::value::RawValue;
+use std::any::Any;
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +42,13 @@ use crate::registry::{CloseSession, Leave, LocalRegistry};
 use crate::state::AppState;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How long a closing connection may stay open: after the server's close frame,
+/// for the client's answering one; after the client's close frame (or a session
+/// that ended without one), for the client to take what is still queued. Then
+/// the server closes the TCP connection whether or not the client answered or
+/// read, so a silent or stalled client holds nothing for longer.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A message that arrives in fragments, joined before it is read.
 struct Fragments {
@@ -57,6 +73,9 @@ pub struct Session {
     in_flight: usize,
     /// A close asked for while calls were in flight: done once they are answered.
     closing: Option<(CloseCode, &'static str)>,
+    /// The server sent its close frame and waits for the client's.
+    close_sent: bool,
+    socket: Socket,
     fragments: Option<Fragments>,
     bucket: Bucket,
 }
@@ -64,7 +83,7 @@ pub struct Session {
 impl Session {
     /// Queues a reply or other frame; closes the socket (1013) instead when
     /// the peer has already fallen too far behind.
-    fn send(&self, ctx: &mut WebsocketContext<Self>, text: &str) {
+    fn send(&mut self, ctx: &mut WebsocketContext<Self>, text: &str) {
         if self.peer.send(text_frame(text)) == Pushed::GaveUp {
             self.close_slow(ctx);
         }
@@ -80,17 +99,27 @@ impl Session {
         });
     }
 
-    fn close_slow(&self, ctx: &mut WebsocketContext<Self>) {
+    fn close_slow(&mut self, ctx: &mut WebsocketContext<Self>) {
         self.close(ctx, CloseCode::Again, "too slow to keep up; reconnect and resume");
     }
 
-    fn close(&self, ctx: &mut WebsocketContext<Self>, code: CloseCode, reason: &str) {
+    /// Starts a close: sends the close frame, then waits for the client's
+    /// answering one, which ends the session (see the stream handler).
+    fn close(&mut self, ctx: &mut WebsocketContext<Self>, code: CloseCode, reason: &str) {
+        if self.close_sent {
+            return;
+        }
+        self.close_sent = true;
         self.peer.close();
         ctx.close(Some(CloseReason {
             code,
             description: Some(reason.to_string()),
         }));
-        ctx.stop();
+        ctx.run_later(CLOSE_TIMEOUT, |act, ctx| {
+            log::debug!("session {}: no close frame from the client; cutting it off", act.id);
+            act.socket.shutdown(Shutdown::Both);
+            ctx.stop();
+        });
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
@@ -126,7 +155,7 @@ impl Session {
 
     /// Sends a reply (with a ref) or an error frame (without one).
     fn answer(
-        &self,
+        &mut self,
         ctx: &mut WebsocketContext<Self>,
         reference: Option<Ref>,
         result: Result<(Arc<RawValue>, Option<i64>), ApiError>,
@@ -250,9 +279,12 @@ impl Actor for Session {
             role: self.principal.role.as_str(),
         };
         let hello = serde_json::to_string(&hello).expect("hello serializes");
-        self.send(ctx, &hello);
         let interval = config.heartbeat_interval;
+        self.send(ctx, &hello);
         ctx.run_interval(interval, move |act, ctx| {
+            if act.close_sent {
+                return;
+            }
             if act.last_heard.elapsed() > interval * 3 {
                 log::debug!("session {} missed three pings; dropping it", act.id);
                 ctx.stop();
@@ -277,6 +309,15 @@ impl Actor for Session {
 impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
     fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
+        if self.close_sent {
+            // After its close frame the server sends nothing more (RFC 6455,
+            // 5.5.1): it reads on only for the client's close frame. An error
+            // ends the wait too, since the input cannot be read on.
+            if matches!(msg, Ok(ws::Message::Close(_)) | Err(_)) {
+                ctx.stop();
+            }
+            return;
+        }
         match msg {
             Ok(ws::Message::Text(text)) => {
                 if self.fragments.is_some() {
@@ -301,6 +342,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
             }
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
+                self.close_sent = true;
                 self.peer.close();
                 ctx.close(reason);
                 ctx.stop();
@@ -371,21 +413,82 @@ impl Handler<CloseSession> for Session {
     }
 }
 
+/// The connection's TCP socket, so that a session can close it.
+///
+/// actix-http takes the WebSocket's request payload for an unread request
+/// body: when the response body ends, it waits for the client to close the
+/// connection first (up to its client disconnect timeout), and while the
+/// client does not read, it waits without end. So the session closes the
+/// socket itself: when the body ends, with `shutdown(SHUT_RD)`, after which
+/// actix-http sends what it holds, closes the connection and drops it; when a
+/// client is cut off, with `shutdown(SHUT_RDWR)`, after which its writes fail
+/// and it drops the connection at once.
+///
+/// The descriptor is only used while the body lives: the body is owned by the
+/// connection's HTTP dispatcher, which owns the socket, and it clears the
+/// descriptor when dropped. So a descriptor that is set is this connection's,
+/// never a closed one reused by another connection.
+#[derive(Clone)]
+struct Socket(Rc<Cell<Option<RawFd>>>);
+
+/// A connection's descriptor, noted by [`on_connect`].
+#[derive(Clone, Copy)]
+struct ConnectionFd(RawFd);
+
+/// Notes each connection's socket; registered with `HttpServer::on_connect`.
+pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        data.insert(ConnectionFd(tcp.as_raw_fd()));
+    }
+}
+
+impl Socket {
+    fn new(req: &HttpRequest) -> Self {
+        Socket(Rc::new(Cell::new(req.conn_data::<ConnectionFd>().map(|c| c.0))))
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        let Some(fd) = self.0.get() else { return };
+        // SAFETY: set only while the body lives, so the dispatcher that owns
+        // the body holds the socket open (see the type's doc).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Err(e) = socket2::SockRef::from(&fd).shutdown(how) {
+            log::debug!("socket shutdown ({how:?}): {e}");
+        }
+    }
+
+    /// The body is gone, and with it the guarantee the descriptor is ours.
+    fn detach(&self) {
+        self.0.set(None);
+    }
+}
+
 /// The response body: what the pump parked in the outbox.
-struct OutboxBody(Rc<Peer>);
+struct OutboxBody {
+    peer: Rc<Peer>,
+    socket: Socket,
+}
 
 impl Stream for OutboxBody {
     type Item = Result<Bytes, actix_web::Error>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let mut outbox = self.0.outbox().borrow_mut();
+        let mut outbox = self.peer.outbox().borrow_mut();
         if let Some(chunk) = outbox.pop() {
             return Poll::Ready(Some(Ok(chunk)));
         }
         if outbox.is_done() {
+            // Nothing more is read: actix-http sends the rest and closes.
+            self.socket.shutdown(Shutdown::Read);
             return Poll::Ready(None);
         }
         outbox.wait(cx.waker());
         Poll::Pending
+    }
+}
+
+impl Drop for OutboxBody {
+    fn drop(&mut self) {
+        self.socket.detach();
     }
 }
 
@@ -402,6 +505,7 @@ pub fn start(
         .cloned()
         .ok_or_else(|| actix_web::error::ErrorInternalServerError("no registry on this thread"))?;
     let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+    let socket = Socket::new(req);
     let config = &app.config;
     let peer = Rc::new(Peer::new(
         id,
@@ -421,11 +525,14 @@ pub fn start(
         fragments: None,
         in_flight: 0,
         closing: None,
+        close_sent: false,
+        socket: socket.clone(),
         app: app.clone(),
     };
     let codec = Codec::new().max_size(app.config.max_frame_bytes);
     let mut stream = Box::pin(WebsocketContext::with_codec(session, payload, codec));
     let pumped = peer.clone();
+    let pump_socket = socket.clone();
     actix_web::rt::spawn(async move {
         while let Some(chunk) = stream.next().await {
             match chunk {
@@ -437,6 +544,13 @@ pub fn start(
             }
         }
         pumped.outbox().borrow_mut().finish();
+        // The session's memory is not held through the wait.
+        drop(stream);
+        drop(pumped);
+        // The body ends once the client took the rest; a client that does
+        // not is cut off (a no-op once the body is gone).
+        actix_web::rt::time::sleep(CLOSE_TIMEOUT).await;
+        pump_socket.shutdown(Shutdown::Both);
     });
-    Ok(res.streaming(OutboxBody(peer)))
+    Ok(res.streaming(OutboxBody { peer, socket }))
 }

@@ -18,7 +18,7 @@ use crate::limits::{ReadBudget, RestLimiter, SocketCounts};
 use crate::metrics::Metrics;
 use crate::registry::{Hub, LocalRegistry};
 use crate::state::AppState;
-use crate::{demo, rest};
+use crate::{demo, rest, session};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +149,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     .max_connection_rate(4096)
     .client_request_timeout(Duration::from_secs(10))
     .shutdown_timeout(3)
+    .on_connect(session::on_connect)
     .disable_signals()
     .listen(listener)
     .map_err(StartError::Serve)?

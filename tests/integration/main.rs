@@ -14,6 +14,7 @@ mod atomic;
 mod auth_basic;
 mod browser;
 mod calls;
+mod close;
 mod consistency;
 mod crash;
 mod errors;

@@ -1,6 +1,7 @@
 //! Slow clients: a subscriber that stops reading while tens of thousands of
 //! events flow is closed with 1013 once its outbound queue passes the limit
-//! (`--max-queue-bytes`, 256 KiB here so that the test stays short); the
+//! (`--max-queue-bytes`, 256 KiB here so that the test stays short), and the
+//! server closes its connection `CLOSE_TIMEOUT` later though it reads nothing; the
 //! server's resident memory stays under a stated bound; a
 //! fast subscriber on the same topic gets every event, in order, on time; the
 //! slow one, after reconnecting with its position, ends with the same state.
@@ -31,6 +32,18 @@ const MAX_AHEAD: usize = 160;
 /// before the flow. The slow client's queue may hold 256 KiB; without a bound
 /// it would hold every event, 15 MB of frames (about 28 MiB resident).
 const RSS_GROWTH_BOUND_MIB: u64 = 16;
+
+/// How a client that stopped reading, and reads at last once the server closed
+/// its connection, finds the socket ended: with the 1013 close frame if that
+/// had reached the kernel's buffers, else with the end of the stream (which
+/// tungstenite reports as a reset without a closing handshake).
+fn assert_closed_slow(end: &End) {
+    let ended = matches!(end, End::Lost(e) if e.contains("without closing handshake"));
+    assert!(
+        *end == End::Closed(Some(1013)) || ended,
+        "the slow client's close: {end:?}"
+    );
+}
 
 /// A socket with a tiny receive buffer that the test will stop reading.
 async fn tiny_socket(addr: SocketAddr) -> Client {
@@ -174,7 +187,7 @@ async fn a_client_that_never_reads_is_closed_1013_and_memory_stays_bounded() {
     assert_eq!(closed_slow, 1.0, "exactly the one slow socket is closed");
     let (end, frames) = slow.read_to_end().await;
     eprintln!("the slow client got {} events, then {end:?}", frames.len());
-    assert_eq!(end, End::Closed(Some(1013)), "the slow client's close");
+    assert_closed_slow(&end);
     let mut last = start;
     for ev in &frames {
         let seq = ev["seq"].as_i64().unwrap();
@@ -249,7 +262,7 @@ async fn a_client_behind_by_too_many_frames_is_closed_1013() {
     }
     assert_eq!(server.metric("taskwire_sockets_closed_slow_total").await, 1.0);
     let (end, frames) = slow.read_to_end().await;
-    assert_eq!(end, End::Closed(Some(1013)), "the slow client's close");
+    assert_closed_slow(&end);
     assert!(frames.len() < SMALL_EVENTS, "{} events before the close", frames.len());
     for (i, ev) in frames.iter().enumerate() {
         assert_eq!(
