@@ -1,7 +1,7 @@
 //! The server's settings: the `serve` flags of the contract, with their defaults.
 
 use clap::Args;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::db::DbConfig;
@@ -173,4 +173,15 @@ impl From<ServeArgs> for Config {
             ..base
         }
     }
+}
+
+/// The base URL a browser on this machine reaches a listen address at: an
+/// unspecified address (`0.0.0.0`, `[::]`) is reached at loopback.
+pub fn local_base_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }

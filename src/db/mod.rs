@@ -6,8 +6,8 @@
 //!   commit, one savepoint per call.
 //! - [`resume`]: subscribes: a snapshot, or the changes a client missed.
 //! - [`reads`]: REST reads and change-log pages.
-//! - [`tokens`]: token and browser-session administration, and the watch for
-//!   revocations made by another process.
+//! - [`tokens`]: token, login-code and browser-session administration, and
+//!   the watch for revocations made by another process.
 //! - [`upkeep`]: the timers: heartbeat times, agents going offline, pruning.
 //! - [`liveness`]: heartbeat times kept in memory and when each agent was heard.
 //! - [`row_cache`]: task rows the writer saved, so the next update skips a read.
@@ -32,7 +32,8 @@ pub use open::{open, Head, OpenError, Opened};
 pub use reads::{Listing, Read, ReadAnswer, ReadChanges};
 pub use resume::{Subscribe, Subscribed};
 pub use tokens::{
-    ensure_admin_token, load_tokens, CreateToken, ListTokens, Login, Logout, RevokeToken, WebSession, WEB_SESSION_DAYS,
+    ensure_admin_token, load_tokens, trim_web_sessions, CreateLoginCode, CreateToken, ListTokens, Login, Logout,
+    RedeemLoginCode, RevokeToken, WebSession, LOGIN_CODE_MINUTES, WEB_SESSIONS_PER_TOKEN, WEB_SESSION_DAYS,
 };
 pub use writer::{execute, Committed, Db, Drain, Execute};
 
