@@ -28,6 +28,12 @@ pub struct ServeArgs {
     /// Origins besides the server's own that may use the session cookie.
     #[arg(long = "allowed-origin")]
     pub allowed_origins: Vec<String>,
+    /// A reverse proxy (its IP address) whose `Forwarded` / `X-Forwarded-Proto`
+    /// is believed: a request from it that says `https` gets a `Secure` cookie
+    /// and an `https://` own origin. From any other peer those headers are
+    /// ignored.
+    #[arg(long = "trusted-proxy")]
+    pub trusted_proxies: Vec<IpAddr>,
     /// Demo data and simulated agents.
     #[arg(long)]
     pub demo: bool,
@@ -90,6 +96,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub db: DbConfig,
     pub allowed_origins: Vec<String>,
+    /// Peers whose forwarding headers say which scheme the browser used.
+    pub trusted_proxies: Vec<IpAddr>,
     pub demo: bool,
     pub max_frame_bytes: usize,
     pub max_subscriptions: usize,
@@ -111,6 +119,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(10),
             db: DbConfig::default(),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             demo: false,
             max_frame_bytes: 65_536,
             max_subscriptions: 1000,
@@ -160,6 +169,7 @@ impl From<ServeArgs> for Config {
                 ..base.db.clone()
             },
             allowed_origins: a.allowed_origins,
+            trusted_proxies: a.trusted_proxies,
             demo: a.demo,
             max_frame_bytes: a.max_frame_bytes,
             max_subscriptions: a.max_subscriptions,
