@@ -1,13 +1,13 @@
 //! `taskwire token ...` and `taskwire backup`: administration on the database
 //! file, for when no admin token is at hand. A running server sees token
-//! changes within a second.
+//! changes within a second, and login codes when they are used.
 
 use diesel::connection::SimpleConnection;
 use diesel::sqlite::SqliteConnection;
 use std::path::Path;
 
 use crate::db::models::TokenRow;
-use crate::db::rules::tokens::{self, CreatedToken};
+use crate::db::rules::tokens::{self, CreatedToken, LoginCode};
 use crate::db::{self, queries, OpenError};
 use crate::error::ApiError;
 
@@ -22,7 +22,7 @@ pub enum AdminError {
     Refused(#[from] ApiError),
     #[error("no live token named {0:?}")]
     NoSuchName(String),
-    #[error("{count} live tokens are named {name:?}; revoke one by id")]
+    #[error("{count} live tokens are named {name:?}; name one by id")]
     AmbiguousName { name: String, count: usize },
     #[error("cannot write the backup to {path}")]
     Backup {
@@ -60,28 +60,41 @@ pub fn list_tokens(path: &str) -> Result<Vec<TokenRow>, AdminError> {
 /// token). Returns the id revoked.
 pub fn revoke_token(path: &str, id_or_name: &str) -> Result<i64, AdminError> {
     let mut conn = open_existing(path)?;
-    let id = match id_or_name.parse::<i64>() {
-        Ok(id) => id,
-        Err(_) => {
-            let live: Vec<TokenRow> = queries::list_tokens(&mut conn)
-                .map_err(ApiError::from)?
-                .into_iter()
-                .filter(|t| t.name == id_or_name && t.revoked_at.is_none())
-                .collect();
-            match live.as_slice() {
-                [one] => one.id,
-                [] => return Err(AdminError::NoSuchName(id_or_name.to_string())),
-                many => {
-                    return Err(AdminError::AmbiguousName {
-                        name: id_or_name.to_string(),
-                        count: many.len(),
-                    })
-                }
-            }
-        }
-    };
+    let id = token_id(&mut conn, id_or_name)?;
     conn.immediate_transaction(|conn| tokens::revoke(conn, id))?;
     Ok(id)
+}
+
+/// Makes a one-time login code for a live token given by id or by name. A
+/// running server finds it in the file when the browser posts it.
+pub fn login_code(path: &str, id_or_name: &str) -> Result<(TokenRow, LoginCode), AdminError> {
+    let mut conn = open_existing(path)?;
+    let id = token_id(&mut conn, id_or_name)?;
+    let code = conn.immediate_transaction(|conn| tokens::create_login_code(conn, id))?;
+    let row = queries::find_live_token(&mut conn, id)
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::not_found(format!("token {id} not found")))?;
+    Ok((row, code))
+}
+
+/// The id of a token given by id, or by the name of exactly one live token.
+fn token_id(conn: &mut SqliteConnection, id_or_name: &str) -> Result<i64, AdminError> {
+    if let Ok(id) = id_or_name.parse::<i64>() {
+        return Ok(id);
+    }
+    let live: Vec<TokenRow> = queries::list_tokens(conn)
+        .map_err(ApiError::from)?
+        .into_iter()
+        .filter(|t| t.name == id_or_name && t.revoked_at.is_none())
+        .collect();
+    match live.as_slice() {
+        [one] => Ok(one.id),
+        [] => Err(AdminError::NoSuchName(id_or_name.to_string())),
+        many => Err(AdminError::AmbiguousName {
+            name: id_or_name.to_string(),
+            count: many.len(),
+        }),
+    }
 }
 
 /// Tokens as a table for a terminal: id, role, name, agent, created, revoked.

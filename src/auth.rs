@@ -84,6 +84,27 @@ pub fn generate_token() -> String {
     format!("tw_{}", hex::encode(bytes))
 }
 
+/// A new one-time login code: `twl_` and 64 hex digits (256 bits). Stored, like
+/// a token, only as its SHA-256.
+pub fn generate_login_code() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("twl_{}", hex::encode(bytes))
+}
+
+/// True if `code` has the shape of a login code; anything else is refused
+/// without a look in the database.
+pub fn is_login_code(code: &str) -> bool {
+    code.strip_prefix("twl_")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The link that logs a browser in with a login code: `base` is the server's
+/// origin as the browser reaches it, like `http://127.0.0.1:8080`.
+pub fn login_link(base: &str, code: &str) -> String {
+    format!("{}/login?code={code}", base.trim_end_matches('/'))
+}
+
 /// The stored form of a token: its SHA-256, in hex.
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))

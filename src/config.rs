@@ -1,7 +1,7 @@
 //! The server's settings: the `serve` flags of the contract, with their defaults.
 
 use clap::Args;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::db::DbConfig;
@@ -28,6 +28,12 @@ pub struct ServeArgs {
     /// Origins besides the server's own that may use the session cookie.
     #[arg(long = "allowed-origin")]
     pub allowed_origins: Vec<String>,
+    /// A reverse proxy (its IP address) whose `Forwarded` / `X-Forwarded-Proto`
+    /// is believed: a request from it that says `https` gets a `Secure` cookie
+    /// and an `https://` own origin. From any other peer those headers are
+    /// ignored.
+    #[arg(long = "trusted-proxy")]
+    pub trusted_proxies: Vec<IpAddr>,
     /// Demo data and simulated agents.
     #[arg(long)]
     pub demo: bool,
@@ -94,6 +100,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub db: DbConfig,
     pub allowed_origins: Vec<String>,
+    /// Peers whose forwarding headers say which scheme the browser used.
+    pub trusted_proxies: Vec<IpAddr>,
     pub demo: bool,
     pub max_frame_bytes: usize,
     pub max_subscriptions: usize,
@@ -118,6 +126,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(10),
             db: DbConfig::default(),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             demo: false,
             max_frame_bytes: 65_536,
             max_subscriptions: 1000,
@@ -169,6 +178,7 @@ impl From<ServeArgs> for Config {
                 ..base.db.clone()
             },
             allowed_origins: a.allowed_origins,
+            trusted_proxies: a.trusted_proxies,
             demo: a.demo,
             max_frame_bytes: a.max_frame_bytes,
             max_subscriptions: a.max_subscriptions,
@@ -183,4 +193,15 @@ impl From<ServeArgs> for Config {
             ..base
         }
     }
+}
+
+/// The base URL a browser on this machine reaches a listen address at: an
+/// unspecified address (`0.0.0.0`, `[::]`) is reached at loopback.
+pub fn local_base_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }

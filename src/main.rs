@@ -68,6 +68,15 @@ enum TokenAction {
         /// The token's id, or its name if one live token has it.
         token: String,
     },
+    /// Print a link that logs a browser in as a token, once, within 10 minutes.
+    LoginLink {
+        /// The token's id, or its name if one live token has it.
+        token: String,
+        /// The server as the browser reaches it, like https://tasks.example.com
+        /// [default: http:// and TASKWIRE_BIND, else http://127.0.0.1:8080]
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -122,6 +131,23 @@ fn token(action: TokenAction, db: &str) -> Result<(), Failure> {
         TokenAction::Revoke { token } => {
             let id = taskwire::admin::revoke_token(db, &token)?;
             println!("revoked token {id}");
+        }
+        TokenAction::LoginLink { token, url } => {
+            let base = match url {
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => u,
+                Some(u) => return Err(format!("--url {u:?} must start with http:// or https://").into()),
+                None => {
+                    let bind = std::env::var("TASKWIRE_BIND").ok().and_then(|b| b.parse().ok());
+                    taskwire::config::local_base_url(bind.unwrap_or(([127, 0, 0, 1], 8080).into()))
+                }
+            };
+            let (row, code) = taskwire::admin::login_code(db, &token)?;
+            // The link alone on stdout, for scripts; what it is for on stderr.
+            println!("{}", taskwire::auth::login_link(&base, &code.code));
+            eprintln!(
+                "taskwire: logs a browser in as token {} ({}, {}) once, until {}",
+                row.id, row.name, row.role, code.expires_at
+            );
         }
     }
     Ok(())

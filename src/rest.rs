@@ -4,15 +4,17 @@
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{self, ContentType, HeaderMap};
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder};
+use actix_web::http::StatusCode;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::future::{ready, Ready};
 
-use crate::auth::Principal;
+use crate::auth::{self, Principal};
 use crate::db::{
-    self, Committed, CreateToken, Db, ListTokens, Login, Logout, Query, Read, ReadChanges, Reader, RevokeToken,
+    self, Committed, CreateLoginCode, CreateToken, Db, ListTokens, Login, Logout, Query, Read, ReadChanges, Reader,
+    RedeemLoginCode, RevokeToken,
 };
 use crate::error::ApiError;
 use crate::model::TaskStatus;
@@ -26,7 +28,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/tasks/{id}", web::get().to(task_page))
         .route("/agents/{id}", web::get().to(agent_page))
         .route("/static/{path:.*}", web::get().to(static_file))
-        .route("/login", web::get().to(login))
+        .route("/login", web::get().to(login_page))
+        .route("/login", web::post().to(login))
         .route("/logout", web::get().to(logout))
         .route("/logout", web::post().to(logout))
         .route("/healthz", web::get().to(healthz))
@@ -49,7 +52,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/changes", web::get().to(changes))
                 .route("/tokens", web::post().to(create_token))
                 .route("/tokens", web::get().to(list_tokens))
-                .route("/tokens/{id}", web::delete().to(revoke_token)),
+                .route("/tokens/{id}", web::delete().to(revoke_token))
+                .route("/tokens/{id}/login-code", web::post().to(create_login_code)),
         )
         .default_service(web::to(not_found));
 }
@@ -108,17 +112,7 @@ fn socket_principal(app: &AppState, req: &HttpRequest) -> Result<Principal, ApiE
         // Whatever else it carries, an upgrade with the cookie must come from a
         // page of an allowed origin.
         let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
-        let scheme = if req.app_config().secure() { "https" } else { "http" };
-        // The Host header the browser connected with, not forwarding headers a
-        // client could set.
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        let own = format!("{scheme}://{host}");
-        let allowed = origin.is_some_and(|o| o == own || app.config.allowed_origins.iter().any(|a| a == o));
-        if !allowed {
+        if !origin.is_some_and(|o| origin_allowed(app, req, o)) {
             return Err(ApiError::forbidden("this origin may not use the session cookie"));
         }
     }
@@ -130,6 +124,63 @@ fn socket_principal(app: &AppState, req: &HttpRequest) -> Result<Principal, ApiE
     app.tokens
         .verify_session(cookie.value())
         .ok_or_else(|| ApiError::unauthorized("the session has ended; log in again"))
+}
+
+/// True if `origin` is the server's own or one of `--allowed-origin`: the
+/// one rule for who may use the session cookie and who may log in.
+fn origin_allowed(app: &AppState, req: &HttpRequest, origin: &str) -> bool {
+    origin == own_origin(app, req) || app.config.allowed_origins.iter().any(|a| a == origin)
+}
+
+/// The server's origin as the browser sees it: the scheme it used and the
+/// Host header it connected with (not `X-Forwarded-Host`, which a client
+/// could set).
+fn own_origin(app: &AppState, req: &HttpRequest) -> String {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    format!("{}://{host}", request_scheme(app, req))
+}
+
+/// `https` if the browser's connection was HTTPS: the server's own TLS, or a
+/// `--trusted-proxy` saying so. Not `connection_info().scheme()`: that
+/// believes forwarding headers from anyone.
+fn request_scheme(app: &AppState, req: &HttpRequest) -> &'static str {
+    if req.app_config().secure() {
+        return "https";
+    }
+    let from_proxy = req
+        .peer_addr()
+        .is_some_and(|p| app.config.trusted_proxies.contains(&p.ip().to_canonical()));
+    if from_proxy && forwarded_proto(req.headers()).is_some_and(|p| p.eq_ignore_ascii_case("https")) {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// The scheme a proxy reports: `proto=` of the last `Forwarded` element (the
+/// one the nearest proxy added), else the last `X-Forwarded-Proto` value.
+fn forwarded_proto(headers: &HeaderMap) -> Option<String> {
+    let last = |name| {
+        headers
+            .get_all(name)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .last()
+            .map(str::trim)
+    };
+    let from_forwarded = last(header::FORWARDED).and_then(|element| {
+        element.split(';').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("proto")
+                .then(|| v.trim().trim_matches('"').to_string())
+        })
+    });
+    from_forwarded.or_else(|| last(header::HeaderName::from_static("x-forwarded-proto")).map(String::from))
 }
 
 /// Only the two list routes take query parameters; anywhere else one is an
@@ -201,38 +252,233 @@ async fn static_file(path: web::Path<String>) -> Res {
     asset(&path)
 }
 
-/// `/login?token=...` opens a browser session and redirects to `/`; without a
-/// token it shows a form that asks for one.
-async fn login(app: web::Data<AppState>, query: web::Query<HashMap<String, String>>) -> Res {
-    let Some(token) = query.get("token") else {
-        return Ok(HttpResponse::Ok()
-            .content_type("text/html; charset=utf-8")
-            .body(LOGIN_FORM));
-    };
-    let who = app
-        .tokens
-        .verify(token)
-        .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
-    let session = ask(&app, Login { by: who }).await?;
-    let cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, session.secret)
-        .path("/")
-        .http_only(true)
-        .same_site(actix_web::cookie::SameSite::Strict)
-        .max_age(actix_web::cookie::time::Duration::seconds(session.max_age_secs))
-        .finish();
-    Ok(HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, "/"))
-        .cookie(cookie)
-        .finish())
+/// `GET /login` shows the form for a token; `/login?code=...` (a login
+/// link) shows a button that posts the code. Neither logs in: a GET can be
+/// prefetched, previewed or replayed from history, and a code is used once.
+/// `/login?token=...` no longer logs in either (the token would stay in the
+/// history): 400, with the form.
+async fn login_page(req: HttpRequest, query: web::Query<HashMap<String, String>>) -> HttpResponse {
+    if query.contains_key("token") {
+        let e = ApiError::bad_request(
+            "a token in the address does not log in (it would stay in the browser's history); \
+             type it in the form, or open a login link",
+        );
+        return login_refused(&req, e);
+    }
+    match query.get("code") {
+        Some(code) if auth::is_login_code(code) => page(StatusCode::OK, code_form(code)),
+        Some(_) => login_refused(
+            &req,
+            ApiError::bad_request("this login link is not valid; copy all of it"),
+        ),
+        None => page(StatusCode::OK, token_form(None)),
+    }
 }
 
-const LOGIN_FORM: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>taskwire: log in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main><h1>taskwire</h1>
-<form action="/login" method="get"><label for="token">Access token</label>
-<input id="token" name="token" type="password" autocomplete="off" required>
-<button type="submit">Log in</button></form></main></body></html>"#;
+/// `POST /login` with the form field `token` or `code` opens a browser
+/// session: 303 to `/` with the session cookie. Only a page of an allowed
+/// origin may post it (login CSRF: another site must not log a browser in
+/// as someone else).
+async fn login(app: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    match open_session(&app, &req, payload).await {
+        Ok(session) => HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/"))
+            .cookie(session_cookie(&app, &req, session.secret, session.max_age_secs))
+            .finish(),
+        Err(e) => login_refused(&req, e),
+    }
+}
+
+async fn open_session(app: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<db::WebSession, ApiError> {
+    login_origin_allowed(app, req)?;
+    let form = login_form(req, payload).await?;
+    match form {
+        LoginForm::Token(token) => {
+            let who = app
+                .tokens
+                .verify(&token)
+                .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
+            // Logins spend the token's REST budget: a loop cannot churn sessions
+            // faster than it could make requests.
+            app.rest_limits.check(&who)?;
+            ask(app, Login { by: who }).await
+        }
+        LoginForm::Code(code) if auth::is_login_code(&code) => ask(app, RedeemLoginCode { code }).await,
+        LoginForm::Code(_) => Err(ApiError::unauthorized("this login link is not valid; copy all of it")),
+    }
+}
+
+/// A login must name its page: `Origin`, or `Referer` when a browser sends
+/// no `Origin`, of the server itself or an `--allowed-origin`. Neither (or
+/// `Origin: null`) is refused: every browser that posts a form sends one.
+fn login_origin_allowed(app: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let origin = match header(header::ORIGIN) {
+        Some(o) => Some(o),
+        None => header(header::REFERER).and_then(origin_of),
+    };
+    if origin.is_some_and(|o| origin_allowed(app, req, o)) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "a login must be posted from a page of this server (its Origin or Referer is missing or not allowed)",
+        ))
+    }
+}
+
+/// The origin (`scheme://host[:port]`) of an absolute URL.
+fn origin_of(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    (!scheme.is_empty() && host_len > 0).then(|| &url[..scheme.len() + 3 + host_len])
+}
+
+/// What a login form posts.
+enum LoginForm {
+    Token(String),
+    Code(String),
+}
+
+/// Reads the login form: `application/x-www-form-urlencoded` with exactly
+/// one field, `token` or `code`.
+async fn login_form(req: &HttpRequest, mut payload: web::Payload) -> Result<LoginForm, ApiError> {
+    const LIMIT: usize = 4096;
+    let form_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !form_type {
+        return Err(ApiError::bad_request(
+            "send the login as a form (application/x-www-form-urlencoded) with a field token or code",
+        ));
+    }
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if buf.len() + chunk.len() > LIMIT {
+            return Err(ApiError::too_large(format!("a login form is at most {LIMIT} bytes")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let fields: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(&buf).map_err(|e| ApiError::bad_request(format!("not a form: {e}")))?;
+    match fields.as_slice() {
+        [(k, v)] if k == "token" && !v.is_empty() => Ok(LoginForm::Token(v.clone())),
+        [(k, v)] if k == "code" && !v.is_empty() => Ok(LoginForm::Code(v.clone())),
+        [(k, _)] if k == "token" || k == "code" => Err(ApiError::unauthorized(format!("the {k} is empty"))),
+        _ => Err(ApiError::bad_request("the login form takes one field: token or code")),
+    }
+}
+
+/// The session cookie: `Secure` when the browser came over HTTPS (then it
+/// is never sent back over plain HTTP).
+fn session_cookie(
+    app: &AppState,
+    req: &HttpRequest,
+    secret: String,
+    max_age_secs: i64,
+) -> actix_web::cookie::Cookie<'static> {
+    actix_web::cookie::Cookie::build(SESSION_COOKIE, secret)
+        .path("/")
+        .http_only(true)
+        .secure(request_scheme(app, req) == "https")
+        .same_site(actix_web::cookie::SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::seconds(max_age_secs))
+        .finish()
+}
+
+/// A refused login: for a browser (it accepts HTML) the form again with the
+/// reason; for anything else the error as JSON, like every other route.
+fn login_refused(req: &HttpRequest, e: ApiError) -> HttpResponse {
+    let browser = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if browser {
+        let mut res = page(e.status_code(), token_form(Some(&e.message)));
+        if e.code == crate::error::ErrorCode::RateLimited {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        res
+    } else {
+        e.error_response()
+    }
+}
+
+/// A login page. `Referrer-Policy: same-origin` instead of the global
+/// `no-referrer`: under `no-referrer` a browser posts the form with
+/// `Origin: null`, which the login CSRF check must refuse. `no-store`: the
+/// code page holds a code.
+fn page(status: StatusCode, html: String) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::REFERRER_POLICY, "same-origin"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(html)
+}
+
+/// The form asking for a token, with a notice above it (an error, escaped).
+fn token_form(notice: Option<&str>) -> String {
+    // The API's messages start in lower case; on a page, a sentence.
+    let sentence = |n: &str| {
+        let mut c = n.chars();
+        c.next()
+            .map(|f| f.to_uppercase().chain(c).collect::<String>())
+            .unwrap_or_default()
+    };
+    let notice = notice
+        .map(|n| {
+            format!(
+                "<p class=\"form-msg error\" role=\"alert\">{}</p>\n",
+                escape(&sentence(n))
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"{LOGIN_HEAD}{notice}<form action="/login" method="post">
+<div class="field"><label for="token">Access token</label>
+<input id="token" name="token" type="password" autocomplete="off" required></div>
+<button class="primary" type="submit">Log in</button></form></main></body></html>"#
+    )
+}
+
+/// The page of a login link: one button posts the code.
+fn code_form(code: &str) -> String {
+    format!(
+        r#"{LOGIN_HEAD}<p>This link logs this browser in. It works once.</p>
+<form action="/login" method="post"><input type="hidden" name="code" value="{}">
+<button class="primary" type="submit">Log in</button></form></main></body></html>"#,
+        escape(code)
+    )
+}
+
+const LOGIN_HEAD: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>taskwire · log in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="/static/css/app.css"></head>
+<body><main class="login panel"><h1>taskwire</h1>
+"#;
+
+/// Text for HTML, attribute values included.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// Ends the browser session and forgets the cookie.
 async fn logout(app: web::Data<AppState>, req: HttpRequest) -> Res {
@@ -245,7 +491,10 @@ async fn logout(app: web::Data<AppState>, req: HttpRequest) -> Res {
         )
         .await?;
     }
-    let mut gone = actix_web::cookie::Cookie::build(SESSION_COOKIE, "").path("/").finish();
+    let mut gone = actix_web::cookie::Cookie::build(SESSION_COOKIE, "")
+        .path("/")
+        .secure(request_scheme(&app, &req) == "https")
+        .finish();
     gone.make_removal();
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/login"))
@@ -603,8 +852,87 @@ async fn list_tokens(app: web::Data<AppState>, who: Principal) -> Res {
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
+/// A one-time login link for a token, to hand to whoever should use it in a
+/// browser. The link points at the origin this request came to.
+async fn create_login_code(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>) -> Res {
+    let token_id = path_id(&id)?;
+    let made = ask(&app, CreateLoginCode { by: who, token_id }).await?;
+    let url = auth::login_link(&own_origin(&app, &req), &made.code);
+    Ok(HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({"token_id": made.token_id, "code": made.code, "url": url, "expires_at": made.expires_at})))
+}
+
 async fn revoke_token(app: web::Data<AppState>, who: Principal, id: web::Path<String>) -> Res {
     let id = path_id(&id)?;
     ask(&app, RevokeToken { by: who, id }).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_nearest_proxys_scheme_counts() {
+        let proto = |pairs: &[(&str, &str)]| forwarded_proto(&headers(pairs));
+        assert_eq!(proto(&[]), None);
+        assert_eq!(proto(&[("x-forwarded-proto", "https")]).as_deref(), Some("https"));
+        // A client's own value comes first; the proxy appends the real one.
+        assert_eq!(proto(&[("x-forwarded-proto", "https, http")]).as_deref(), Some("http"));
+        assert_eq!(
+            proto(&[
+                ("forwarded", "for=1.2.3.4;proto=http"),
+                ("forwarded", "for=5.6.7.8;Proto=\"https\"")
+            ])
+            .as_deref(),
+            Some("https")
+        );
+        // Forwarded wins over X-Forwarded-Proto.
+        assert_eq!(
+            proto(&[("forwarded", "proto=http"), ("x-forwarded-proto", "https")]).as_deref(),
+            Some("http")
+        );
+        // The last element names no proto: X-Forwarded-Proto is asked.
+        assert_eq!(
+            proto(&[("forwarded", "for=1.2.3.4"), ("x-forwarded-proto", "https")]).as_deref(),
+            Some("https")
+        );
+    }
+
+    #[test]
+    fn a_referers_origin() {
+        assert_eq!(
+            origin_of("http://a.example:8080/login?code=x"),
+            Some("http://a.example:8080")
+        );
+        assert_eq!(origin_of("https://a.example"), Some("https://a.example"));
+        assert_eq!(origin_of("https://a.example?x#y"), Some("https://a.example"));
+        assert_eq!(origin_of("/login"), None);
+        assert_eq!(origin_of("https:///x"), None);
+        assert_eq!(origin_of("://a.example"), None);
+    }
+
+    #[test]
+    fn pages_escape_what_they_show() {
+        assert_eq!(
+            escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        let page = token_form(Some("bad <b>"));
+        assert!(page.contains("Bad &lt;b&gt;"), "{page}");
+        assert!(!code_form("\"><script>").contains("<script>"));
+    }
 }

@@ -76,10 +76,23 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let mut opened = db::open(&config.db_path)?;
     let created =
         db::ensure_admin_token(&mut opened.conn, config.admin_token.as_deref()).map_err(|e| load(e.into()))?;
-    if let Some(token) = created {
+    if let Some(code) = created {
         let addr = listener.local_addr().map_err(StartError::Serve)?;
-        // Shown once, on the terminal only, so the token is in no log file.
-        eprintln!("taskwire: created the admin token. Log in at http://{addr}/login?token={token}");
+        let link = crate::auth::login_link(&crate::config::local_base_url(addr), &code.code);
+        // On the terminal only, not the log. The link carries a one-time code,
+        // not the token: what stays in the browser's history logs nobody in.
+        eprintln!(
+            "taskwire: created the admin token. Log in at {link} \
+             (once, within {} minutes; `taskwire token login-link admin` makes a new link)",
+            db::LOGIN_CODE_MINUTES
+        );
+    }
+    let ended = db::trim_web_sessions(&mut opened.conn).map_err(|e| load(e.into()))?;
+    if ended > 0 {
+        log::info!(
+            "ended {ended} browser sessions over the cap of {} per token",
+            db::WEB_SESSIONS_PER_TOKEN
+        );
     }
     let tokens = Arc::new(TokenCache::default());
     db::load_tokens(&mut opened.conn, &tokens).map_err(|e| load(e.into()))?;

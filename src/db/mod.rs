@@ -9,8 +9,8 @@
 //! - [`resume`]: subscribes: a snapshot, or the changes a client missed, run
 //!   on a reader.
 //! - [`shared`]: what the writer shares with the readers after each commit.
-//! - [`tokens`]: token and browser-session administration, and the watch for
-//!   revocations made by another process.
+//! - [`tokens`]: token, login-code and browser-session administration, and
+//!   the watch for revocations made by another process.
 //! - [`upkeep`]: the timers: heartbeat times, agents going offline, pruning.
 //! - [`files`]: the database and WAL files the writer has open, by inode.
 //! - [`liveness`]: heartbeat times kept in memory and when each agent was heard.
@@ -42,7 +42,8 @@ pub use reader::Reader;
 pub use reads::{Listing, Query, Read, ReadAnswer, ReadChanges};
 pub use resume::{Subscribe, Subscribed};
 pub use tokens::{
-    ensure_admin_token, load_tokens, CreateToken, ListTokens, Login, Logout, RevokeToken, WebSession, WEB_SESSION_DAYS,
+    ensure_admin_token, load_tokens, trim_web_sessions, CreateLoginCode, CreateToken, ListTokens, Login, Logout,
+    RedeemLoginCode, RevokeToken, WebSession, LOGIN_CODE_MINUTES, WEB_SESSIONS_PER_TOKEN, WEB_SESSION_DAYS,
 };
 pub use writer::{execute, Committed, Db, Drain, Execute};
 

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use super::schema::{agents, changes, ops, tasks, tokens};
+use super::schema::{agents, changes, login_codes, ops, tasks, tokens};
 use crate::auth::Role;
 use crate::model::{AgentStatus, ChangeKind, Entity, TaskStatus};
 
@@ -199,4 +199,15 @@ pub struct NewToken<'a> {
     pub name: &'a str,
     pub agent_id: Option<i64>,
     pub created_at: &'a str,
+}
+
+/// A one-time login code as stored: the SHA-256 of the code, never the code.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = login_codes)]
+pub struct LoginCodeRow {
+    pub hash: String,
+    pub token_id: i64,
+    pub created_at: String,
+    pub expires_at: String,
+    pub used_at: Option<String>,
 }

@@ -10,7 +10,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::models::*;
 use super::open::OpenError;
-use super::schema::{agents, changes, meta, ops, tasks, tokens, web_sessions};
+use super::schema::{agents, changes, login_codes, meta, ops, tasks, tokens, web_sessions};
 use crate::model::{Entity, TaskStatus};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -516,6 +516,16 @@ pub fn list_tokens(conn: &mut SqliteConnection) -> QueryResult<Vec<TokenRow>> {
     tokens::table.select(TokenRow::as_select()).order(tokens::id).load(conn)
 }
 
+/// The token with this id, if it is not revoked.
+pub fn find_live_token(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<TokenRow>> {
+    tokens::table
+        .find(id)
+        .filter(tokens::revoked_at.is_null())
+        .select(TokenRow::as_select())
+        .get_result(conn)
+        .optional()
+}
+
 /// Admin tokens not revoked.
 pub fn count_live_admins(conn: &mut SqliteConnection) -> QueryResult<i64> {
     tokens::table
@@ -582,6 +592,73 @@ pub fn live_web_sessions(conn: &mut SqliteConnection, now: &str) -> QueryResult<
 
 pub fn prune_web_sessions(conn: &mut SqliteConnection, now: &str) -> QueryResult<usize> {
     diesel::delete(web_sessions::table.filter(web_sessions::expires_at.le(now))).execute(conn)
+}
+
+/// Deletes the sessions of `token_id` (of every token when `None`) beyond
+/// that token's newest `keep`, oldest first; returns their hashes. "Newest"
+/// is by creation time, then by rowid: two sessions made in the same
+/// millisecond are kept in the order they were inserted.
+pub fn trim_web_sessions(conn: &mut SqliteConnection, token_id: Option<i64>, keep: i64) -> QueryResult<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct Gone {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        hash: String,
+    }
+    use diesel::sql_types::{BigInt, Nullable};
+    diesel::sql_query(
+        "DELETE FROM web_sessions WHERE rowid IN (
+             SELECT rowid FROM (
+                 SELECT rowid, ROW_NUMBER() OVER (
+                     PARTITION BY token_id ORDER BY created_at DESC, rowid DESC) AS n
+                 FROM web_sessions WHERE ?1 IS NULL OR token_id = ?1)
+             WHERE n > ?2)
+         RETURNING hash",
+    )
+    .bind::<Nullable<BigInt>, _>(token_id)
+    .bind::<BigInt, _>(keep)
+    .load::<Gone>(conn)
+    .map(|rows| rows.into_iter().map(|r| r.hash).collect())
+}
+
+// ---- login codes ----
+
+pub fn insert_login_code(
+    conn: &mut SqliteConnection,
+    hash: &str,
+    token_id: i64,
+    now: &str,
+    expires_at: &str,
+) -> QueryResult<()> {
+    diesel::insert_into(login_codes::table)
+        .values((
+            login_codes::hash.eq(hash),
+            login_codes::token_id.eq(token_id),
+            login_codes::created_at.eq(now),
+            login_codes::expires_at.eq(expires_at),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
+pub fn find_login_code(conn: &mut SqliteConnection, hash: &str) -> QueryResult<Option<LoginCodeRow>> {
+    login_codes::table
+        .find(hash)
+        .select(LoginCodeRow::as_select())
+        .get_result(conn)
+        .optional()
+}
+
+/// Marks a code used; false if it was used already.
+pub fn use_login_code(conn: &mut SqliteConnection, hash: &str, at: &str) -> QueryResult<bool> {
+    let n = diesel::update(login_codes::table.find(hash).filter(login_codes::used_at.is_null()))
+        .set(login_codes::used_at.eq(at))
+        .execute(conn)?;
+    Ok(n > 0)
+}
+
+/// Deletes codes that expired before `before`, used or not.
+pub fn prune_login_codes(conn: &mut SqliteConnection, before: &str) -> QueryResult<usize> {
+    diesel::delete(login_codes::table.filter(login_codes::expires_at.lt(before))).execute(conn)
 }
 
 #[cfg(test)]
@@ -652,6 +729,68 @@ mod tests {
         )
         .unwrap();
         assert_eq!(max_seq(&mut conn).unwrap(), Some(10));
+    }
+
+    /// A database made before login codes keeps its tokens and browser
+    /// sessions through their migration, and takes codes after it.
+    #[test]
+    fn the_login_code_migration_keeps_tokens_and_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        for _ in 0..3 {
+            conn.run_next_migration(MIGRATIONS).unwrap();
+        }
+        conn.batch_execute(
+            "INSERT INTO tokens (id, hash, role, name, agent_id, created_at, revoked_at) VALUES
+             (1, 'h-admin', 'admin', 'admin', NULL, 't0', NULL),
+             (2, 'h-gone', 'member', 'old', NULL, 't0', 't1');
+             INSERT INTO web_sessions (hash, token_id, created_at, expires_at) VALUES
+             ('s1', 1, 't0', '9999-01-01T00:00:00.000Z');",
+        )
+        .unwrap();
+        drop(conn);
+
+        let mut conn = open(path.to_str().unwrap()).unwrap();
+        let tokens: Vec<(i64, String, Option<String>)> = list_tokens(&mut conn)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.id, t.hash, t.revoked_at))
+            .collect();
+        assert_eq!(
+            tokens,
+            vec![(1, "h-admin".into(), None), (2, "h-gone".into(), Some("t1".into()))]
+        );
+        assert_eq!(
+            live_web_sessions(&mut conn, "2026-01-01").unwrap(),
+            vec![("s1".into(), 1, "9999-01-01T00:00:00.000Z".into())]
+        );
+        assert!(find_live_token(&mut conn, 1).unwrap().is_some());
+        assert!(find_live_token(&mut conn, 2).unwrap().is_none());
+        insert_login_code(&mut conn, "c1", 1, "t2", "t9").unwrap();
+        let code = find_login_code(&mut conn, "c1").unwrap().unwrap();
+        assert_eq!((code.token_id, code.used_at), (1, None));
+        assert!(use_login_code(&mut conn, "c1", "t3").unwrap());
+        assert!(!use_login_code(&mut conn, "c1", "t4").unwrap(), "a code is used once");
+        assert_eq!(prune_login_codes(&mut conn, "t9").unwrap(), 0);
+        assert_eq!(prune_login_codes(&mut conn, "u").unwrap(), 1);
+    }
+
+    /// Each token keeps its newest sessions; ties in time go by insertion.
+    #[test]
+    fn trimming_sessions_keeps_each_tokens_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(dir.path().join("t.db").to_str().unwrap()).unwrap();
+        for (hash, token, at) in [("a1", 1, "t1"), ("a2", 1, "t1"), ("a3", 1, "t2"), ("b1", 2, "t0")] {
+            insert_web_session(&mut conn, hash, token, at, "9999").unwrap();
+        }
+        let mut gone = trim_web_sessions(&mut conn, Some(1), 2).unwrap();
+        assert_eq!(gone, vec!["a1".to_string()]);
+        gone = trim_web_sessions(&mut conn, None, 1).unwrap();
+        assert_eq!(gone, vec!["a2".to_string()]);
+        let mut hashes: Vec<String> = web_sessions::table.select(web_sessions::hash).load(&mut conn).unwrap();
+        hashes.sort();
+        assert_eq!(hashes, vec!["a3".to_string(), "b1".to_string()]);
     }
 
     /// The hot UPDATEs are compiled once, not on every write.

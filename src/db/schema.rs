@@ -28,6 +28,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    login_codes (hash) {
+        hash -> Text,
+        token_id -> BigInt,
+        created_at -> Text,
+        expires_at -> Text,
+        used_at -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     meta (key) {
         key -> Text,
         value -> Text,
@@ -82,4 +92,4 @@ diesel::table! {
 
 diesel::joinable!(tasks -> agents (assignee_id));
 
-diesel::allow_tables_to_appear_in_same_query!(agents, changes, meta, ops, tasks, tokens, web_sessions,);
+diesel::allow_tables_to_appear_in_same_query!(agents, changes, login_codes, meta, ops, tasks, tokens, web_sessions,);

@@ -51,8 +51,8 @@ impl Db {
         }
     }
 
-    /// Prunes the change log by count and age, old op_ids and expired
-    /// browser sessions.
+    /// Prunes the change log by count and age, old op_ids, expired browser
+    /// sessions and login codes.
     pub(super) fn prune(&mut self) {
         let ago = |d: Duration| {
             let d = chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
@@ -68,6 +68,9 @@ impl Db {
             }
             q::prune_ops(conn, &op_cutoff)?;
             q::prune_web_sessions(conn, &now())?;
+            // A used or expired login code is kept a day, so that using it
+            // again is told "already used" or "expired", not "unknown".
+            q::prune_login_codes(conn, &ago(std::time::Duration::from_secs(24 * 3600)))?;
             Ok(cut)
         });
         match result {

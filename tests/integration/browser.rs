@@ -153,11 +153,27 @@ struct Browser {
 }
 
 impl Browser {
-    /// Opens a browser session on the server: the login link sets the cookie.
+    /// Opens a browser session on the server as a person does: the admin
+    /// token typed into the login form, which posts it and sets the cookie.
     async fn login(&self, app: &TestApp) {
-        self.goto(app, &format!("/login?token={}", app.admin)).await;
-        let url = self.client.current_url().await.unwrap();
-        assert_eq!(url.path(), "/", "the login redirects to the board");
+        self.goto(app, "/login").await;
+        self.type_into("#token", &app.admin).await;
+        self.find("button[type=submit]").await.click().await.unwrap();
+        self.wait_for_path("/", "the login redirects to the board").await;
+    }
+
+    /// Waits until the page's path is `path`: a form's post and redirect
+    /// finish after the click returns.
+    async fn wait_for_path(&self, path: &str, what: &str) {
+        let started = Instant::now();
+        loop {
+            let url = self.client.current_url().await.unwrap();
+            if url.path() == path {
+                return;
+            }
+            assert!(started.elapsed() < WAIT, "{what}: still at {url}");
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
     }
 
     async fn goto(&self, app: &TestApp, path: &str) {
@@ -718,6 +734,77 @@ async fn a_conflicting_edit_is_shown_and_theirs_is_kept() {
         )
         .await;
     }
+}
+
+/// A login link in a real browser: the button logs in (the browser's POST
+/// carries an Origin the server accepts), the same link a second time is
+/// refused with the reason, and a form on another origin cannot log in.
+#[tokio::test]
+#[ignore = "needs chromium and chromium-driver"]
+async fn a_login_link_logs_a_browser_in_once() {
+    let _one = BROWSERS.lock().await;
+    let app = spawn_app();
+    let made = rest(
+        app.http()
+            .post(app.url("/api/tokens/1/login-code"))
+            .bearer_auth(&app.admin),
+    )
+    .await;
+    let link = made["url"].as_str().expect("a link").to_string();
+    let path = link
+        .strip_prefix(&format!("http://{}", app.addr))
+        .expect("a link to this server");
+
+    let driver = Driver::start();
+    let b = driver.browser(1280, 800).await;
+    b.goto(&app, path).await;
+    b.find("button[type=submit]").await.click().await.unwrap();
+    b.wait_for_path("/", "the link's button leads to the board").await;
+    b.wait_live().await;
+
+    // The link from history: the page shows, the button is refused.
+    let other = driver.browser(1280, 800).await;
+    other.goto(&app, path).await;
+    other.find("button[type=submit]").await.click().await.unwrap();
+    other
+        .wait_for(
+            "the refusal",
+            "document.querySelector('[role=alert]')?.textContent.includes('already used')",
+            WAIT,
+        )
+        .await;
+    other.goto(&app, "/").await;
+    other
+        .wait_for(
+            "the login link of a browser without a session",
+            "!document.querySelector('#conn .conn-login').hidden",
+            WAIT,
+        )
+        .await;
+
+    // A page elsewhere posting the admin token: refused, no session.
+    let forged = format!(
+        "data:text/html,<form method=post action=\"{}\"><input name=token value=\"{}\"></form>",
+        app.url("/login"),
+        app.admin
+    );
+    other.client.goto(&forged).await.expect("a page of another origin");
+    other.js("(document.forms[0].submit(), true)").await;
+    other
+        .wait_for(
+            "the refusal of a cross-site login",
+            "document.querySelector('[role=alert]')?.textContent.includes('posted from a page of this server')",
+            WAIT,
+        )
+        .await;
+    other.goto(&app, "/").await;
+    other
+        .wait_for(
+            "still no session",
+            "!document.querySelector('#conn .conn-login').hidden",
+            WAIT,
+        )
+        .await;
 }
 
 /// The pages load everything from their own origin, with no inline script or

@@ -186,35 +186,53 @@ impl Target {
         self.admin_ok("GET", &format!("/api/tasks/{id}"), None, 200).await
     }
 
-    /// `/login?token=...`, asserting the 303 and the cookie's attributes; the
-    /// session cookie's value.
+    /// `POST /login` with a form (`token` or `code`) and these extra headers.
+    async fn login_post(&self, fields: &[(&str, &str)], headers: &[(&str, &str)]) -> Resp {
+        self.form_post("/login", fields, headers).await
+    }
+
+    /// A POST of an `application/x-www-form-urlencoded` form with these extra
+    /// headers; a body that is not JSON is kept as text.
+    async fn form_post(&self, path: &str, fields: &[(&str, &str)], headers: &[(&str, &str)]) -> Resp {
+        let mut req = self.http.post(self.url(path)).form(fields);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.unwrap();
+        let body =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Resp { status, headers, body }
+    }
+
+    /// A login as the server's own login form posts it, asserting the 303
+    /// and the cookie's attributes; the session cookie's value.
     async fn login(&self, token: &str) -> String {
-        let r = self.rest("GET", &format!("/login?token={token}"), None, None).await;
-        assert_eq!(r.status, 303, "login: {}", r.body);
-        assert_eq!(r.header("location").as_deref(), Some("/"));
-        let cookie = r.header("set-cookie").expect("login sets a cookie");
-        let attrs: Vec<String> = cookie.split(';').map(|a| a.trim().to_ascii_lowercase()).collect();
-        assert!(attrs.iter().any(|a| a == "httponly"), "not HttpOnly: {cookie}");
-        assert!(
-            attrs.iter().any(|a| a == "samesite=strict"),
-            "not SameSite=Strict: {cookie}"
-        );
-        assert!(attrs.iter().any(|a| a == "path=/"), "not Path=/: {cookie}");
-        let max_age = attrs.iter().find_map(|a| a.strip_prefix("max-age="));
-        assert!(
-            max_age.and_then(|m| m.parse::<u64>().ok()).is_some_and(|m| m > 0),
-            "no lifetime: {cookie}"
-        );
-        let value = cookie
-            .split(';')
-            .next()
-            .unwrap()
-            .strip_prefix("taskwire_session=")
-            .unwrap_or_else(|| panic!("not the session cookie: {cookie}"))
-            .to_string();
-        assert!(value.len() >= 32, "a short session secret: {cookie}");
-        assert!(!value.contains(token), "the cookie holds the token itself: {cookie}");
-        value
+        let r = self
+            .login_post(&[("token", token)], &[("Origin", &self.origin())])
+            .await;
+        session_cookie(&r, token)
+    }
+
+    /// Exchanges a login code, from a page of the server's own origin; the
+    /// session cookie's value.
+    async fn login_with_code(&self, code: &str) -> String {
+        let r = self.login_post(&[("code", code)], &[("Origin", &self.origin())]).await;
+        session_cookie(&r, code)
+    }
+
+    /// A new login code for token `id`, made over REST: (code, link).
+    async fn login_code(&self, id: i64) -> (String, String) {
+        let made = self
+            .admin_ok("POST", &format!("/api/tokens/{id}/login-code"), None, 201)
+            .await;
+        assert_eq!(made["token_id"], id, "{made}");
+        let code = made["code"].as_str().expect("code").to_string();
+        let url = made["url"].as_str().expect("url").to_string();
+        assert_eq!(url, format!("{}/login?code={code}", self.origin()));
+        (code, url)
     }
 
     /// A WebSocket upgrade with these headers: the open socket (hello read), or
@@ -314,6 +332,38 @@ impl Target {
             .output()
             .expect("run the taskwire binary")
     }
+}
+
+/// The session cookie of a login answer, asserting the 303 to `/` and the
+/// cookie's attributes (no `Secure` over plain HTTP); `secret` is what was
+/// posted, which the cookie must not hold.
+fn session_cookie(r: &Resp, secret: &str) -> String {
+    assert_eq!(r.status, 303, "login: {}", r.body);
+    assert_eq!(r.header("location").as_deref(), Some("/"));
+    let cookie = r.header("set-cookie").expect("login sets a cookie");
+    let attrs: Vec<String> = cookie.split(';').map(|a| a.trim().to_ascii_lowercase()).collect();
+    assert!(attrs.iter().any(|a| a == "httponly"), "not HttpOnly: {cookie}");
+    assert!(
+        attrs.iter().any(|a| a == "samesite=strict"),
+        "not SameSite=Strict: {cookie}"
+    );
+    assert!(attrs.iter().any(|a| a == "path=/"), "not Path=/: {cookie}");
+    assert!(!attrs.iter().any(|a| a == "secure"), "Secure over plain HTTP: {cookie}");
+    let max_age = attrs.iter().find_map(|a| a.strip_prefix("max-age="));
+    assert!(
+        max_age.and_then(|m| m.parse::<u64>().ok()).is_some_and(|m| m > 0),
+        "no lifetime: {cookie}"
+    );
+    let value = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("taskwire_session=")
+        .unwrap_or_else(|| panic!("not the session cookie: {cookie}"))
+        .to_string();
+    assert!(value.len() >= 32, "a short session secret: {cookie}");
+    assert!(!value.contains(secret), "the cookie holds what was posted: {cookie}");
+    value
 }
 
 /// A protocol client for the security tests: keeps events aside, tells a closed
@@ -677,6 +727,19 @@ async fn rest_cell(t: &Target, method: &str, path: &str, token: Option<&str>, bo
                 status: Some(status),
                 code: b["error"]["code"].as_str().map(String::from),
             },
+        };
+    }
+    if !body.is_empty() && !body.starts_with('{') {
+        // A form, posted as a page of the server's own origin would post it.
+        assert_eq!(method, "POST", "a form body on {method} {path}");
+        let fields: Vec<(&str, &str)> = body
+            .split('&')
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .collect();
+        let r = t.form_post(path, &fields, &[("Origin", &t.origin())]).await;
+        return Expect {
+            status: Some(r.status),
+            code: r.code().map(String::from),
         };
     }
     let body: Option<Value> = (!body.is_empty()).then(|| serde_json::from_str(body).expect("a JSON body"));
@@ -1121,8 +1184,8 @@ async fn revocation_over_rest_closes_sockets_and_refuses_the_token() {
     );
     let refused = t.cookie_upgrade(&cookie, Some(&origin)).await.err();
     assert_eq!(refused.map(|e| e.0), Some(401), "the revoked token's cookie session");
-    let r = t.rest("GET", &format!("/login?token={doomed}"), None, None).await;
-    assert_eq!(r.status, 401);
+    let r = t.login_post(&[("token", &doomed)], &[("Origin", &origin)]).await;
+    assert_eq!((r.status, r.code()), (401, Some("unauthorized")), "{}", r.body);
     assert!(r.header("set-cookie").is_none());
     let r = t
         .rest("DELETE", &format!("/api/tokens/{id}"), Some(&t.admin), None)
@@ -1348,8 +1411,8 @@ async fn cookie_login_and_origin_checks() {
 
     // Logins that fail set no cookie.
     for bad in [forged_token(), String::new()] {
-        let r = t.rest("GET", &format!("/login?token={bad}"), None, None).await;
-        assert_eq!(r.status, 401, "{}", r.body);
+        let r = t.login_post(&[("token", &bad)], &[("Origin", &own)]).await;
+        assert_eq!((r.status, r.code()), (401, Some("unauthorized")), "{}", r.body);
         assert!(r.header("set-cookie").is_none(), "a failed login set a cookie");
     }
 
@@ -1392,6 +1455,432 @@ async fn cookie_login_and_origin_checks() {
     assert_eq!(r.map(|e| e.0), Some(401), "the cookie still works after POST /logout");
     // Bearer clients need no Origin.
     t.ws(&member).await.ping().await;
+}
+
+// ---------------------------------------------------------------------------
+// 4b. Login links, login CSRF, the session cap and the Secure cookie.
+// ---------------------------------------------------------------------------
+
+/// The text of an HTML answer (the body `form_post` kept as a string).
+fn text(r: &Resp) -> &str {
+    r.body.as_str().unwrap_or_default()
+}
+
+/// A link's code logs in once: opening the link (as often as a prefetch or a
+/// history entry may) logs nobody in; the POST does, once. Used, expired,
+/// unknown and revoked-token codes are refused 401 and set no cookie.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_link_logs_in_once() {
+    let app = spawn_app();
+    let t = target(&app);
+    let own = t.origin();
+    let (member_id, _) = t.new_token("member").await;
+    let (code, link) = t.login_code(member_id).await;
+
+    // Opening the link shows a button that posts the code; it sets nothing.
+    for _ in 0..2 {
+        let res = t.http.get(&link).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers().get("set-cookie").is_none(), "opening the link logged in");
+        assert_eq!(
+            res.headers().get("referrer-policy").map(|v| v.to_str().unwrap()),
+            Some("same-origin"),
+            "under no-referrer a browser would post the form with Origin: null"
+        );
+        assert_eq!(res.headers().get("cache-control").unwrap(), "no-store");
+        let html = res.text().await.unwrap();
+        assert!(html.contains(r#"<form action="/login" method="post">"#), "{html}");
+        assert!(
+            html.contains(&format!(r#"<input type="hidden" name="code" value="{code}">"#)),
+            "{html}"
+        );
+    }
+
+    // The POST logs in as the code's token.
+    let cookie = t.login_with_code(&code).await;
+    let mut s = t.cookie_upgrade(&cookie, Some(&own)).await.expect("the code's session");
+    assert_eq!(s.hello["role"], "member", "{}", s.hello);
+    s.ping().await;
+
+    // Once only: as JSON for a script, as the form with the reason for a browser.
+    let r = t.login_post(&[("code", &code)], &[("Origin", &own)]).await;
+    assert_eq!((r.status, r.code()), (401, Some("unauthorized")), "{}", r.body);
+    assert!(
+        r.body["error"]["message"].as_str().unwrap().contains("already used"),
+        "{}",
+        r.body
+    );
+    assert!(r.header("set-cookie").is_none());
+    let r = t
+        .login_post(
+            &[("code", &code)],
+            &[("Origin", &own), ("Accept", "text/html,*/*;q=0.8")],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(text(&r).contains("This login link was already used"), "{}", text(&r));
+    assert!(
+        text(&r).contains(r#"name="token""#),
+        "the page offers the token form: {}",
+        text(&r)
+    );
+    assert!(r.header("set-cookie").is_none());
+
+    // Expired: the row's lifetime ended (10 minutes in real life).
+    let (expired, _) = t.login_code(member_id).await;
+    let hash = taskwire::auth::hash_token(&expired);
+    let n = app.sqlite().execute(&format!(
+        "UPDATE login_codes SET expires_at = '2000-01-01T00:00:00.000Z' WHERE hash = '{hash}'"
+    ));
+    assert_eq!(n, 1);
+    let r = t.login_post(&[("code", &expired)], &[("Origin", &own)]).await;
+    assert_eq!((r.status, r.code()), (401, Some("unauthorized")), "{}", r.body);
+    assert!(
+        r.body["error"]["message"].as_str().unwrap().contains("expired"),
+        "{}",
+        r.body
+    );
+    assert!(r.header("set-cookie").is_none());
+    assert_eq!(
+        app.sqlite().int(&format!(
+            "SELECT COUNT(*) AS n FROM login_codes WHERE hash = '{hash}' AND used_at IS NULL"
+        )),
+        1,
+        "a refused code is not used up"
+    );
+
+    // Unknown, malformed, empty: refused, nothing set.
+    let unknown = format!("twl_{}", "0".repeat(64));
+    for bad in [unknown.as_str(), "x", "", &code[..code.len() - 1], &forged_token()] {
+        let r = t.login_post(&[("code", bad)], &[("Origin", &own)]).await;
+        assert_eq!((r.status, r.code()), (401, Some("unauthorized")), "{bad:?}: {}", r.body);
+        assert!(r.header("set-cookie").is_none());
+    }
+    let res = t.http.get(t.url("/login?code=<script>")).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+
+    // A code whose token was revoked before it was used.
+    let (doomed_id, _) = t.new_token("member").await;
+    let (doomed_code, _) = t.login_code(doomed_id).await;
+    t.admin_ok("DELETE", &format!("/api/tokens/{doomed_id}"), None, 204)
+        .await;
+    let r = t.login_post(&[("code", &doomed_code)], &[("Origin", &own)]).await;
+    assert_eq!((r.status, r.code()), (401, Some("unauthorized")), "{}", r.body);
+    // And no code for a revoked or unknown token.
+    for id in [doomed_id, 999_999] {
+        let r = t
+            .rest("POST", &format!("/api/tokens/{id}/login-code"), Some(&t.admin), None)
+            .await;
+        assert_eq!((r.status, r.code()), (404, Some("not_found")), "{}", r.body);
+    }
+
+    // The file holds the code's hash, never the code.
+    let stored = app.sqlite().int(&format!(
+        "SELECT COUNT(*) AS n FROM login_codes WHERE hash = '{}'",
+        taskwire::auth::hash_token(&code)
+    ));
+    assert_eq!(stored, 1);
+    assert_eq!(
+        app.sqlite()
+            .int(&format!("SELECT COUNT(*) AS n FROM login_codes WHERE hash = '{code}'")),
+        0
+    );
+
+    // `taskwire token login-link` on the file: the running server takes it.
+    let out = t.cli(&["login-link", &member_id.to_string(), "--url", &own]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let printed = printed.trim();
+    let cli_code = printed
+        .strip_prefix(&format!("{own}/login?code="))
+        .unwrap_or_else(|| panic!("not a login link: {printed}"));
+    let cookie = t.login_with_code(cli_code).await;
+    let s = t
+        .cookie_upgrade(&cookie, Some(&own))
+        .await
+        .expect("the CLI code's session");
+    assert_eq!(s.hello["role"], "member");
+    let told = String::from_utf8_lossy(&out.stderr);
+    assert!(told.contains(&format!("token {member_id}")), "{told}");
+    assert!(!told.contains(cli_code), "the code on stderr: {told}");
+}
+
+/// A token in the address no longer logs in: `GET /login?token=` is 400 and
+/// sets nothing; the form posts instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_with_a_token_does_not_log_in() {
+    let app = spawn_app();
+    let t = target(&app);
+    let r = t.rest("GET", &format!("/login?token={}", t.admin), None, None).await;
+    assert_eq!((r.status, r.code()), (400, Some("bad_request")), "{}", r.body);
+    assert!(r.header("set-cookie").is_none());
+    let res = t
+        .http
+        .get(t.url(&format!("/login?token={}", t.admin)))
+        .header("Accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(res.headers().get("set-cookie").is_none());
+    let html = res.text().await.unwrap();
+    assert!(html.contains("does not log in"), "{html}");
+    assert!(!html.contains(&t.admin), "the page repeats the token: {html}");
+    // The form posts, and the token never goes into a URL.
+    let html = t.http.get(t.url("/login")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains(r#"<form action="/login" method="post">"#), "{html}");
+    assert!(html.contains(r#"name="token" type="password""#), "{html}");
+    // What a login POST takes: a form with one field, token or code.
+    let origin = t.origin();
+    let r = t
+        .send(
+            "POST",
+            "/login",
+            None,
+            &[("Origin", &origin)],
+            Some(&json!({"token": t.admin})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, Some("bad_request")),
+        "JSON is not a form: {}",
+        r.body
+    );
+    for fields in [
+        vec![("token", t.admin.as_str()), ("code", "x")],
+        vec![("token", t.admin.as_str()), ("token", t.admin.as_str())],
+        vec![("password", t.admin.as_str())],
+        vec![],
+    ] {
+        let r = t.login_post(&fields, &[("Origin", &origin)]).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, Some("bad_request")),
+            "{fields:?}: {}",
+            r.body
+        );
+        assert!(r.header("set-cookie").is_none());
+    }
+}
+
+/// Login CSRF: a login POST must come from a page of the server's own origin
+/// or an `--allowed-origin`, by `Origin`, or by `Referer` when there is no
+/// `Origin`. Anything else is 403, sets nothing and uses no code up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_from_another_origin_is_refused() {
+    let allowed = "https://dashboard.example";
+    let app = spawn_app_with(|c| c.allowed_origins = vec![allowed.to_string()]);
+    let t = target(&app);
+    let own = t.origin();
+    let (member_id, member) = t.new_token("member").await;
+    let (code, _) = t.login_code(member_id).await;
+    let evil_referer = "http://evil.example/login".to_string();
+    let own_https = format!("https://{}", t.addr);
+    let refused: Vec<Vec<(&str, &str)>> = vec![
+        vec![("Origin", "http://evil.example")],
+        vec![("Origin", "null")],
+        vec![("Origin", &own_https)],
+        vec![("Origin", "http://evil.example"), ("Referer", &own)],
+        vec![("Referer", &evil_referer)],
+        vec![("Referer", "/login")],
+        vec![],
+    ];
+    for headers in &refused {
+        for fields in [[("token", member.as_str())], [("code", code.as_str())]] {
+            let r = t.login_post(&fields, headers).await;
+            assert_eq!(
+                (r.status, r.code()),
+                (403, Some("forbidden")),
+                "{headers:?}: {}",
+                r.body
+            );
+            assert!(r.header("set-cookie").is_none(), "{headers:?} set a cookie");
+        }
+    }
+    // A browser is shown the reason.
+    let r = t
+        .login_post(
+            &[("token", &member)],
+            &[("Origin", "http://evil.example"), ("Accept", "text/html")],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(text(&r).contains("posted from a page of this server"), "{}", text(&r));
+    // None of that used the code up.
+    let cookie = t.login_with_code(&code).await;
+    t.cookie_upgrade(&cookie, Some(&own))
+        .await
+        .expect("the code still worked");
+    // Allowed: the own origin, an --allowed-origin, or a Referer of the own
+    // origin when the browser sent no Origin.
+    let own_page = format!("{own}/login");
+    for headers in [
+        vec![("Origin", own.as_str())],
+        vec![("Origin", allowed)],
+        vec![("Referer", own_page.as_str())],
+    ] {
+        let r = t.login_post(&[("token", &member)], &headers).await;
+        session_cookie(&r, &member);
+    }
+}
+
+/// A token holds at most 20 browser sessions: the 21st login ends the
+/// oldest, whose cookie stops working at once; other tokens keep theirs.
+/// Sessions over the cap in a file from before it end at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_21st_session_ends_the_oldest() {
+    let app = spawn_app();
+    let t = target(&app);
+    let own = t.origin();
+    let (member_id, member) = t.new_token("member").await;
+    let (other_id, other) = t.new_token("member").await;
+    let other_cookie = t.login(&other).await;
+    let mut cookies = Vec::new();
+    for _ in 0..20 {
+        cookies.push(t.login(&member).await);
+    }
+    let count = |id: i64| format!("SELECT COUNT(*) AS n FROM web_sessions WHERE token_id = {id}");
+    assert_eq!(app.sqlite().int(&count(member_id)), 20);
+    t.cookie_upgrade(&cookies[0], Some(&own))
+        .await
+        .expect("the first of 20");
+
+    cookies.push(t.login(&member).await);
+    assert_eq!(app.sqlite().int(&count(member_id)), 20, "the cap");
+    let r = t.cookie_upgrade(&cookies[0], Some(&own)).await.err();
+    assert_eq!(r.map(|e| e.0), Some(401), "the oldest session still works");
+    for c in &cookies[1..] {
+        t.cookie_upgrade(c, Some(&own)).await.expect("a newer session");
+    }
+    // A login code counts the same.
+    let (code, _) = t.login_code(member_id).await;
+    cookies.push(t.login_with_code(&code).await);
+    assert_eq!(app.sqlite().int(&count(member_id)), 20);
+    let r = t.cookie_upgrade(&cookies[1], Some(&own)).await.err();
+    assert_eq!(r.map(|e| e.0), Some(401), "the second oldest after one more login");
+    t.cookie_upgrade(&other_cookie, Some(&own))
+        .await
+        .expect("another token's session");
+    assert_eq!(app.sqlite().int(&count(other_id)), 1);
+
+    // A file with more (written before the cap): trimmed at start, oldest first.
+    let secrets: Vec<String> = (0..25)
+        .map(|i| format!("tw_old_session_{i:02}_{}", "x".repeat(20)))
+        .collect();
+    let mut conn = app.sqlite();
+    for (i, secret) in secrets.iter().enumerate() {
+        conn.execute(&format!(
+            "INSERT INTO web_sessions (hash, token_id, created_at, expires_at) \
+             VALUES ('{}', {other_id}, '2026-01-01T00:00:{i:02}.000Z', '9999-01-01T00:00:00.000Z')",
+            taskwire::auth::hash_token(secret)
+        ));
+    }
+    drop(conn);
+    let app = app.restart(|_| {});
+    let t = target(&app);
+    let own = t.origin();
+    // The newest are the login made above and the last 19 inserted. (The
+    // first answer also means the server has started, and trimmed.)
+    t.cookie_upgrade(&other_cookie, Some(&own)).await.expect("the newest");
+    t.cookie_upgrade(&secrets[24], Some(&own))
+        .await
+        .expect("a newer inserted");
+    t.cookie_upgrade(&secrets[6], Some(&own))
+        .await
+        .expect("the oldest kept");
+    let r = t.cookie_upgrade(&secrets[5], Some(&own)).await.err();
+    assert_eq!(r.map(|e| e.0), Some(401), "a session over the cap survived the start");
+    assert_eq!(app.sqlite().int(&count(other_id)), 20);
+}
+
+/// The cookie is `Secure` only when the browser came over HTTPS: as a
+/// `--trusted-proxy` says; forwarding headers from anyone else are ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cookie_is_secure_over_https_only() {
+    fn secure(r: &Resp) -> bool {
+        assert_eq!(r.status, 303, "{}", r.body);
+        let cookie = r.header("set-cookie").expect("a cookie");
+        cookie.split(';').any(|a| a.trim().eq_ignore_ascii_case("secure"))
+    }
+    // No trusted proxy: X-Forwarded-Proto changes nothing.
+    let app = spawn_app();
+    let t = target(&app);
+    let own = t.origin();
+    let own_https = format!("https://{}", t.addr);
+    let (_, member) = t.new_token("member").await;
+    let r = t
+        .login_post(
+            &[("token", &member)],
+            &[("Origin", &own), ("X-Forwarded-Proto", "https")],
+        )
+        .await;
+    assert!(!secure(&r), "a client's X-Forwarded-Proto made the cookie Secure");
+    let r = t
+        .login_post(
+            &[("token", &member)],
+            &[("Origin", &own_https), ("X-Forwarded-Proto", "https")],
+        )
+        .await;
+    assert_eq!(
+        r.status, 403,
+        "a client's X-Forwarded-Proto changed the own origin: {}",
+        r.body
+    );
+    drop(app);
+
+    // The test client is the trusted proxy.
+    let app = spawn_app_with(|c| c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()]);
+    let t = target(&app);
+    let own = t.origin();
+    let own_https = format!("https://{}", t.addr);
+    let (_, member) = t.new_token("member").await;
+    for proxy in [
+        ("X-Forwarded-Proto", "https"),
+        ("Forwarded", "for=192.0.2.1;proto=https"),
+        ("X-Forwarded-Proto", "http, https"),
+    ] {
+        let r = t
+            .login_post(&[("token", &member)], &[("Origin", &own_https), proxy])
+            .await;
+        assert!(secure(&r), "{proxy:?}: no Secure");
+        // Over HTTPS the own origin is https://; a cookie socket from it opens.
+        let cookie = session_cookie_value(&r);
+        let c = format!("taskwire_session={cookie}");
+        let opened = t.upgrade(&[("Cookie", &c), ("Origin", &own_https), proxy]).await;
+        assert!(opened.is_ok(), "{proxy:?}: {:?}", opened.err());
+    }
+    // Plain HTTP through the proxy: not Secure, and the own origin is http://.
+    for proxy in [
+        vec![],
+        vec![("X-Forwarded-Proto", "http")],
+        vec![("X-Forwarded-Proto", "https, http")],
+    ] {
+        let mut headers = vec![("Origin", own.as_str())];
+        headers.extend(proxy.iter().copied());
+        let r = t.login_post(&[("token", &member)], &headers).await;
+        assert!(!secure(&r), "{proxy:?}: Secure over plain HTTP");
+    }
+    // Logging out over HTTPS clears the Secure cookie with a Secure removal.
+    let r = t
+        .send("POST", "/logout", None, &[("X-Forwarded-Proto", "https")], None)
+        .await;
+    assert_eq!(r.status, 303);
+    let cleared = r.header("set-cookie").unwrap();
+    assert!(cleared.to_ascii_lowercase().contains("secure"), "{cleared}");
+}
+
+/// The value of the session cookie an answer sets.
+fn session_cookie_value(r: &Resp) -> String {
+    let cookie = r.header("set-cookie").expect("a cookie");
+    cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("taskwire_session=")
+        .expect("the session cookie")
+        .to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -1692,6 +2181,7 @@ async fn pages_carry_csp_and_nosniff() {
         format!("/tasks/{task}"),
         format!("/agents/{agent}"),
         "/login".to_string(),
+        format!("/login?code=twl_{}", "0".repeat(64)),
     ];
     let assets = ["/static/js/client.js", "/static/css/app.css", "/static/favicon.svg"];
     let errors = ["/static/no-such-file.js", "/no-such-page"];
@@ -1778,11 +2268,17 @@ fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> st
 }
 
 impl Child {
-    fn start(db: &Path, admin: &str) -> (Child, SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_taskwire"))
+    /// Starts the binary on `db`; with no `admin`, a new database gets a
+    /// random admin token and a printed login link.
+    fn start(db: &Path, admin: Option<&str>) -> (Child, SocketAddr) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskwire"));
+        match admin {
+            Some(a) => cmd.env("TASKWIRE_ADMIN_TOKEN", a),
+            None => cmd.env_remove("TASKWIRE_ADMIN_TOKEN"),
+        };
+        let mut child = cmd
             .args(["serve", "--bind", "127.0.0.1:0", "--db"])
             .arg(db)
-            .env("TASKWIRE_ADMIN_TOKEN", admin)
             .env("RUST_LOG", "debug")
             .env_remove("DATABASE_URL")
             .env_remove("TASKWIRE_BIND")
@@ -1856,7 +2352,7 @@ async fn no_token_in_logs_or_database_files() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("data").join("taskwire.db");
     let admin = format!("tw_{}", "5eed".repeat(16));
-    let (server, addr) = Child::start(&db, &admin);
+    let (server, addr) = Child::start(&db, Some(&admin));
     let t = Target::new(addr, &admin, &db);
     let mut secrets: Vec<(String, String)> = vec![("admin".into(), admin.clone())];
 
@@ -1871,6 +2367,29 @@ async fn no_token_in_logs_or_database_files() {
     // Tokens over REST and the command line.
     let (member_id, member) = t.new_token("member").await;
     secrets.push(("member".into(), member.clone()));
+    // Login links, over REST and the command line, and their sessions.
+    let (code, _) = t.login_code(member_id).await;
+    secrets.push(("login code".into(), code.clone()));
+    let code_cookie = t.login_with_code(&code).await;
+    secrets.push(("login code's session".into(), code_cookie));
+    let out = t.cli(&["login-link", &member_id.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let link = String::from_utf8(out.stdout).unwrap();
+    let cli_code = link
+        .trim()
+        .split("code=")
+        .nth(1)
+        .expect("a code in the link")
+        .to_string();
+    secrets.push(("command-line login code".into(), cli_code.clone()));
+    let link_stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    secrets.push(("command-line code's session".into(), t.login_with_code(&cli_code).await));
+    assert_eq!(
+        t.login_post(&[("code", &cli_code)], &[("Origin", &t.origin())])
+            .await
+            .status,
+        401
+    );
     let out = t.cli(&["create", "--role", "member", "--name", "cli"]);
     assert!(out.status.success());
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -1905,7 +2424,9 @@ async fn no_token_in_logs_or_database_files() {
         secrets.push((format!("forged {i}"), bad.clone()));
         assert_eq!(t.rest("GET", "/api/tasks", Some(&bad), None).await.status, 401);
         assert_eq!(
-            t.rest("GET", &format!("/login?token={bad}"), None, None).await.status,
+            t.login_post(&[("token", &bad)], &[("Origin", &t.origin())])
+                .await
+                .status,
             401
         );
         assert_eq!(
@@ -1981,6 +2502,7 @@ async fn no_token_in_logs_or_database_files() {
             ("stdout", &stdout),
             ("stderr", &stderr),
             ("token CLI stderr", &cli_stderr),
+            ("login-link CLI stderr", &link_stderr),
         ] {
             for line in text.lines() {
                 if line.contains(secret.as_str()) || line.contains(piece) || line.contains(&hash) {
@@ -2011,4 +2533,60 @@ async fn no_token_in_logs_or_database_files() {
         has(&bytes) || has(&wal),
         "the admin token's hash is not stored: is the check blind?"
     );
+}
+
+/// The first start of a new database prints a login link with a one-time
+/// code, not the token: it logs in once, as admin; a second start prints none.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_start_prints_a_one_time_login_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data").join("taskwire.db");
+    let (server, addr) = Child::start(&db, None);
+    let line = server
+        .err
+        .lock()
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("Log in at"))
+        .map(String::from)
+        .expect("the login link is printed before the server listens");
+    let link = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no link in {line}"));
+    let code = link
+        .strip_prefix(&format!("http://{addr}/login?code="))
+        .unwrap_or_else(|| panic!("not a code link on this server: {line}"));
+    assert!(code.starts_with("twl_") && code.len() == 68, "{line}");
+    assert!(!line.contains("token="), "a token in the printed URL: {line}");
+
+    let t = Target::new(addr, "", &db);
+    let page = t.http.get(link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers().get("set-cookie").is_none());
+    let cookie = t.login_with_code(code).await;
+    let s = t
+        .cookie_upgrade(&cookie, Some(&t.origin()))
+        .await
+        .expect("the printed link's session");
+    assert_eq!(s.hello["role"], "admin", "{}", s.hello);
+    let again = t.login_post(&[("code", code)], &[("Origin", &t.origin())]).await;
+    assert_eq!(
+        (again.status, again.code()),
+        (401, Some("unauthorized")),
+        "{}",
+        again.body
+    );
+    drop(s);
+    let (_, first_err) = server.stop();
+
+    let (server, _) = Child::start(&db, None);
+    let (_, second_err) = server.stop();
+    assert!(second_err.contains("listening on"), "{second_err}");
+    assert!(
+        !second_err.contains("Log in at"),
+        "a second start printed a link: {second_err}"
+    );
+    // Nothing but that one line ever showed the code.
+    assert_eq!(first_err.matches(code).count(), 1, "{first_err}");
 }

@@ -1,5 +1,5 @@
-//! Creating and revoking tokens: by an admin through the Db actor, or by the
-//! `taskwire token` command on the file.
+//! Creating and revoking tokens and login codes: by an admin through the Db
+//! actor, or by the `taskwire token` command on the file.
 
 use diesel::sqlite::SqliteConnection;
 
@@ -7,6 +7,7 @@ use super::now;
 use crate::auth::{self, Principal, Role};
 use crate::db::models::{NewToken, TokenRow};
 use crate::db::queries as q;
+use crate::db::tokens::LOGIN_CODE_MINUTES;
 use crate::error::ApiError;
 
 /// A token just made: as listed, with its secret (shown this once).
@@ -67,4 +68,29 @@ pub fn revoke(conn: &mut SqliteConnection, id: i64) -> Result<(), ApiError> {
     } else {
         Err(ApiError::not_found(format!("token {id} not found")))
     }
+}
+
+/// A login code just made: shown this once, then only its hash is kept.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoginCode {
+    pub token_id: i64,
+    pub code: String,
+    pub expires_at: String,
+}
+
+/// Makes a one-time login code for a live token, valid for
+/// [`LOGIN_CODE_MINUTES`]; `not_found` if there is no such live token.
+pub fn create_login_code(conn: &mut SqliteConnection, token_id: i64) -> Result<LoginCode, ApiError> {
+    if q::find_live_token(conn, token_id)?.is_none() {
+        return Err(ApiError::not_found(format!("token {token_id} not found")));
+    }
+    let code = auth::generate_login_code();
+    let expires_at = (chrono::Utc::now() + chrono::Duration::minutes(LOGIN_CODE_MINUTES))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    q::insert_login_code(conn, &auth::hash_token(&code), token_id, &now(), &expires_at)?;
+    Ok(LoginCode {
+        token_id,
+        code,
+        expires_at,
+    })
 }
