@@ -215,14 +215,7 @@ pub fn delete(
     out.revoked_tokens = q::revoke_agent_tokens(conn, agent.id, &ctx.now)?;
     q::delete_agent(conn, agent.id)?;
     ctx.live.remove(agent.id);
-    ctx.record(
-        conn,
-        &mut out,
-        (Entity::Agent, agent.id),
-        ChangeKind::Deleted,
-        vec![],
-        raw(&json!({"id": agent.id})),
-    )?;
+    ctx.record_deleted(conn, &mut out, (Entity::Agent, agent.id))?;
     Ok(out)
 }
 

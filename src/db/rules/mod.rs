@@ -123,6 +123,19 @@ impl WriteCtx<'_> {
     }
 }
 
+impl WriteCtx<'_> {
+    /// Records that an entity is gone: a `deleted` change whose data is its id.
+    fn record_deleted(
+        &mut self,
+        conn: &mut SqliteConnection,
+        out: &mut Outcome,
+        (entity, id): (Entity, i64),
+    ) -> Result<(), ApiError> {
+        let data = crate::protocol::raw(&json!({ "id": id }));
+        self.record(conn, out, (entity, id), ChangeKind::Deleted, vec![], data)
+    }
+}
+
 /// Runs one job of a batch in its own savepoint. On failure the savepoint is
 /// rolled back, and so is what the job changed in memory: the seq, the
 /// heartbeat times and the cached rows.

@@ -1,7 +1,6 @@
 //! `task.create`, `task.update`, `task.delete`.
 
 use diesel::sqlite::SqliteConnection;
-use serde_json::json;
 
 use super::{check_id, check_version, Outcome, WriteCtx};
 use crate::auth::{authorize, Action, Principal};
@@ -186,14 +185,7 @@ pub fn delete(
         )?;
     }
     q::delete_task(conn, task.id)?;
-    ctx.record(
-        conn,
-        &mut out,
-        (Entity::Task, task.id),
-        ChangeKind::Deleted,
-        vec![],
-        raw(&json!({"id": task.id})),
-    )?;
+    ctx.record_deleted(conn, &mut out, (Entity::Task, task.id))?;
     Ok(out)
 }
 
