@@ -10,6 +10,8 @@
 //! - `conns`: N idle subscribed sockets; server RSS per socket, connect time.
 //! - `resume`: N clients subscribe, disconnect, M writes happen, all resume at
 //!   once; time until every client has its missed events.
+//! - `readflood`: one paced writer's ack latency, idle and then while a member
+//!   token floods the readers (change-log pages, far resumes).
 //! - `fsync`: only the disk's durable-write ceiling.
 //!
 //! Every run prints one JSON line of results on stdout and a readable table on
@@ -20,12 +22,15 @@
 mod cli;
 mod client;
 mod events;
+mod flood;
 mod fsync;
 mod metrics;
 mod process;
 mod progress;
 mod report;
+mod rest;
 mod scenarios;
+mod seed;
 mod sockets;
 mod stats;
 mod tally;
@@ -101,6 +106,21 @@ async fn run(c: Common, s: Scenario) -> Res<(Value, Rows)> {
         Scenario::Resume { clients, writes } => {
             raise_nofile(clients + 1)?;
             scenarios::resume::run(&c, clients, writes).await
+        }
+        Scenario::Readflood {
+            tasks,
+            seconds,
+            write_rate,
+            via,
+            http_flooders,
+            ws_flooders,
+        } => {
+            raise_nofile(http_flooders + ws_flooders + 2)?;
+            let flooders = scenarios::readflood::Flooders {
+                http: http_flooders,
+                ws: ws_flooders,
+            };
+            scenarios::readflood::run(&c, tasks, Duration::from_secs_f64(seconds), write_rate, via, flooders).await
         }
         Scenario::Fsync { seconds } => scenarios::fsync::run(&c, Duration::from_secs_f64(seconds)),
     }
