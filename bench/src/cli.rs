@@ -117,6 +117,23 @@ pub enum Scenario {
         #[arg(long, default_value_t = 4)]
         ws_flooders: usize,
     },
+    /// One agent's sockets sending status-changing heartbeats as fast as they
+    /// are answered while K dashboards subscribed to `agents` read the events.
+    Tokenflood {
+        /// The agent's sockets.
+        #[arg(long, default_value_t = 4)]
+        agent_sockets: usize,
+        /// Dashboard sockets (one member token).
+        #[arg(short = 'k', long, default_value_t = 20)]
+        dashboards: usize,
+        /// Seconds the agent loops.
+        #[arg(short = 's', long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seconds without a new event after which the dashboards' last
+        /// events are no longer waited for.
+        #[arg(long, default_value_t = 2.0)]
+        drain_secs: f64,
+    },
     /// Only the fsync ceiling of the disk under --db-dir.
     Fsync {
         /// Seconds to sample for.
@@ -220,6 +237,26 @@ pub fn check_bounds(s: &Scenario, c: &Common) -> Res<()> {
             }
             if http_flooders + ws_flooders == 0 {
                 return Err("give at least one flooder".into());
+            }
+        }
+        Scenario::Tokenflood {
+            agent_sockets,
+            dashboards,
+            seconds,
+            drain_secs,
+        } => {
+            if *agent_sockets == 0 || *agent_sockets > MAX_LOOPS {
+                return Err(format!("--agent-sockets must be 1..={MAX_LOOPS}"));
+            }
+            // The dashboards share one member token, which may hold 1,000.
+            if *dashboards == 0 || *dashboards > 1000 {
+                return Err("--dashboards must be 1..=1000".into());
+            }
+            if !(*seconds > 0.0 && *seconds <= 300.0) {
+                return Err("--seconds must be in (0, 300]".into());
+            }
+            if !(*drain_secs >= 0.0 && *drain_secs <= 60.0) {
+                return Err("--drain-secs must be in [0, 60]".into());
             }
         }
         Scenario::Fsync { seconds } => {

@@ -188,3 +188,37 @@ pub async fn resubscribe_loop(c: Common, end: Instant) -> Counts {
     }
     n
 }
+
+/// An agent's `agent.heartbeat` calls on one socket, each changing `status`
+/// (busy, idle, busy, ...), until `end`. Answers the counts and the seqs of
+/// the accepted heartbeats that committed a change.
+pub async fn heartbeat_loop(c: Common, agent: i64, end: Instant) -> (Counts, Vec<i64>) {
+    let mut n = Counts::default();
+    let mut seqs = Vec::new();
+    let mut r = 0i64;
+    while Instant::now() < end {
+        let Some((mut ws, _)) = open(&c, &mut n).await else {
+            continue;
+        };
+        while Instant::now() < end {
+            r += 1;
+            n.requests += 1;
+            let status = if r % 2 == 1 { "busy" } else { "idle" };
+            let call = json!({"type": "call", "ref": r, "method": "agent.heartbeat",
+                              "params": {"id": agent, "status": status}});
+            let answered = match send(&mut ws, &call).await {
+                Ok(()) => reply_to(&mut ws, r).await,
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(t) => seqs.extend(tally_reply(&mut n, &t)),
+                Err(e) => {
+                    n.unanswered += 1;
+                    n.note_drop(e);
+                    break;
+                }
+            }
+        }
+    }
+    (n, seqs)
+}

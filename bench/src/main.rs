@@ -12,6 +12,8 @@
 //!   once; time until every client has its missed events.
 //! - `readflood`: one paced writer's ack latency, idle and then while a member
 //!   token floods the readers (change-log pages, far resumes).
+//! - `tokenflood`: one agent's sockets heartbeating as fast as they are
+//!   answered while dashboards subscribed to `agents` read the events.
 //! - `fsync`: only the disk's durable-write ceiling.
 //!
 //! Every run prints one JSON line of results on stdout and a readable table on
@@ -121,6 +123,22 @@ async fn run(c: Common, s: Scenario) -> Res<(Value, Rows)> {
                 ws: ws_flooders,
             };
             scenarios::readflood::run(&c, tasks, Duration::from_secs_f64(seconds), write_rate, via, flooders).await
+        }
+        Scenario::Tokenflood {
+            agent_sockets,
+            dashboards,
+            seconds,
+            drain_secs,
+        } => {
+            raise_nofile(agent_sockets + dashboards + 2)?;
+            scenarios::tokenflood::run(
+                &c,
+                agent_sockets,
+                dashboards,
+                Duration::from_secs_f64(seconds),
+                Duration::from_secs_f64(drain_secs),
+            )
+            .await
         }
         Scenario::Fsync { seconds } => scenarios::fsync::run(&c, Duration::from_secs_f64(seconds)),
     }

@@ -68,4 +68,15 @@ impl Rest {
             .map(str::to_string)
             .ok_or_else(|| format!("POST /api/tokens gave no token: {v}"))
     }
+
+    /// A new agent and its agent token.
+    pub async fn create_agent(&self, name: &str) -> Res<(i64, String)> {
+        let v = self
+            .expect(Method::POST, "/api/agents", &json!({ "name": name }), 201)
+            .await?;
+        match (v["id"].as_i64(), v["token"].as_str()) {
+            (Some(id), Some(token)) => Ok((id, token.to_string())),
+            _ => Err(format!("POST /api/agents gave no id or token: {v}")),
+        }
+    }
 }

@@ -141,6 +141,23 @@ fn readflood_writes_are_all_acked_and_the_flood_counts_add_up() {
 }
 
 #[test]
+fn tokenflood_counts_every_call_and_open_dashboards_miss_no_change() {
+    let app = server::start();
+    let v = bench(&app, &["tokenflood", "-k", "3", "-s", "0.5", "--agent-sockets", "2"]);
+    assert_eq!(v["scenario"], "tokenflood");
+    let agent = &v["agent"];
+    assert!(agent["requests"].as_u64().unwrap() > 0, "{v}");
+    assert!(adds_up(agent), "{v}");
+    assert_eq!(agent["other"], 0, "{v}");
+    assert!(v["changes_acked"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["delivered"], v["expected"], "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["duplicated"], 0, "{v}");
+    assert_eq!(v["out_of_order"], 0, "{v}");
+    assert!(v["dashboards_stayed_connected"].is_boolean(), "{v}");
+}
+
+#[test]
 fn only_loopback_is_accepted() {
     let out = Command::new(env!("CARGO_BIN_EXE_taskwire-bench"))
         .args(["--addr", "192.0.2.1:80", "--token", "x", "fsync"])

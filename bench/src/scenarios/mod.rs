@@ -5,4 +5,5 @@ pub mod fanout;
 pub mod fsync;
 pub mod readflood;
 pub mod resume;
+pub mod tokenflood;
 pub mod writes;
