@@ -126,4 +126,9 @@ for run in $(seq "$RUNS"); do
     # (the seed's design adds nothing here that fanout-100 does not show).
     one floor-1 fanout -n 1 -w 1000 -r 200
     reference ref-floor-1 fanout -n 1 -w 1000 -r 200
+    # Hostile or buggy clients (issue 19), taskwire only, short: a paced
+    # writer idle and then beside a member token flooding the readers; an
+    # agent looping heartbeats beside dashboards.
+    one readflood readflood -n 30000 -s 5
+    one tokenflood tokenflood -k 20 -s 5
 done
