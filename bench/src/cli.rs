@@ -116,6 +116,13 @@ pub enum Scenario {
         /// Sockets subscribing to `tasks` from `since` 0 and unsubscribing.
         #[arg(long, default_value_t = 4)]
         ws_flooders: usize,
+        /// The HTTP loops' requests per second in all (0: each loop sends as
+        /// soon as it is answered).
+        #[arg(long, default_value_t = 0.0)]
+        http_rate: f64,
+        /// The sockets' subscribes per second in all (0: as soon as answered).
+        #[arg(long, default_value_t = 0.0)]
+        ws_rate: f64,
     },
     /// One agent's sockets sending status-changing heartbeats as fast as they
     /// are answered while K dashboards subscribed to `agents` read the events.
@@ -221,6 +228,8 @@ pub fn check_bounds(s: &Scenario, c: &Common) -> Res<()> {
             via: _,
             http_flooders,
             ws_flooders,
+            http_rate,
+            ws_rate,
         } => {
             if *tasks == 0 || *tasks > 200_000 {
                 return Err("--tasks must be 1..=200000".into());
@@ -237,6 +246,9 @@ pub fn check_bounds(s: &Scenario, c: &Common) -> Res<()> {
             }
             if http_flooders + ws_flooders == 0 {
                 return Err("give at least one flooder".into());
+            }
+            if !(*http_rate >= 0.0 && *http_rate <= 100_000.0 && *ws_rate >= 0.0 && *ws_rate <= 100_000.0) {
+                return Err("--http-rate and --ws-rate must be in [0, 100000]".into());
             }
         }
         Scenario::Tokenflood {

@@ -1,10 +1,11 @@
 //! The hostile clients' loops. Each sends its next request as soon as the
-//! previous one is answered, ignores refusals (no backoff, no `Retry-After`),
-//! reconnects when the server closes it, and stops at a deadline; each counts
-//! what it sent and how it was answered.
+//! previous one is answered (or at its pace, if it has one), ignores refusals
+//! (no backoff, no `Retry-After`), reconnects when the server closes it, and
+//! stops at a deadline; each counts what it sent and how it was answered.
 
 use crate::cli::Common;
 use crate::client::{connect, next_text, send, Light, Ws};
+use crate::pace::Pace;
 use crate::rest::Rest;
 use crate::stats::round3;
 use reqwest::Method;
@@ -85,9 +86,13 @@ fn clip(s: &str) -> String {
 }
 
 /// GETs `path` over and over until `end`: 200 is `ok`, 429 `refused`.
-pub async fn http_loop(rest: Rest, path: String, end: Instant) -> Counts {
+pub async fn http_loop(rest: Rest, path: String, end: Instant, mut pace: Pace) -> Counts {
     let mut n = Counts::default();
-    while Instant::now() < end {
+    loop {
+        pace.wait().await;
+        if Instant::now() >= end {
+            break;
+        }
         n.requests += 1;
         match rest.send(Method::GET, &path, None).await {
             Ok((200, _)) => n.ok += 1,
@@ -148,7 +153,7 @@ async fn open(c: &Common, n: &mut Counts) -> Option<(Ws, Value)> {
 /// change log back, or a snapshot when the server prefers one), unsubscribes,
 /// and again, until `end`. Counts the subscribes; an unsubscribe's reply is
 /// only waited for.
-pub async fn resubscribe_loop(c: Common, end: Instant) -> Counts {
+pub async fn resubscribe_loop(c: Common, end: Instant, mut pace: Pace) -> Counts {
     let mut n = Counts::default();
     let mut r = 0i64;
     while Instant::now() < end {
@@ -156,7 +161,11 @@ pub async fn resubscribe_loop(c: Common, end: Instant) -> Counts {
             continue;
         };
         let epoch = hello["epoch"].clone();
-        while Instant::now() < end {
+        loop {
+            pace.wait().await;
+            if Instant::now() >= end {
+                break;
+            }
             r += 1;
             n.requests += 1;
             let sub = json!({"type": "subscribe", "ref": r, "topic": "tasks", "epoch": epoch, "since": 0});

@@ -27,6 +27,7 @@ mod events;
 mod flood;
 mod fsync;
 mod metrics;
+mod pace;
 mod process;
 mod progress;
 mod report;
@@ -116,11 +117,16 @@ async fn run(c: Common, s: Scenario) -> Res<(Value, Rows)> {
             via,
             http_flooders,
             ws_flooders,
+            http_rate,
+            ws_rate,
         } => {
             raise_nofile(http_flooders + ws_flooders + 2)?;
+            // A rate of 0 is no pace: each loop sends as soon as it is answered.
             let flooders = scenarios::readflood::Flooders {
                 http: http_flooders,
                 ws: ws_flooders,
+                http_rate: Some(http_rate).filter(|r| *r > 0.0),
+                ws_rate: Some(ws_rate).filter(|r| *r > 0.0),
             };
             scenarios::readflood::run(&c, tasks, Duration::from_secs_f64(seconds), write_rate, via, flooders).await
         }

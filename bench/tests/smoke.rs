@@ -133,11 +133,29 @@ fn readflood_writes_are_all_acked_and_the_flood_counts_add_up() {
         assert!(v[kind]["requests"].as_u64().unwrap() > 0, "{v}");
         assert!(adds_up(&v[kind]), "{v}");
     }
-    // Again, its writer on a socket: the database holds its tasks already.
-    let again = bench(&app, &["readflood", "-n", "300", "-s", "0.3", "--via", "socket"]);
+    // Again, its writer on a socket and its flooders paced: the database
+    // holds its tasks already.
+    let args = [
+        "readflood",
+        "-n",
+        "300",
+        "-s",
+        "0.3",
+        "--via",
+        "socket",
+        "--http-rate",
+        "100",
+        "--ws-rate",
+        "100",
+    ];
+    let again = bench(&app, &args);
     assert_eq!(again["tasks_created"], 0, "{again}");
     assert_eq!(again["failed_calls"], 0, "{again}");
     assert!(again["flood"]["acked"].as_u64().unwrap() > 0, "{again}");
+    for kind in ["http_flood", "ws_flood"] {
+        assert!(again[kind]["requests"].as_u64().unwrap() > 0, "{again}");
+        assert!(adds_up(&again[kind]), "{again}");
+    }
 }
 
 #[test]

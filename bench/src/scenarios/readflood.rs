@@ -9,6 +9,7 @@ use crate::cli::{Common, Via};
 use crate::client::{connect, next_text, Light, Ws};
 use crate::flood::{http_loop, resubscribe_loop, Counts};
 use crate::metrics::{metrics_delta, scrape};
+use crate::pace::Pace;
 use crate::process::CpuMeter;
 use crate::progress::progress;
 use crate::report::{pct_row, Rows};
@@ -32,10 +33,21 @@ const CHANGES_PATH: &str = "/api/changes?since=0&topic=task:999999&limit=10000";
 /// flood phase measures a flood under way, not its first connects.
 const WARMUP: Duration = Duration::from_millis(500);
 
-/// The loops of each kind the flood runs.
+/// The loops of each kind the flood runs, and each kind's requests per
+/// second in all (none: each loop sends as soon as it is answered).
 pub struct Flooders {
     pub http: usize,
     pub ws: usize,
+    pub http_rate: Option<f64>,
+    pub ws_rate: Option<f64>,
+}
+
+/// The pace of loop `k` of `loops` that share `rate`: each its share, their
+/// first requests spread over one gap.
+fn share(rate: Option<f64>, loops: usize, k: usize) -> Pace {
+    let each = rate.map(|r| r / loops as f64);
+    let offset = each.map_or(Duration::ZERO, |e| Duration::from_secs_f64(k as f64 / loops as f64 / e));
+    Pace::new(each, offset)
 }
 
 /// The measured writer: an admin's REST client or socket, one call at a time.
@@ -97,11 +109,10 @@ impl Phase {
     }
 }
 
-/// Writes at `rate` for `dur`, one call at a time. A late ack moves the
-/// schedule instead of bunching the next calls, so the writer never goes over
-/// its rate (nor, through REST, over its token's request limit).
+/// Writes at `rate` for `dur`, one call at a time, so the writer never goes
+/// over its rate (nor, through REST, over its token's request limit).
 async fn probe(c: &Common, w: &mut Writer, task: i64, nonce: u64, i: &mut u64, rate: f64, dur: Duration) -> Phase {
-    let gap = Duration::from_secs_f64(1.0 / rate);
+    let mut pace = Pace::new(Some(rate), Duration::ZERO);
     let start = Instant::now();
     let end = start + dur;
     let pb = progress(c, dur.as_secs().max(1), "seconds");
@@ -110,9 +121,8 @@ async fn probe(c: &Common, w: &mut Writer, task: i64, nonce: u64, i: &mut u64, r
         failed: 0,
         first_failure: None,
     };
-    let mut next = start;
     loop {
-        tokio::time::sleep_until(next.into()).await;
+        pace.wait().await;
         if Instant::now() >= end {
             break;
         }
@@ -125,7 +135,6 @@ async fn probe(c: &Common, w: &mut Writer, task: i64, nonce: u64, i: &mut u64, r
         }
         *i += 1;
         pb.set_position(start.elapsed().as_secs());
-        next = (next + gap).max(Instant::now());
     }
     pb.finish_and_clear();
     p
@@ -165,10 +174,13 @@ pub async fn run(c: &Common, n: usize, dur: Duration, rate: f64, via: Via, f: Fl
     let t0 = Instant::now();
     let end = t0 + WARMUP + dur;
     let http: Vec<_> = (0..f.http)
-        .map(|_| tokio::spawn(http_loop(flood_rest.clone(), CHANGES_PATH.into(), end)))
+        .map(|k| {
+            let pace = share(f.http_rate, f.http, k);
+            tokio::spawn(http_loop(flood_rest.clone(), CHANGES_PATH.into(), end, pace))
+        })
         .collect();
     let ws: Vec<_> = (0..f.ws)
-        .map(|_| tokio::spawn(resubscribe_loop(flood_c.clone(), end)))
+        .map(|k| tokio::spawn(resubscribe_loop(flood_c.clone(), end, share(f.ws_rate, f.ws, k))))
         .collect();
     tokio::time::sleep(WARMUP).await;
     let flood = probe(c, &mut writer, task, nonce, &mut i, rate, dur).await;
@@ -213,6 +225,8 @@ pub async fn run(c: &Common, n: usize, dur: Duration, rate: f64, via: Via, f: Fl
         "first_failure": idle.first_failure.clone().or(flood.first_failure.clone()),
         "idle": idle.json(idle_cpu, metrics_delta(&m0, &m1)),
         "flood": flood.json(flood_cpu, metrics_delta(&m1, &m2)),
+        "http_rate": f.http_rate,
+        "ws_rate": f.ws_rate,
         "http_flood": http_n.json(f.http, flood_s),
         "ws_flood": ws_n.json(f.ws, flood_s),
         "server": hello["server"],
@@ -222,16 +236,25 @@ pub async fn run(c: &Common, n: usize, dur: Duration, rate: f64, via: Via, f: Fl
         Some(false) => "no",
         None => "-",
     };
+    let paced = |r: Option<f64>| r.map_or("as fast as answered".into(), |r| format!("{r}/s in all"));
     let mut t: Rows = vec![
         (
             "scenario".into(),
             format!(
-                "readflood: {n} tasks; one writer via {} at {rate}/s, {:.1} s idle, then {:.1} s beside {} HTTP and {} socket flooders",
+                "readflood: {n} tasks; one writer via {} at {rate}/s, {:.1} s idle, then {:.1} s beside the flooders",
                 via.as_str(),
                 dur.as_secs_f64(),
                 dur.as_secs_f64(),
+            ),
+        ),
+        (
+            "flooders (one member token)".into(),
+            format!(
+                "{} HTTP loops, {}; {} sockets, {}",
                 f.http,
-                f.ws
+                paced(f.http_rate),
+                f.ws,
+                paced(f.ws_rate)
             ),
         ),
         (
