@@ -173,10 +173,14 @@ def ratio_text(v):
     return "-" if v is None else f"{v:.2f}×"
 
 
+def pace_text(rate):
+    return "unpaced" if rate is None else f"{rate:g}/s"
+
+
 def readflood_table(by_label):
     """A writer's ack latency idle and under the read flood, medians of runs.
     The goal of issue 19: the flood's ack p99 within twice the idle one."""
-    out = ["| label | runs | writer | ack p50 / p99, idle | ack p50 / p99, flood | flood p99 / idle p99 "
+    out = ["| label | runs | setup | ack p50 / p99, idle | ack p50 / p99, flood | flood p99 / idle p99 "
            "| runs within 2× | HTTP pages/s (200 / 429 per s) | socket resumes/s (ok / refused per s) "
            "| correctness |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -190,7 +194,8 @@ def readflood_table(by_label):
         if failed:
             correct += f", {failed} failed writes"
         out.append(
-            f"| {label} | {len(runs)} | {r.get('via')} at {r.get('write_rate'):g}/s, "
+            f"| {label} | {len(runs)} | writer via {r.get('via')} at {r.get('write_rate'):g}/s; "
+            f"flood {pace_text(r.get('http_rate'))} HTTP, {pace_text(r.get('ws_rate'))} socket; "
             f"{r.get('tasks'):,} tasks, {r.get('seconds'):g} s per phase | "
             f"{fmt(med(runs, 'idle_ack_p50_ms'))} / {fmt(med(runs, 'idle_ack_p99_ms'))} ms | "
             f"{fmt(med(runs, 'flood_ack_p50_ms'))} / {fmt(med(runs, 'flood_ack_p99_ms'))} ms | "
