@@ -3,7 +3,8 @@
 of issue 8 (a Markdown table on stdout), the fan-out beside the no-database
 reference (the `ref-*` labels, runs against bench/src/bin/fanout-baseline.rs), every
 target's scenario beside the seed's design (the `seed-*` labels, runs against
-bench/seed-node), and an SVG plot of fanout event latency percentiles against
+bench/seed-node), the hostile-client scenarios of issue 19 (readflood,
+tokenflood), and an SVG plot of fanout event latency percentiles against
 the number of subscribers.
 
     python3 scripts/bench_report.py RESULTS.jsonl [--svg docs/benchmarks-fanout-latency.svg]
@@ -164,6 +165,75 @@ def seed_table(by_label):
     return "\n".join(out) if rows else None
 
 
+def labels_of(by_label, scenario):
+    return sorted(label for label, runs in by_label.items() if runs[0].get("scenario") == scenario)
+
+
+def ratio_text(v):
+    return "-" if v is None else f"{v:.2f}×"
+
+
+def pace_text(rate):
+    return "unpaced" if rate is None else f"{rate:g}/s"
+
+
+def readflood_table(by_label):
+    """A writer's ack latency idle and under the read flood, medians of runs.
+    The goal of issue 19: the flood's ack p99 within twice the idle one."""
+    out = ["| label | runs | setup | ack p50 / p99, idle | ack p50 / p99, flood | flood p99 / idle p99 "
+           "| runs within 2× | HTTP pages/s (200 / 429 per s) | socket resumes/s (ok / refused per s) "
+           "| correctness |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    labels = labels_of(by_label, "readflood")
+    for label in labels:
+        runs = by_label[label]
+        r = runs[0]
+        within = sum(1 for x in runs if x.get("ack_p99_within_2x") is True)
+        failed = sum(get(x, "failed_calls") or 0 for x in runs)
+        correct = "all runs clean" if all_clean(runs) else "FAILED"
+        if failed:
+            correct += f", {failed} failed writes"
+        out.append(
+            f"| {label} | {len(runs)} | writer via {r.get('via')} at {r.get('write_rate'):g}/s; "
+            f"flood {pace_text(r.get('http_rate'))} HTTP, {pace_text(r.get('ws_rate'))} socket; "
+            f"{r.get('tasks'):,} tasks, {r.get('seconds'):g} s per phase | "
+            f"{fmt(med(runs, 'idle_ack_p50_ms'))} / {fmt(med(runs, 'idle_ack_p99_ms'))} ms | "
+            f"{fmt(med(runs, 'flood_ack_p50_ms'))} / {fmt(med(runs, 'flood_ack_p99_ms'))} ms | "
+            f"{ratio_text(med(runs, 'ack_p99_ratio'))} | {within} of {len(runs)} | "
+            f"{fmt(med(runs, 'http_flood.requests_per_s'), '', 0)} "
+            f"({fmt(med(runs, 'http_flood.ok_per_s'), '', 0)} / {fmt(med(runs, 'http_flood.refused_per_s'), '', 0)}) | "
+            f"{fmt(med(runs, 'ws_flood.requests_per_s'), '', 0)} "
+            f"({fmt(med(runs, 'ws_flood.ok_per_s'), '', 0)} / {fmt(med(runs, 'ws_flood.refused_per_s'), '', 0)}) | "
+            f"{correct} |")
+    return "\n".join(out) if labels else None
+
+
+def tokenflood_table(by_label):
+    """One agent looping heartbeats beside dashboards, medians of runs. The
+    goal: the dashboards stay connected and the agent is refused."""
+    out = ["| label | runs | setup | agent calls/s | accepted/s | refused/s | dashboard events/s (all / each) "
+           "| dashboards closed (1013), summed | runs meeting the goal | correctness |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    labels = labels_of(by_label, "tokenflood")
+    for label in labels:
+        runs = by_label[label]
+        r = runs[0]
+        closed = sum(get(x, "dashboards_closed") or 0 for x in runs)
+        slow = sum(get(x, "dashboards_closed_1013") or 0 for x in runs)
+        met = sum(1 for x in runs if x.get("goal_met") is True)
+        correct = "all runs clean" if all_clean(runs) else "FAILED"
+        lost = sum(get(x, "lost") or 0 for x in runs)
+        if lost:
+            correct += f" (lost {lost})"
+        out.append(
+            f"| {label} | {len(runs)} | {r.get('agent_sockets')} agent sockets, {r.get('dashboards')} dashboards, "
+            f"{r.get('seconds'):g} s | {fmt(med(runs, 'agent_calls_per_s'), '', 0)} | "
+            f"{fmt(med(runs, 'agent_accepted_per_s'), '', 0)} | {fmt(med(runs, 'agent_refused_per_s'), '', 0)} | "
+            f"{fmt(med(runs, 'dashboard_events_per_s'), '', 0)} / {fmt(med(runs, 'dashboard_events_per_s_each'), '', 0)} | "
+            f"{closed} ({slow}) | {met} of {len(runs)} | {correct} |")
+    return "\n".join(out) if labels else None
+
+
 def r_has(runs, key):
     return any(key in r for r in runs)
 
@@ -204,6 +274,16 @@ def details_table(by_label):
                       f"reconnected {fmt(med(runs, 'all_reconnected_s'), ' s', 3)}",
                       f"per-client p50/p99 {fmt(med(runs, 'per_client_caught_up_ms.p50'))}/"
                       f"{fmt(med(runs, 'per_client_caught_up_ms.p99'))} ms",
+                      f"server CPU {fmt(med(runs, 'cpu.server_cpu_s'), ' s')}"]
+        elif s == "readflood":
+            parts += [f"ack p99 idle/flood {fmt(med(runs, 'idle_ack_p99_ms'))}/{fmt(med(runs, 'flood_ack_p99_ms'))} ms",
+                      f"ratio {ratio_text(med(runs, 'ack_p99_ratio'))}",
+                      f"server CPU idle/flood {fmt(med(runs, 'idle.cpu.server_cpu_s'))}/"
+                      f"{fmt(med(runs, 'flood.cpu.server_cpu_s'), ' s')}",
+                      f"seeded in {fmt(med(runs, 'seed_s'), ' s')}"]
+        elif s == "tokenflood":
+            parts += [f"agent {fmt(med(runs, 'agent_calls_per_s'), '/s', 0)}",
+                      f"dashboards {fmt(med(runs, 'dashboard_events_per_s'), ' events/s', 0)}",
                       f"server CPU {fmt(med(runs, 'cpu.server_cpu_s'), ' s')}"]
         parts.append("clean" if all_clean(runs) else "FAILED a check")
         out.append(f"| {label} | {len(runs)} | {'; '.join(parts)} |")
@@ -300,6 +380,11 @@ def main():
     if seed:
         print("\n## Beside the seed's design\n")
         print(seed)
+    for title, table in (("Read flood (issue 19)", readflood_table(by_label)),
+                         ("Token flood (issue 19)", tokenflood_table(by_label))):
+        if table:
+            print(f"\n## {title}\n")
+            print(table)
     print("\n## Every label\n")
     print(details_table(by_label))
     if a.svg:

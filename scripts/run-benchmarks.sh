@@ -126,4 +126,11 @@ for run in $(seq "$RUNS"); do
     # (the seed's design adds nothing here that fanout-100 does not show).
     one floor-1 fanout -n 1 -w 1000 -r 200
     reference ref-floor-1 fanout -n 1 -w 1000 -r 200
+    # Hostile or buggy clients (issue 19), taskwire only, short: a paced
+    # writer idle and then beside a member token flooding the readers, at
+    # the rates of the attack the issue reports and as fast as answered; an
+    # agent looping heartbeats beside dashboards.
+    one readflood readflood -n 30000 -s 5 --http-rate 630 --ws-rate 975
+    one readflood-spin readflood -n 30000 -s 5
+    one tokenflood tokenflood -k 20 -s 5
 done

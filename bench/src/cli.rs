@@ -2,12 +2,15 @@
 //! bounds a run must stay within.
 
 use crate::Res;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Most sockets one run may open (one client address holds ~28k ports).
 const MAX_SOCKETS: usize = 20_000;
+
+/// Most loops of one kind a flood scenario may run.
+const MAX_LOOPS: usize = 64;
 
 #[derive(Parser)]
 #[command(
@@ -91,12 +94,75 @@ pub enum Scenario {
         #[arg(short = 'm', long, default_value_t = 100)]
         writes: usize,
     },
+    /// A paced writer's ack latency, idle and then while a member token floods
+    /// the readers (change-log pages over HTTP, far resumes over sockets).
+    Readflood {
+        /// Tasks the database holds (created through the API if missing).
+        #[arg(short = 'n', long, default_value_t = 30_000)]
+        tasks: usize,
+        /// Seconds of each phase: idle, then flood.
+        #[arg(short = 's', long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The writer's calls per second, one at a time (an admin's token,
+        /// under the REST limit of 2,000 requests per second).
+        #[arg(short = 'r', long, default_value_t = 200.0)]
+        write_rate: f64,
+        /// How the writer writes: `PATCH /api/tasks/{id}` or a socket `task.update`.
+        #[arg(long, value_enum, default_value_t = Via::Rest)]
+        via: Via,
+        /// Loops of `GET /api/changes?since=0&topic=task:999999&limit=10000`.
+        #[arg(long, default_value_t = 4)]
+        http_flooders: usize,
+        /// Sockets subscribing to `tasks` from `since` 0 and unsubscribing.
+        #[arg(long, default_value_t = 4)]
+        ws_flooders: usize,
+        /// The HTTP loops' requests per second in all (0: each loop sends as
+        /// soon as it is answered).
+        #[arg(long, default_value_t = 0.0)]
+        http_rate: f64,
+        /// The sockets' subscribes per second in all (0: as soon as answered).
+        #[arg(long, default_value_t = 0.0)]
+        ws_rate: f64,
+    },
+    /// One agent's sockets sending status-changing heartbeats as fast as they
+    /// are answered while K dashboards subscribed to `agents` read the events.
+    Tokenflood {
+        /// The agent's sockets.
+        #[arg(long, default_value_t = 4)]
+        agent_sockets: usize,
+        /// Dashboard sockets (one member token).
+        #[arg(short = 'k', long, default_value_t = 20)]
+        dashboards: usize,
+        /// Seconds the agent loops.
+        #[arg(short = 's', long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seconds without a new event after which the dashboards' last
+        /// events are no longer waited for.
+        #[arg(long, default_value_t = 2.0)]
+        drain_secs: f64,
+    },
     /// Only the fsync ceiling of the disk under --db-dir.
     Fsync {
         /// Seconds to sample for.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+}
+
+/// How the measured writer of `readflood` writes.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    Rest,
+    Socket,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Rest => "rest",
+            Via::Socket => "socket",
+        }
+    }
 }
 
 /// Counts and times are bounded: this is a benchmark, not a stress tool.
@@ -153,6 +219,56 @@ pub fn check_bounds(s: &Scenario, c: &Common) -> Res<()> {
             sockets(*clients, "--clients")?;
             if *writes == 0 || *writes > 100_000 {
                 return Err("--writes must be 1..=100000".into());
+            }
+        }
+        Scenario::Readflood {
+            tasks,
+            seconds,
+            write_rate,
+            via: _,
+            http_flooders,
+            ws_flooders,
+            http_rate,
+            ws_rate,
+        } => {
+            if *tasks == 0 || *tasks > 200_000 {
+                return Err("--tasks must be 1..=200000".into());
+            }
+            if !(*seconds > 0.0 && *seconds <= 300.0) {
+                return Err("--seconds must be in (0, 300]".into());
+            }
+            // Above the REST limit the writer itself would be refused.
+            if !(*write_rate > 0.0 && *write_rate <= 1000.0) {
+                return Err("--write-rate must be in (0, 1000]".into());
+            }
+            if *http_flooders > MAX_LOOPS || *ws_flooders > MAX_LOOPS {
+                return Err(format!("--http-flooders and --ws-flooders must be 0..={MAX_LOOPS}"));
+            }
+            if http_flooders + ws_flooders == 0 {
+                return Err("give at least one flooder".into());
+            }
+            if !(*http_rate >= 0.0 && *http_rate <= 100_000.0 && *ws_rate >= 0.0 && *ws_rate <= 100_000.0) {
+                return Err("--http-rate and --ws-rate must be in [0, 100000]".into());
+            }
+        }
+        Scenario::Tokenflood {
+            agent_sockets,
+            dashboards,
+            seconds,
+            drain_secs,
+        } => {
+            if *agent_sockets == 0 || *agent_sockets > MAX_LOOPS {
+                return Err(format!("--agent-sockets must be 1..={MAX_LOOPS}"));
+            }
+            // The dashboards share one member token, which may hold 1,000.
+            if *dashboards == 0 || *dashboards > 1000 {
+                return Err("--dashboards must be 1..=1000".into());
+            }
+            if !(*seconds > 0.0 && *seconds <= 300.0) {
+                return Err("--seconds must be in (0, 300]".into());
+            }
+            if !(*drain_secs >= 0.0 && *drain_secs <= 60.0) {
+                return Err("--drain-secs must be in [0, 60]".into());
             }
         }
         Scenario::Fsync { seconds } => {

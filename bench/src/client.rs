@@ -29,6 +29,21 @@ pub struct Light<'a> {
     pub seq: Option<i64>,
     #[serde(default)]
     pub ok: Option<bool>,
+    /// A failed reply's error; only its code is read.
+    #[serde(default)]
+    pub error: Option<ErrorCode>,
+}
+
+#[derive(Deserialize)]
+pub struct ErrorCode {
+    pub code: String,
+}
+
+impl Light<'_> {
+    /// A failed reply refused by a rate limit, not executed.
+    pub fn refused(&self) -> bool {
+        self.error.as_ref().is_some_and(|e| e.code == "rate_limited")
+    }
 }
 
 /// Opens a socket with the token and reads its hello.

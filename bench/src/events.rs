@@ -1,4 +1,4 @@
-//! A subscriber reading its events while a scenario runs.
+//! Subscribers reading their events while a scenario runs.
 
 use crate::client::{Light, Ws};
 use futures_util::StreamExt;
@@ -58,4 +58,65 @@ pub async fn collect_events(
         }
     }
     Received { events, ended }
+}
+
+/// A dashboard's view of a run: the seqs of its events in arrival order, how
+/// many events it read in all (heartbeat events carry no seq), and how the
+/// server closed it, if it did.
+pub struct Watched {
+    pub seqs: Vec<i64>,
+    pub events: u64,
+    pub ended: Option<String>,
+    /// The close frame's code, when the server closed the socket with one.
+    pub close_code: Option<u16>,
+}
+
+/// Reads every event until told to stop, counting them in `all` and those
+/// with a seq in `with_seq` as they come.
+pub async fn watch_events(
+    mut ws: Ws,
+    mut stop: watch::Receiver<bool>,
+    all: Arc<AtomicU64>,
+    with_seq: Arc<AtomicU64>,
+) -> Watched {
+    let mut w = Watched {
+        seqs: Vec::new(),
+        events: 0,
+        ended: None,
+        close_code: None,
+    };
+    loop {
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    let Ok(l) = serde_json::from_str::<Light>(&t) else { continue };
+                    if l.ty != "event" {
+                        continue;
+                    }
+                    w.events += 1;
+                    all.fetch_add(1, Ordering::Relaxed);
+                    if let Some(seq) = l.seq {
+                        w.seqs.push(seq);
+                        with_seq.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(Ok(Message::Close(f))) => {
+                    w.close_code = f.as_ref().map(|f| u16::from(f.code));
+                    w.ended = Some(format!("closed by the server: {f:?}"));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    w.ended = Some(format!("socket error: {e}"));
+                    break;
+                }
+                None => {
+                    w.ended = Some("socket ended".into());
+                    break;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    w
 }

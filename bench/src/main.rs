@@ -10,6 +10,10 @@
 //! - `conns`: N idle subscribed sockets; server RSS per socket, connect time.
 //! - `resume`: N clients subscribe, disconnect, M writes happen, all resume at
 //!   once; time until every client has its missed events.
+//! - `readflood`: one paced writer's ack latency, idle and then while a member
+//!   token floods the readers (change-log pages, far resumes).
+//! - `tokenflood`: one agent's sockets heartbeating as fast as they are
+//!   answered while dashboards subscribed to `agents` read the events.
 //! - `fsync`: only the disk's durable-write ceiling.
 //!
 //! Every run prints one JSON line of results on stdout and a readable table on
@@ -20,12 +24,16 @@
 mod cli;
 mod client;
 mod events;
+mod flood;
 mod fsync;
 mod metrics;
+mod pace;
 mod process;
 mod progress;
 mod report;
+mod rest;
 mod scenarios;
+mod seed;
 mod sockets;
 mod stats;
 mod tally;
@@ -101,6 +109,42 @@ async fn run(c: Common, s: Scenario) -> Res<(Value, Rows)> {
         Scenario::Resume { clients, writes } => {
             raise_nofile(clients + 1)?;
             scenarios::resume::run(&c, clients, writes).await
+        }
+        Scenario::Readflood {
+            tasks,
+            seconds,
+            write_rate,
+            via,
+            http_flooders,
+            ws_flooders,
+            http_rate,
+            ws_rate,
+        } => {
+            raise_nofile(http_flooders + ws_flooders + 2)?;
+            // A rate of 0 is no pace: each loop sends as soon as it is answered.
+            let flooders = scenarios::readflood::Flooders {
+                http: http_flooders,
+                ws: ws_flooders,
+                http_rate: Some(http_rate).filter(|r| *r > 0.0),
+                ws_rate: Some(ws_rate).filter(|r| *r > 0.0),
+            };
+            scenarios::readflood::run(&c, tasks, Duration::from_secs_f64(seconds), write_rate, via, flooders).await
+        }
+        Scenario::Tokenflood {
+            agent_sockets,
+            dashboards,
+            seconds,
+            drain_secs,
+        } => {
+            raise_nofile(agent_sockets + dashboards + 2)?;
+            scenarios::tokenflood::run(
+                &c,
+                agent_sockets,
+                dashboards,
+                Duration::from_secs_f64(seconds),
+                Duration::from_secs_f64(drain_secs),
+            )
+            .await
         }
         Scenario::Fsync { seconds } => scenarios::fsync::run(&c, Duration::from_secs_f64(seconds)),
     }

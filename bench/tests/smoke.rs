@@ -99,6 +99,82 @@ fn resume_replays_every_missed_event_once_in_order() {
     assert_eq!(v["snapshot_instead_of_replay"], 0, "{v}");
 }
 
+/// A flood loop's requests are each counted once: answered (ok, refused or
+/// other) or left unanswered by a connection that ended.
+fn adds_up(v: &Value) -> bool {
+    let n = |k: &str| v[k].as_u64().unwrap();
+    n("requests") == n("ok") + n("refused") + n("other") + n("unanswered")
+}
+
+#[test]
+fn readflood_writes_are_all_acked_and_the_flood_counts_add_up() {
+    let app = server::start();
+    let args = [
+        "readflood",
+        "-n",
+        "300",
+        "-s",
+        "0.5",
+        "--http-flooders",
+        "2",
+        "--ws-flooders",
+        "2",
+    ];
+    let v = bench(&app, &args);
+    assert_eq!(v["scenario"], "readflood");
+    assert_eq!(v["tasks_before"], 1, "{v}"); // bench-0, the writer's task
+    assert_eq!(v["tasks_created"], 299, "{v}");
+    assert_eq!(v["failed_calls"], 0, "{v}");
+    assert!(v["idle"]["acked"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["flood"]["acked"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["ack_p99_ratio"].is_f64(), "{v}");
+    assert!(v["ack_p99_within_2x"].is_boolean(), "{v}");
+    for kind in ["http_flood", "ws_flood"] {
+        assert!(v[kind]["requests"].as_u64().unwrap() > 0, "{v}");
+        assert!(adds_up(&v[kind]), "{v}");
+    }
+    // Again, its writer on a socket and its flooders paced: the database
+    // holds its tasks already.
+    let args = [
+        "readflood",
+        "-n",
+        "300",
+        "-s",
+        "0.3",
+        "--via",
+        "socket",
+        "--http-rate",
+        "100",
+        "--ws-rate",
+        "100",
+    ];
+    let again = bench(&app, &args);
+    assert_eq!(again["tasks_created"], 0, "{again}");
+    assert_eq!(again["failed_calls"], 0, "{again}");
+    assert!(again["flood"]["acked"].as_u64().unwrap() > 0, "{again}");
+    for kind in ["http_flood", "ws_flood"] {
+        assert!(again[kind]["requests"].as_u64().unwrap() > 0, "{again}");
+        assert!(adds_up(&again[kind]), "{again}");
+    }
+}
+
+#[test]
+fn tokenflood_counts_every_call_and_open_dashboards_miss_no_change() {
+    let app = server::start();
+    let v = bench(&app, &["tokenflood", "-k", "3", "-s", "0.5", "--agent-sockets", "2"]);
+    assert_eq!(v["scenario"], "tokenflood");
+    let agent = &v["agent"];
+    assert!(agent["requests"].as_u64().unwrap() > 0, "{v}");
+    assert!(adds_up(agent), "{v}");
+    assert_eq!(agent["other"], 0, "{v}");
+    assert!(v["changes_acked"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["delivered"], v["expected"], "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["duplicated"], 0, "{v}");
+    assert_eq!(v["out_of_order"], 0, "{v}");
+    assert!(v["dashboards_stayed_connected"].is_boolean(), "{v}");
+}
+
 #[test]
 fn only_loopback_is_accepted() {
     let out = Command::new(env!("CARGO_BIN_EXE_taskwire-bench"))

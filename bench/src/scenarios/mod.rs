@@ -3,5 +3,7 @@
 pub mod conns;
 pub mod fanout;
 pub mod fsync;
+pub mod readflood;
 pub mod resume;
+pub mod tokenflood;
 pub mod writes;
