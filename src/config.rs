@@ -71,7 +71,7 @@ pub struct ServeArgs {
     pub workers: usize,
     /// Rows one member or agent token may read per second (lists, snapshots,
     /// change-log scans); past it reads are answered `rate_limited`.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 50_000)]
     pub read_rows_per_sec: u32,
     /// The admin token to create on a database with no token.
     #[arg(long, env = "TASKWIRE_ADMIN_TOKEN", hide_env_values = true)]
@@ -138,7 +138,7 @@ impl Default for Config {
             max_queue_frames: 65_536,
             workers: 2,
             readers: 2,
-            read_rows_per_sec: 200_000,
+            read_rows_per_sec: 50_000,
         }
     }
 }
