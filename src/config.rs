@@ -73,7 +73,7 @@ pub struct ServeArgs {
     /// change-log scans); past it reads are answered `rate_limited`.
     #[arg(long, default_value_t = 50_000)]
     pub read_rows_per_sec: u32,
-    /// The admin token to create on a database with no token.
+    /// The admin token to create on a database with no live admin token.
     #[arg(long, env = "TASKWIRE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 }
