@@ -9,7 +9,6 @@ pub mod agents;
 pub mod tasks;
 pub mod tokens;
 
-use diesel::connection::Connection;
 use diesel::sqlite::SqliteConnection;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -147,11 +146,16 @@ pub fn run(
     let seq = *ctx.seq;
     let mark = ctx.live.mark();
     ctx.tasks.begin_call();
-    let result = conn.transaction(|conn| job(conn, ctx));
-    if result.is_err() {
-        *ctx.seq = seq;
-        ctx.live.roll_back(mark);
-        ctx.tasks.roll_back_call();
+    q::savepoint(conn)?;
+    let result = job(conn, ctx);
+    match &result {
+        Ok(_) => q::release_savepoint(conn)?,
+        Err(_) => {
+            q::roll_back_savepoint(conn)?;
+            *ctx.seq = seq;
+            ctx.live.roll_back(mark);
+            ctx.tasks.roll_back_call();
+        }
     }
     result
 }
