@@ -55,12 +55,16 @@ pub struct ServeArgs {
     /// Sockets per member or agent token.
     #[arg(long, default_value_t = 1000)]
     pub max_sockets_per_token: usize,
-    /// Bytes of events waiting for one socket before it is closed 1013.
+    /// Bytes waiting for one socket before it is closed 1013.
     #[arg(long, default_value_t = 8_388_608)]
     pub max_queue_bytes: usize,
     /// Frames waiting for one socket before it is closed 1013.
     #[arg(long, default_value_t = 65_536)]
     pub max_queue_frames: usize,
+    /// Bytes waiting for all the sockets of one token (admin tokens too);
+    /// a frame that would go over it closes the socket it is for, 1013.
+    #[arg(long, default_value_t = 67_108_864)]
+    pub max_queue_bytes_per_token: usize,
     /// HTTP worker threads (at least 1); each holds its sockets and a Registry.
     #[arg(
         long,
@@ -111,6 +115,7 @@ pub struct Config {
     pub max_sockets_per_token: usize,
     pub max_queue_bytes: usize,
     pub max_queue_frames: usize,
+    pub max_queue_bytes_per_token: usize,
     /// HTTP worker threads.
     pub workers: usize,
     /// Read-only connections for reads, each on its own thread.
@@ -136,6 +141,7 @@ impl Default for Config {
             max_sockets_per_token: 1000,
             max_queue_bytes: 8_388_608,
             max_queue_frames: 65_536,
+            max_queue_bytes_per_token: 67_108_864,
             workers: 2,
             readers: 2,
             read_rows_per_sec: 200_000,
@@ -188,6 +194,7 @@ impl From<ServeArgs> for Config {
             max_sockets_per_token: a.max_sockets_per_token,
             max_queue_bytes: a.max_queue_bytes,
             max_queue_frames: a.max_queue_frames,
+            max_queue_bytes_per_token: a.max_queue_bytes_per_token,
             workers: a.workers,
             read_rows_per_sec: a.read_rows_per_sec,
             ..base

@@ -206,6 +206,7 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn metrics(app: web::Data<AppState>, _who: Principal) -> HttpResponse {
+    app.metrics.queued_bytes.set(app.queues.total() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(app.metrics.render())
