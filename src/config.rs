@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// a frame that would go over it closes the socket it is for, 1013.
     #[arg(long, default_value_t = 67_108_864)]
     pub max_queue_bytes_per_token: usize,
+    /// Calls (writes, over sockets and REST together) per second per member
+    /// or agent token; past it calls are answered `rate_limited`.
+    #[arg(long, default_value_t = 1000)]
+    pub calls_per_sec_per_token: u32,
     /// HTTP worker threads (at least 1); each holds its sockets and a Registry.
     #[arg(
         long,
@@ -116,6 +120,7 @@ pub struct Config {
     pub max_queue_bytes: usize,
     pub max_queue_frames: usize,
     pub max_queue_bytes_per_token: usize,
+    pub calls_per_sec_per_token: u32,
     /// HTTP worker threads.
     pub workers: usize,
     /// Read-only connections for reads, each on its own thread.
@@ -142,6 +147,7 @@ impl Default for Config {
             max_queue_bytes: 8_388_608,
             max_queue_frames: 65_536,
             max_queue_bytes_per_token: 67_108_864,
+            calls_per_sec_per_token: 1000,
             workers: 2,
             readers: 2,
             read_rows_per_sec: 200_000,
@@ -195,6 +201,7 @@ impl From<ServeArgs> for Config {
             max_queue_bytes: a.max_queue_bytes,
             max_queue_frames: a.max_queue_frames,
             max_queue_bytes_per_token: a.max_queue_bytes_per_token,
+            calls_per_sec_per_token: a.calls_per_sec_per_token,
             workers: a.workers,
             read_rows_per_sec: a.read_rows_per_sec,
             ..base

@@ -579,6 +579,8 @@ async fn execute(
         params,
         op_id: op_id(req)?,
     };
+    // A REST write spends the token's calls like a socket's call.
+    app.call_limits.check(&who)?;
     db::execute(&app.db, who, call).await
 }
 

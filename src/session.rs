@@ -8,7 +8,7 @@
 //! bytes and frames the peer has not taken yet are counted, and a peer that
 //! falls too far behind, or whose token's sockets together are, is closed
 //! with 1013 and its queue dropped at once. A subscribe's reply is checked
-//! against the bounds before its frame is built.
+//! against the bounds before its frame is built; calls are limited per token.
 //!
 //! A close ends with the server closing the TCP connection (RFC 6455, 7.1.1):
 //! at once after both close frames, and after [`CLOSE_TIMEOUT`] whether or not
@@ -216,6 +216,9 @@ impl Session {
                 self.answer(ctx, Some(reference), Ok((empty_object(), None)));
             }
             Request::Call(call) => {
+                if let Err(e) = self.app.call_limits.check(&self.principal) {
+                    return self.answer(ctx, Some(reference), Err(e));
+                }
                 let request = execute(&self.app.db, self.principal.clone(), call);
                 self.in_flight += 1;
                 ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
