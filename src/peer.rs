@@ -125,7 +125,14 @@ impl Peer {
         if self.closed.get() {
             return Pushed::Skipped;
         }
-        let refused = self.refusal(&self.outbox.borrow(), len, false);
+        let refused = {
+            let outbox = self.outbox.borrow();
+            self.socket_refusal(&outbox, len, false).or_else(|| {
+                (!outbox.token.fits(len)).then(|| Refusal::Token {
+                    bytes: outbox.token.bytes(),
+                })
+            })
+        };
         match refused {
             None => Pushed::Queued,
             Some(why) => self.refuse(why, len),
@@ -266,18 +273,10 @@ impl Peer {
         queued.saturating_add(len) <= self.max_bytes || (!event && queued < self.max_bytes / 8)
     }
 
-    /// Why a frame of `len` bytes cannot be queued now, if it cannot.
-    fn refusal(&self, outbox: &Outbox, len: usize, event: bool) -> Option<Refusal> {
+    /// Why the socket's own bounds refuse a frame of `len` bytes, if they do.
+    fn socket_refusal(&self, outbox: &Outbox, len: usize, event: bool) -> Option<Refusal> {
         let (bytes, frames) = (outbox.queued_bytes(), outbox.queued_frames());
-        if !self.fits(bytes, len, event) || frames >= self.max_frames {
-            Some(Refusal::Socket { bytes, frames })
-        } else if !outbox.token.fits(len) {
-            Some(Refusal::Token {
-                bytes: outbox.token.bytes(),
-            })
-        } else {
-            None
-        }
+        (!self.fits(bytes, len, event) || frames >= self.max_frames).then_some(Refusal::Socket { bytes, frames })
     }
 
     /// Gives up on the peer for a frame of `len` bytes that it cannot take.
@@ -312,13 +311,13 @@ impl Peer {
             return Pushed::Skipped;
         }
         let mut outbox = self.outbox.borrow_mut();
-        let mut refused = self.refusal(&outbox, frame.len(), event);
-        // Counted on the token here: other threads count on it too.
-        if refused.is_none() && !outbox.token.try_add(frame.len()) {
-            refused = Some(Refusal::Token {
+        // Checked and counted on the token in one step: other threads count
+        // on it too.
+        let refused = self.socket_refusal(&outbox, frame.len(), event).or_else(|| {
+            (!outbox.token.try_add(frame.len())).then(|| Refusal::Token {
                 bytes: outbox.token.bytes(),
-            });
-        }
+            })
+        });
         if let Some(why) = refused {
             drop(outbox);
             return self.refuse(why, frame.len());
