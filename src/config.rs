@@ -55,12 +55,20 @@ pub struct ServeArgs {
     /// Sockets per member or agent token.
     #[arg(long, default_value_t = 1000)]
     pub max_sockets_per_token: usize,
-    /// Bytes of events waiting for one socket before it is closed 1013.
+    /// Bytes waiting for one socket before it is closed 1013.
     #[arg(long, default_value_t = 8_388_608)]
     pub max_queue_bytes: usize,
     /// Frames waiting for one socket before it is closed 1013.
     #[arg(long, default_value_t = 65_536)]
     pub max_queue_frames: usize,
+    /// Bytes waiting for all the sockets of one token (admin tokens too);
+    /// a frame that would go over it closes the socket it is for, 1013.
+    #[arg(long, default_value_t = 67_108_864)]
+    pub max_queue_bytes_per_token: usize,
+    /// Calls (writes, over sockets and REST together) per second per member
+    /// or agent token; past it calls are answered `rate_limited`.
+    #[arg(long, default_value_t = 1000)]
+    pub calls_per_sec_per_token: u32,
     /// HTTP worker threads (at least 1); each holds its sockets and a Registry.
     #[arg(
         long,
@@ -111,6 +119,8 @@ pub struct Config {
     pub max_sockets_per_token: usize,
     pub max_queue_bytes: usize,
     pub max_queue_frames: usize,
+    pub max_queue_bytes_per_token: usize,
+    pub calls_per_sec_per_token: u32,
     /// HTTP worker threads.
     pub workers: usize,
     /// Read-only connections for reads, each on its own thread.
@@ -136,6 +146,8 @@ impl Default for Config {
             max_sockets_per_token: 1000,
             max_queue_bytes: 8_388_608,
             max_queue_frames: 65_536,
+            max_queue_bytes_per_token: 67_108_864,
+            calls_per_sec_per_token: 1000,
             workers: 2,
             readers: 2,
             read_rows_per_sec: 50_000,
@@ -188,6 +200,8 @@ impl From<ServeArgs> for Config {
             max_sockets_per_token: a.max_sockets_per_token,
             max_queue_bytes: a.max_queue_bytes,
             max_queue_frames: a.max_queue_frames,
+            max_queue_bytes_per_token: a.max_queue_bytes_per_token,
+            calls_per_sec_per_token: a.calls_per_sec_per_token,
             workers: a.workers,
             read_rows_per_sec: a.read_rows_per_sec,
             ..base

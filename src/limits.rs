@@ -1,8 +1,10 @@
 //! Limits that keep one client from starving the others: token buckets for
-//! frames and REST requests, and socket counts.
+//! frames, REST requests and calls, socket counts, read budgets, and the
+//! outbound bytes queued for each token's sockets.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::auth::{Principal, Role};
@@ -58,35 +60,189 @@ impl Bucket {
     }
 }
 
-/// REST requests per second per token.
-pub struct RestLimiter {
+/// A bucket per token, shared by every thread.
+struct TokenBuckets {
     rate: u32,
     buckets: Mutex<HashMap<i64, Bucket>>,
 }
 
-impl RestLimiter {
-    pub fn new(rate: u32) -> RestLimiter {
-        RestLimiter {
+impl TokenBuckets {
+    fn new(rate: u32) -> Self {
+        TokenBuckets {
             rate,
             buckets: Mutex::default(),
         }
     }
 
-    /// Counts one request of `p`; `rate_limited` when its bucket is empty.
-    pub fn check(&self, p: &Principal) -> Result<(), ApiError> {
-        let mut buckets = self.buckets.lock().expect("rest limiter poisoned");
+    /// Takes one token from `token_id`'s bucket, if it has one.
+    fn take(&self, token_id: i64) -> bool {
+        let mut buckets = self.buckets.lock().expect("token buckets poisoned");
         if buckets.len() > 10_000 {
             // Full buckets of idle tokens carry no information.
             buckets.retain(|_, b| b.over_since.is_some());
         }
-        let bucket = buckets.entry(p.token_id).or_insert_with(|| Bucket::new(self.rate));
-        if bucket.take() {
+        buckets.entry(token_id).or_insert_with(|| Bucket::new(self.rate)).take()
+    }
+}
+
+/// REST requests per second per token.
+pub struct RestLimiter(TokenBuckets);
+
+impl RestLimiter {
+    pub fn new(rate: u32) -> RestLimiter {
+        RestLimiter(TokenBuckets::new(rate))
+    }
+
+    /// Counts one request of `p`; `rate_limited` when its bucket is empty.
+    pub fn check(&self, p: &Principal) -> Result<(), ApiError> {
+        if self.0.take(p.token_id) {
             Ok(())
         } else {
             Err(ApiError::rate_limited(format!(
                 "more than {} requests per second with this token",
-                self.rate
+                self.0.rate
             )))
+        }
+    }
+}
+
+/// Calls (writes) per second per member or agent token, over all its sockets
+/// and REST together, so that one client's loop cannot flood every
+/// subscriber with events: a call over it is answered `rate_limited` and not
+/// executed. Admin tokens are not limited, as with reads: they may revoke
+/// any token and make new ones, and the load generator writes with one.
+pub struct CallLimiter(TokenBuckets);
+
+impl CallLimiter {
+    pub fn new(calls_per_second: u32) -> Self {
+        CallLimiter(TokenBuckets::new(calls_per_second))
+    }
+
+    /// Counts one call of `p`; `rate_limited` when its bucket is empty.
+    pub fn check(&self, p: &Principal) -> Result<(), ApiError> {
+        if p.role == Role::Admin || self.0.take(p.token_id) {
+            Ok(())
+        } else {
+            Err(ApiError::rate_limited(format!(
+                "more than {} calls per second with this token; slow down",
+                self.0.rate
+            )))
+        }
+    }
+}
+
+/// The outbound bytes queued for each token's sockets, across all worker
+/// threads: each socket's queue adds what it queues and takes off what it
+/// hands to the connection or drops, and a frame that would take its token
+/// over the bound is refused (the socket that would queue it closes 1013).
+/// Admin tokens are bounded too: memory is memory.
+pub struct TokenQueues {
+    max_per_token: usize,
+    tokens: Arc<QueueMap>,
+}
+
+/// Each token's counter, while one of its sockets' queues holds it.
+type QueueMap = Mutex<HashMap<i64, Weak<TokenQueue>>>;
+
+impl TokenQueues {
+    pub fn new(max_per_token: usize) -> Self {
+        TokenQueues {
+            max_per_token,
+            tokens: Arc::default(),
+        }
+    }
+
+    /// The counter of `token_id`, shared by all its sockets; it lives as long
+    /// as one of their queues does.
+    pub fn for_token(&self, token_id: i64) -> Arc<TokenQueue> {
+        let mut tokens = self.tokens.lock().expect("token queues poisoned");
+        if let Some(q) = tokens.get(&token_id).and_then(Weak::upgrade) {
+            return q;
+        }
+        let q = Arc::new(TokenQueue {
+            bytes: AtomicUsize::new(0),
+            max: self.max_per_token,
+            registered: Some((token_id, Arc::downgrade(&self.tokens))),
+        });
+        tokens.insert(token_id, Arc::downgrade(&q));
+        q
+    }
+
+    /// Bytes queued for all sockets.
+    pub fn total(&self) -> usize {
+        // Upgraded under the lock, dropped after it: dropping the last
+        // counter of a token takes the lock.
+        let live: Vec<_> = {
+            let tokens = self.tokens.lock().expect("token queues poisoned");
+            tokens.values().filter_map(Weak::upgrade).collect()
+        };
+        live.iter().map(|q| q.bytes()).sum()
+    }
+}
+
+/// One token's queued outbound bytes; see [`TokenQueues`].
+pub struct TokenQueue {
+    bytes: AtomicUsize,
+    max: usize,
+    /// The token and the map it is in, to leave it when the last socket's
+    /// queue is gone.
+    registered: Option<(i64, Weak<QueueMap>)>,
+}
+
+impl TokenQueue {
+    /// A counter of its own, in no map (for tests).
+    pub fn standalone(max: usize) -> Arc<Self> {
+        Arc::new(TokenQueue {
+            bytes: AtomicUsize::new(0),
+            max,
+            registered: None,
+        })
+    }
+
+    /// Counts `n` more bytes unless that takes the token over its bound.
+    pub fn try_add(&self, n: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                b.checked_add(n).filter(|&t| t <= self.max)
+            })
+            .is_ok()
+    }
+
+    /// True if `n` more bytes would fit under the bound.
+    pub fn fits(&self, n: usize) -> bool {
+        self.bytes().saturating_add(n) <= self.max
+    }
+
+    /// Counts `n` more bytes whatever the bound (control frames: a close
+    /// frame must go out).
+    pub fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` bytes left the queue (written out or dropped).
+    pub fn sub(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl Drop for TokenQueue {
+    fn drop(&mut self) {
+        let Some((token_id, map)) = &self.registered else {
+            return;
+        };
+        let Some(map) = map.upgrade() else { return };
+        let mut tokens = map.lock().expect("token queues poisoned");
+        // Only if no new counter of the token took this one's place.
+        if tokens.get(token_id).is_some_and(|w| w.strong_count() == 0) {
+            tokens.remove(token_id);
         }
     }
 }
@@ -246,6 +402,42 @@ mod tests {
         // Wait for one token to come back; the stretch goes on.
         while !b.take() {}
         assert_eq!(b.over_since, since);
+    }
+
+    #[test]
+    fn calls_are_limited_per_token_and_admins_are_not() {
+        let calls = CallLimiter::new(3);
+        let agent = p(Role::Agent, 1);
+        assert!((0..3).all(|_| calls.check(&agent).is_ok()), "a second's worth");
+        assert_eq!(
+            calls.check(&agent).unwrap_err().code,
+            crate::error::ErrorCode::RateLimited
+        );
+        assert!(calls.check(&p(Role::Member, 2)).is_ok(), "another token has its own");
+        assert!((0..100).all(|_| calls.check(&p(Role::Admin, 3)).is_ok()));
+    }
+
+    #[test]
+    fn queued_bytes_are_bounded_per_token_and_shared_by_its_sockets() {
+        let queues = TokenQueues::new(100);
+        let a = queues.for_token(1);
+        let a2 = queues.for_token(1);
+        let b = queues.for_token(2);
+        assert!(a.try_add(60));
+        assert!(!a2.try_add(41), "the token's sockets share one bound");
+        assert!(a2.try_add(40));
+        assert!(b.try_add(100), "another token has its own");
+        assert_eq!(queues.total(), 200);
+        a.sub(60);
+        assert!(a2.fits(60) && !a2.fits(61));
+        a.add(1000);
+        assert_eq!(a2.bytes(), 1040, "control frames are counted past the bound");
+        drop((a, a2));
+        assert!(
+            queues.tokens.lock().unwrap().get(&1).is_none(),
+            "the last socket's end forgets the token"
+        );
+        assert_eq!(queues.for_token(1).bytes(), 0);
     }
 
     #[test]

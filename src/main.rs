@@ -5,7 +5,9 @@ use taskwire::config::ServeArgs;
 
 /// jemalloc: with glibc's malloc, freeing (often blocks another thread
 /// allocated) was a fifth of the writer thread's instructions; see
-/// docs/benchmarks.md.
+/// docs/benchmarks.md. Built with `background_thread:true`, so memory freed
+/// (a slow socket's queue) goes back to the system within about 10 s even
+/// while the server is idle; `_RJEM_MALLOC_CONF` overrides its options.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -10,6 +10,9 @@ pub struct Metrics {
     pub events_published: IntCounter,
     pub events_delivered: IntCounter,
     pub sockets_closed_slow: IntCounter,
+    pub sockets_closed_token_queue: IntCounter,
+    /// Set when the metrics are rendered, from the token counters.
+    pub queued_bytes: IntGauge,
     pub commit_seconds: Histogram,
     pub batch_size: Histogram,
     pub db_mailbox: IntGauge,
@@ -33,6 +36,16 @@ impl Metrics {
             "sockets closed 1013 for not keeping up",
         )
         .unwrap();
+        let sockets_closed_token_queue = IntCounter::new(
+            "taskwire_sockets_closed_token_queue_total",
+            "sockets closed 1013 because their token's sockets together had too much queued",
+        )
+        .unwrap();
+        let queued_bytes = IntGauge::new(
+            "taskwire_queued_bytes",
+            "outbound bytes queued for all sockets, not yet taken by the connections",
+        )
+        .unwrap();
         let commit_seconds = Histogram::with_opts(
             HistogramOpts::new("taskwire_commit_seconds", "time of one group commit").buckets(vec![
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
@@ -53,6 +66,8 @@ impl Metrics {
             Box::new(events_published.clone()),
             Box::new(events_delivered.clone()),
             Box::new(sockets_closed_slow.clone()),
+            Box::new(sockets_closed_token_queue.clone()),
+            Box::new(queued_bytes.clone()),
             Box::new(commit_seconds.clone()),
             Box::new(batch_size.clone()),
             Box::new(db_mailbox.clone()),
@@ -70,6 +85,8 @@ impl Metrics {
             events_published,
             events_delivered,
             sockets_closed_slow,
+            sockets_closed_token_queue,
+            queued_bytes,
             commit_seconds,
             batch_size,
             db_mailbox,

@@ -4,6 +4,13 @@
 //! that owns the socket, so an event costs no message and no copy per
 //! subscriber; the session writes its replies into the same queue, so the
 //! order the two are written in is the order the client reads.
+//!
+//! The queue is bounded per socket (`--max-queue-bytes`, `--max-queue-frames`)
+//! and per token (`--max-queue-bytes-per-token`, over all the token's sockets,
+//! through its [`TokenQueue`]): a frame that does not fit is not queued, and
+//! the socket closes 1013. What waited is dropped then (the client resumes
+//! from the last event it read), all but the rest of a frame the client began
+//! to receive, which the close frame must follow.
 
 use actix_http::ws::{OpCode, Parser};
 use bytes::{Bytes, BytesMut};
@@ -12,8 +19,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::task::Waker;
 
+use crate::limits::TokenQueue;
 use crate::metrics::Metrics;
 use crate::protocol::Topic;
+
+/// The most of a frame handed to the connection at once: a large one (a
+/// snapshot) goes out in slices, so the HTTP layer's buffer holds little of
+/// it, and the rest waits here, counted against the bounds and dropped if the
+/// socket is closed.
+pub const MAX_SLICE: usize = 16 * 1024;
 
 /// Encodes one WebSocket text frame as the server sends it (unmasked), so it
 /// can be shared by every socket it goes to.
@@ -60,6 +74,14 @@ pub enum Pushed {
     GaveUp,
 }
 
+/// Why a frame was not queued.
+enum Refusal {
+    /// The socket's own bounds.
+    Socket { bytes: usize, frames: usize },
+    /// Its token's sockets together (with what they hold now).
+    Token { bytes: usize },
+}
+
 /// One socket's outbound side.
 pub struct Peer {
     pub id: u64,
@@ -75,11 +97,11 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(id: u64, max_bytes: usize, max_frames: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(id: u64, max_bytes: usize, max_frames: usize, token: Arc<TokenQueue>, metrics: Arc<Metrics>) -> Self {
         Peer {
             id,
             subs: RefCell::new(HashMap::new()),
-            outbox: RefCell::new(Outbox::default()),
+            outbox: RefCell::new(Outbox::new(token)),
             max_bytes,
             max_frames,
             closed: Cell::new(false),
@@ -89,9 +111,40 @@ impl Peer {
     }
 
     /// Queues a reply or other frame. A reply larger than the bound still goes
-    /// out to a peer that keeps up, so any snapshot can be had.
+    /// out to a peer that keeps up, so any snapshot can be had (see
+    /// [`Peer::fits`]).
     pub fn send(&self, frame: Bytes) -> Pushed {
         self.push(frame, false)
+    }
+
+    /// Asked before a reply of at least `len` bytes is built: `Queued` if
+    /// it could be queued now (nothing is queued yet); if not, gives up on
+    /// the peer as [`Peer::send`] would (`GaveUp`, once), so that a snapshot
+    /// that cannot be queued costs no copy.
+    pub fn admit_reply(&self, len: usize) -> Pushed {
+        if self.closed.get() {
+            return Pushed::Skipped;
+        }
+        let refused = {
+            let outbox = self.outbox.borrow();
+            self.socket_refusal(&outbox, len, false).or_else(|| {
+                (!outbox.token.fits(len)).then(|| Refusal::Token {
+                    bytes: outbox.token.bytes(),
+                })
+            })
+        };
+        match refused {
+            None => Pushed::Queued,
+            Some(why) => self.refuse(why, len),
+        }
+    }
+
+    /// The queue is at or over its bound: no reply could be queued after
+    /// what waits, so a subscribe is not worth reading for. (Only a reply to
+    /// a queue that was nearly empty takes it over the bound.)
+    pub fn is_behind(&self) -> bool {
+        let outbox = self.outbox.borrow();
+        outbox.queued_bytes() >= self.max_bytes || outbox.queued_frames() >= self.max_frames
     }
 
     /// Delivers an event of `topic` (a heartbeat has no seq): held while a
@@ -213,40 +266,88 @@ impl Peer {
         &self.outbox
     }
 
-    /// Queues `frame`; an event (`counted`) must fit under the bound, any
-    /// other frame only needs the queue to be under it.
-    fn push(&self, frame: Bytes, counted: bool) -> Pushed {
+    /// The socket's own bound: an event must fit under it; so must a reply,
+    /// unless the queue holds less than an eighth of the bound (the client
+    /// keeps up), so that a snapshot larger than the bound can still be had.
+    fn fits(&self, queued: usize, len: usize, event: bool) -> bool {
+        queued.saturating_add(len) <= self.max_bytes || (!event && queued < self.max_bytes / 8)
+    }
+
+    /// Why the socket's own bounds refuse a frame of `len` bytes, if they do.
+    fn socket_refusal(&self, outbox: &Outbox, len: usize, event: bool) -> Option<Refusal> {
+        let (bytes, frames) = (outbox.queued_bytes(), outbox.queued_frames());
+        (!self.fits(bytes, len, event) || frames >= self.max_frames).then_some(Refusal::Socket { bytes, frames })
+    }
+
+    /// Gives up on the peer for a frame of `len` bytes that it cannot take.
+    fn refuse(&self, why: Refusal, len: usize) -> Pushed {
+        match why {
+            Refusal::Socket { bytes, frames } => {
+                log::info!(
+                    "session {} is {bytes} bytes and {frames} frames behind; closing it",
+                    self.id
+                );
+                self.give_up()
+            }
+            Refusal::Token { bytes } => {
+                log::info!(
+                    "session {}: its token's sockets hold {bytes} bytes, and {len} more would take them over {}; closing it",
+                    self.id,
+                    self.outbox.borrow().token.max()
+                );
+                let gave_up = self.give_up();
+                if gave_up == Pushed::GaveUp {
+                    self.metrics.sockets_closed_token_queue.inc();
+                }
+                gave_up
+            }
+        }
+    }
+
+    /// Queues `frame` if it fits the socket's bounds (see [`Peer::fits`]) and
+    /// its token's; if not, gives up on the peer.
+    fn push(&self, frame: Bytes, event: bool) -> Pushed {
         if self.closed.get() {
             return Pushed::Skipped;
         }
         let mut outbox = self.outbox.borrow_mut();
-        let (bytes, frames) = (outbox.queued_bytes(), outbox.queued_frames());
-        let over = if counted {
-            bytes + frame.len() > self.max_bytes
-        } else {
-            bytes >= self.max_bytes
-        };
-        if over || frames >= self.max_frames {
+        // Checked and counted on the token in one step: other threads count
+        // on it too.
+        let refused = self.socket_refusal(&outbox, frame.len(), event).or_else(|| {
+            (!outbox.token.try_add(frame.len())).then(|| Refusal::Token {
+                bytes: outbox.token.bytes(),
+            })
+        });
+        if let Some(why) = refused {
             drop(outbox);
-            log::info!(
-                "session {} is {bytes} bytes and {frames} frames behind; closing it",
-                self.id
-            );
-            return self.give_up();
+            return self.refuse(why, frame.len());
         }
-        outbox.push(frame, 1);
+        outbox.park(frame, 1);
         Pushed::Queued
     }
 
-    fn give_up(&self) -> Pushed {
-        // What already waits stays: dropping it could leave the client a gap
-        // before a later frame, and it resumes from the last event it read.
+    /// Gives up on a peer too far behind: nothing more is queued, and what
+    /// waits is dropped at once, as the client resumes from the last event it
+    /// read; only the rest of a frame the client began to receive stays, for
+    /// the close frame to follow. Returns `GaveUp` once, then `Skipped`.
+    pub fn give_up(&self) -> Pushed {
         self.closed.set(true);
         if self.gave_up.replace(true) {
             return Pushed::Skipped;
         }
+        self.outbox.borrow_mut().drop_waiting();
+        for sub in self.subs.borrow_mut().values_mut() {
+            sub.held = Vec::new();
+        }
         self.metrics.sockets_closed_slow.inc();
         Pushed::GaveUp
+    }
+
+    /// The connection is being cut: nothing more can be sent, so nothing
+    /// more is kept, and the response body ends.
+    pub fn discard(&self) {
+        self.closed.set(true);
+        self.outbox.borrow_mut().discard();
     }
 }
 
@@ -257,7 +358,9 @@ impl Peer {
 /// parked here, by the session, the Registry, and a pump task that drives the
 /// actor all the time; the session keeps handling messages (and noticing that
 /// it is behind) whatever the peer does.
-#[derive(Default)]
+///
+/// Its bytes are counted on its token's [`TokenQueue`] too, from when they are
+/// parked until they are taken or dropped (or the outbox is).
 pub struct Outbox {
     /// Encoded chunks, each with the number of frames it holds.
     chunks: VecDeque<(Bytes, usize)>,
@@ -266,11 +369,28 @@ pub struct Outbox {
     /// Control frames the session handed its context that the pump has not
     /// parked yet.
     written: usize,
+    /// A slice of the first chunk was taken: the rest of it must go out
+    /// before anything else can.
+    begun: bool,
     done: bool,
     reader: Option<Waker>,
+    token: Arc<TokenQueue>,
 }
 
 impl Outbox {
+    pub fn new(token: Arc<TokenQueue>) -> Self {
+        Outbox {
+            chunks: VecDeque::new(),
+            bytes: 0,
+            frames: 0,
+            written: 0,
+            begun: false,
+            done: false,
+            reader: None,
+            token,
+        }
+    }
+
     /// Bytes waiting for the peer.
     pub fn queued_bytes(&self) -> usize {
         self.bytes
@@ -288,24 +408,59 @@ impl Outbox {
 
     /// Parks a chunk from the context: it holds every control frame written
     /// since the last one, since the context encodes all it has on each poll.
+    /// Control frames are never refused: a close frame must go out.
     pub fn push_from_context(&mut self, chunk: Bytes) {
         let frames = std::mem::take(&mut self.written);
-        self.push(chunk, frames);
+        if self.done {
+            // Cut off (see `discard`): nothing more is sent.
+            return;
+        }
+        self.token.add(chunk.len());
+        self.park(chunk, frames);
     }
 
-    fn push(&mut self, chunk: Bytes, frames: usize) {
+    /// Parks a chunk whose bytes the token already counts.
+    fn park(&mut self, chunk: Bytes, frames: usize) {
         self.bytes += chunk.len();
         self.frames += frames;
         self.chunks.push_back((chunk, frames));
         self.wake();
     }
 
-    /// The next chunk for the socket.
+    /// The next chunk for the socket: a whole chunk, or the next
+    /// [`MAX_SLICE`] bytes of a larger one.
     pub fn pop(&mut self) -> Option<Bytes> {
-        let (chunk, frames) = self.chunks.pop_front()?;
-        self.bytes -= chunk.len();
-        self.frames -= frames;
-        Some(chunk)
+        let front = self.chunks.front_mut()?;
+        let piece = if front.0.len() > MAX_SLICE {
+            self.begun = true;
+            front.0.split_to(MAX_SLICE)
+        } else {
+            let (chunk, frames) = self.chunks.pop_front().expect("a front chunk");
+            self.frames -= frames;
+            self.begun = false;
+            chunk
+        };
+        self.bytes -= piece.len();
+        self.token.sub(piece.len());
+        Some(piece)
+    }
+
+    /// Drops every chunk that waits, but the rest of one the socket began
+    /// to send.
+    fn drop_waiting(&mut self) {
+        let keep = usize::from(self.begun).min(self.chunks.len());
+        for (chunk, frames) in self.chunks.drain(keep..) {
+            self.bytes -= chunk.len();
+            self.frames -= frames;
+            self.token.sub(chunk.len());
+        }
+    }
+
+    /// Drops everything and ends the body: the connection is being cut.
+    fn discard(&mut self) {
+        self.begun = false;
+        self.drop_waiting();
+        self.finish();
     }
 
     /// The context ended: once the chunks are taken, the body ends.
@@ -330,12 +485,38 @@ impl Outbox {
     }
 }
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.token.sub(self.bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn peer(max_frames: usize) -> Peer {
-        Peer::new(1, 1 << 20, max_frames, Arc::new(Metrics::new()))
+        Peer::new(
+            1,
+            1 << 20,
+            max_frames,
+            TokenQueue::standalone(usize::MAX),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    /// A peer whose queue may hold `max_bytes`, of a token's `token`.
+    fn bounded(max_bytes: usize, token: &Arc<TokenQueue>) -> Peer {
+        Peer::new(1, max_bytes, 1000, token.clone(), Arc::new(Metrics::new()))
+    }
+
+    /// A frame of `n` bytes (a text frame's header included).
+    fn sized(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    fn queued(p: &Peer) -> usize {
+        p.outbox().borrow().queued_bytes()
     }
 
     fn drain(p: &Peer) -> Vec<Bytes> {
@@ -422,6 +603,106 @@ mod tests {
         assert_eq!(p.deliver(&t, Some(4), &text_frame("4")), Pushed::Skipped);
         assert_eq!(p.send(text_frame("reply")), Pushed::Skipped);
         assert!(p.gave_up());
-        assert_eq!(drain(&p).len(), 2, "what waited stays");
+        assert!(drain(&p).is_empty(), "what waited is dropped: the client resumes");
+    }
+
+    #[test]
+    fn a_peer_given_up_keeps_only_the_rest_of_a_frame_it_began_to_send() {
+        let token = TokenQueue::standalone(usize::MAX);
+        let p = bounded(1 << 20, &token);
+        let t = Topic::Tasks;
+        p.subscribed(&t, 1, 0);
+        assert_eq!(p.send(sized(3 * MAX_SLICE)), Pushed::Queued);
+        assert_eq!(p.deliver(&t, Some(1), &sized(100)), Pushed::Queued);
+        p.joined(&t, 2);
+        assert_eq!(p.deliver(&t, Some(2), &sized(100)), Pushed::Held);
+        let first = p.outbox().borrow_mut().pop().unwrap();
+        assert_eq!(first.len(), MAX_SLICE, "a large frame goes out in slices");
+        assert_eq!(token.bytes(), 2 * MAX_SLICE + 100);
+        assert_eq!(p.give_up(), Pushed::GaveUp);
+        assert_eq!(queued(&p), 2 * MAX_SLICE, "only the begun frame's rest stays");
+        assert_eq!(token.bytes(), 2 * MAX_SLICE, "and only it is counted on the token");
+        p.outbox().borrow_mut().push_from_context(sized(10));
+        assert_eq!(
+            drain(&p).iter().map(Bytes::len).collect::<Vec<_>>(),
+            [MAX_SLICE, MAX_SLICE, 10]
+        );
+        assert_eq!(p.subscribed(&t, 2, 1), Pushed::Queued, "nothing held is released");
+        assert_eq!(token.bytes(), 0);
+
+        let p = bounded(1 << 20, &token);
+        p.send(sized(3 * MAX_SLICE));
+        p.outbox().borrow_mut().pop();
+        p.give_up();
+        p.discard();
+        assert_eq!((queued(&p), token.bytes()), (0, 0), "a cut connection keeps nothing");
+        assert!(p.outbox().borrow().is_done());
+    }
+
+    #[test]
+    fn a_reply_must_fit_unless_the_queue_is_nearly_empty() {
+        let token = TokenQueue::standalone(usize::MAX);
+        let p = bounded(800, &token);
+        assert_eq!(
+            p.send(sized(2000)),
+            Pushed::Queued,
+            "a snapshot over the bound, to an empty queue"
+        );
+        assert!(p.is_behind());
+        assert_eq!(p.send(sized(10)), Pushed::GaveUp, "then nothing until it is taken");
+
+        let p = bounded(800, &token);
+        p.send(sized(99));
+        assert_eq!(
+            p.send(sized(2000)),
+            Pushed::Queued,
+            "under an eighth of the bound waits"
+        );
+        assert_eq!(token.bytes(), 2099);
+
+        let p = bounded(800, &token);
+        p.send(sized(100));
+        assert_eq!(p.admit_reply(701), Pushed::GaveUp, "asked before it is built");
+        assert_eq!(p.send(sized(1)), Pushed::Skipped);
+
+        let p = bounded(800, &token);
+        p.send(sized(100));
+        assert_eq!(p.admit_reply(700), Pushed::Queued, "it fits");
+        assert_eq!(queued(&p), 100, "asking queues nothing");
+        assert_eq!(p.send(sized(700)), Pushed::Queued);
+
+        let p = bounded(800, &token);
+        p.subscribed(&Topic::Tasks, 1, 0);
+        assert_eq!(
+            p.deliver(&Topic::Tasks, Some(1), &sized(801)),
+            Pushed::GaveUp,
+            "an event must fit, even in an empty queue"
+        );
+    }
+
+    #[test]
+    fn a_tokens_sockets_share_one_bound() {
+        let token = TokenQueue::standalone(1000);
+        let (a, b) = (bounded(800, &token), bounded(800, &token));
+        let t = Topic::Agents;
+        for p in [&a, &b] {
+            p.subscribed(&t, 1, 0);
+        }
+        assert_eq!(a.deliver(&t, Some(1), &sized(600)), Pushed::Queued);
+        assert_eq!(b.deliver(&t, Some(1), &sized(300)), Pushed::Queued);
+        assert_eq!(
+            b.deliver(&t, Some(2), &sized(300)),
+            Pushed::GaveUp,
+            "the socket that would take the token over closes"
+        );
+        assert_eq!(token.bytes(), 600, "and its queue is dropped");
+        assert_eq!(a.admit_reply(401), Pushed::GaveUp, "a reply too, before it is built");
+
+        let c = bounded(800, &token);
+        assert_eq!(c.send(sized(400)), Pushed::Queued);
+        a.outbox().borrow_mut().pop();
+        assert_eq!(token.bytes(), 400, "what is taken leaves the token's count");
+        drop(c);
+        assert_eq!(token.bytes(), 0, "and so does a queue that is dropped");
     }
 }

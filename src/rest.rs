@@ -206,6 +206,7 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn metrics(app: web::Data<AppState>, _who: Principal) -> HttpResponse {
+    app.metrics.queued_bytes.set(app.queues.total() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(app.metrics.render())
@@ -578,6 +579,8 @@ async fn execute(
         params,
         op_id: op_id(req)?,
     };
+    // A REST write spends the token's calls like a socket's call.
+    app.call_limits.check(&who)?;
     db::execute(&app.db, who, call).await
 }
 

@@ -6,7 +6,9 @@
 //! outbound queue is shared with its thread's Registry, which writes events into
 //! it (the [`Peer`]): a pump task drives the actor whatever the peer does, the
 //! bytes and frames the peer has not taken yet are counted, and a peer that
-//! falls too far behind is closed with 1013.
+//! falls too far behind, or whose token's sockets together are, is closed
+//! with 1013 and its queue dropped at once. A subscribe's reply is checked
+//! against the bounds before its frame is built; calls are limited per token.
 //!
 //! A close ends with the server closing the TCP connection (RFC 6455, 7.1.1):
 //! at once after both close frames, and after [`CLOSE_TIMEOUT`] whether or not
@@ -117,6 +119,9 @@ impl Session {
         }));
         ctx.run_later(CLOSE_TIMEOUT, |act, ctx| {
             log::debug!("session {}: no close frame from the client; cutting it off", act.id);
+            // Nothing more can reach the client: what waits is dropped now,
+            // not when the HTTP layer lets go of the connection.
+            act.peer.discard();
             act.socket.shutdown(Shutdown::Both);
             ctx.stop();
         });
@@ -173,6 +178,13 @@ impl Session {
         match request {
             Request::Ping => self.answer(ctx, Some(reference), Ok((empty_object(), None))),
             Request::Subscribe { topic, resume } => {
+                if self.peer.gave_up() || self.peer.is_behind() {
+                    // Its reply could not be queued after what waits: the
+                    // socket closes now, without reading for it.
+                    log::info!("session {}: a subscribe while its queue is full; closing it", self.id);
+                    self.peer.give_up();
+                    return self.close_slow(ctx);
+                }
                 let already = self.peer.is_live(&topic) || self.pending.contains_key(&topic);
                 if !already && self.peer.live_count() + self.pending.len() >= self.app.config.max_subscriptions {
                     let e = ApiError::invalid(format!(
@@ -204,6 +216,9 @@ impl Session {
                 self.answer(ctx, Some(reference), Ok((empty_object(), None)));
             }
             Request::Call(call) => {
+                if let Err(e) = self.app.call_limits.check(&self.principal) {
+                    return self.answer(ctx, Some(reference), Err(e));
+                }
                 let request = execute(&self.app.db, self.principal.clone(), call);
                 self.in_flight += 1;
                 ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
@@ -366,6 +381,17 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
 impl Handler<Subscribed> for Session {
     type Result = ();
     fn handle(&mut self, msg: Subscribed, ctx: &mut Self::Context) {
+        if self.close_sent {
+            // Nothing more is sent; the reply is not even built.
+            return;
+        }
+        if let Ok((data, _)) = &msg.result {
+            // Checked before the reply's frame is built: a snapshot that
+            // cannot be queued costs no copy.
+            if self.peer.admit_reply(data.get().len()) != Pushed::Queued {
+                return self.close_slow(ctx);
+            }
+        }
         let newest = self.pending.get(&msg.topic) == Some(&msg.generation);
         if newest {
             self.pending.remove(&msg.topic);
@@ -511,6 +537,7 @@ pub fn start(
         id,
         config.max_queue_bytes,
         config.max_queue_frames,
+        app.queues.for_token(principal.token_id),
         app.metrics.clone(),
     ));
     let session = Session {
@@ -532,6 +559,7 @@ pub fn start(
     let codec = Codec::new().max_size(app.config.max_frame_bytes);
     let mut stream = Box::pin(WebsocketContext::with_codec(session, payload, codec));
     let pumped = peer.clone();
+    let cut = Rc::downgrade(&peer);
     let pump_socket = socket.clone();
     actix_web::rt::spawn(async move {
         while let Some(chunk) = stream.next().await {
@@ -550,6 +578,9 @@ pub fn start(
         // The body ends once the client took the rest; a client that does
         // not is cut off (a no-op once the body is gone).
         actix_web::rt::time::sleep(CLOSE_TIMEOUT).await;
+        if let Some(peer) = cut.upgrade() {
+            peer.discard();
+        }
         pump_socket.shutdown(Shutdown::Both);
     });
     Ok(res.streaming(OutboxBody { peer, socket }))

@@ -14,7 +14,7 @@ use crate::db::resume::RecentChanges;
 use crate::db::shared::Shared;
 use crate::db::{self, reader, Db, Drain, OpenError};
 use crate::error::ApiError;
-use crate::limits::{ReadBudget, RestLimiter, SocketCounts};
+use crate::limits::{CallLimiter, ReadBudget, RestLimiter, SocketCounts, TokenQueues};
 use crate::metrics::Metrics;
 use crate::registry::{Hub, LocalRegistry};
 use crate::state::AppState;
@@ -132,6 +132,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         head,
         sockets: Arc::new(SocketCounts::new(config.max_sockets, config.max_sockets_per_token)),
         rest_limits: Arc::new(RestLimiter::new(config.rest_rate_limit)),
+        call_limits: Arc::new(CallLimiter::new(config.calls_per_sec_per_token)),
+        queues: Arc::new(TokenQueues::new(config.max_queue_bytes_per_token)),
         config: Arc::new(config),
         metrics,
     };

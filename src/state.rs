@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::auth::TokenCache;
 use crate::config::Config;
 use crate::db::{Db, Head, Reader};
-use crate::limits::{RestLimiter, SocketCounts};
+use crate::limits::{CallLimiter, RestLimiter, SocketCounts, TokenQueues};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -21,4 +21,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub sockets: Arc<SocketCounts>,
     pub rest_limits: Arc<RestLimiter>,
+    /// Calls per token, over its sockets and REST.
+    pub call_limits: Arc<CallLimiter>,
+    /// Outbound bytes queued per token, over its sockets.
+    pub queues: Arc<TokenQueues>,
 }

@@ -37,6 +37,14 @@ impl Server {
         Server::spawn(Command::new(env!("CARGO_BIN_EXE_taskwire")), db, extra)
     }
 
+    /// Starts the binary with `extra` flags and `env` set in its environment
+    /// (for example jemalloc's options).
+    pub fn start_with_env(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskwire"));
+        cmd.envs(env.iter().copied());
+        Server::spawn(cmd, db, extra)
+    }
+
     /// Starts the binary through `sh -c`, so `shell_prefix` (for example
     /// `trap '' XFSZ;`) runs before it is exec'd.
     pub fn start_via_shell(db: &Path, extra: &[&str], shell_prefix: &str) -> Server {
@@ -176,6 +184,21 @@ impl Server {
         metric_value(&text, name)
     }
 
+    /// Polls metric `name` until `ok` holds for its value, or panics after
+    /// `within`; returns the value. Only for what cannot be awaited (a socket
+    /// ended by the server, a close the client cannot read).
+    pub async fn wait_metric(&self, name: &str, within: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.metric(name).await;
+            if ok(v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{name} was still {v} after {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A socket with the admin token, its hello read.
     pub async fn ws(&self) -> Client {
         Client::connect(self.addr, ADMIN)
@@ -191,6 +214,24 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A socket of `token` with a receive buffer of a few KB, its hello read, for
+/// a client that will stop reading: what the server sends soon fills the
+/// kernel's buffers.
+pub async fn tiny_socket(addr: SocketAddr, token: &str) -> Client {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let tcp = TcpStream::from_std(socket.into()).unwrap();
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let (stream, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp))
+        .await
+        .expect("upgrade");
+    Client::handshaken(stream).await.expect("hello")
 }
 
 /// A field of `/proc/<pid>/status`, in KiB.

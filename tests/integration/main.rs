@@ -19,6 +19,7 @@ mod consistency;
 mod crash;
 mod errors;
 mod fuzz;
+mod hostile;
 mod liveness;
 mod not_ours;
 mod readonly;

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Creates, each pushed as one event of about 750 B: 15 MB in all.
 const EVENTS: usize = 20_000;
@@ -43,22 +42,6 @@ fn assert_closed_slow(end: &End) {
         *end == End::Closed(Some(1013)) || ended,
         "the slow client's close: {end:?}"
     );
-}
-
-/// A socket with a tiny receive buffer that the test will stop reading.
-async fn tiny_socket(addr: SocketAddr) -> Client {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    socket.set_nonblocking(true).unwrap();
-    let tcp = tokio::net::TcpStream::from_std(socket.into()).unwrap();
-    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Authorization", format!("Bearer {ADMIN}").parse().unwrap());
-    let (stream, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-        .await
-        .expect("upgrade");
-    Client::handshaken(stream).await.expect("hello")
 }
 
 /// Pipelines `count` creates, staying at most `MAX_AHEAD` sends (`sent`, over
@@ -107,7 +90,7 @@ async fn a_client_that_never_reads_is_closed_1013_and_memory_stays_bounded() {
     let r = fast.subscribe("tasks").await.unwrap();
     let start = r["data"]["seq"].as_i64().unwrap();
     let epoch = fast.epoch();
-    let mut slow = tiny_socket(addr).await;
+    let mut slow = tiny_socket(addr, ADMIN).await;
     let r = slow.subscribe("tasks").await.unwrap();
     assert_eq!(r["ok"], true, "{r}");
     // From here on nothing reads `slow`.
@@ -240,7 +223,7 @@ async fn a_client_behind_by_too_many_frames_is_closed_1013() {
     let description = "y".repeat(1000);
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("x.db"), &["--max-queue-frames", "200"]);
-    let mut slow = tiny_socket(server.addr).await;
+    let mut slow = tiny_socket(server.addr, ADMIN).await;
     let r = slow.subscribe("tasks").await.unwrap();
     assert_eq!(r["ok"], true, "{r}");
     let start = r["data"]["seq"].as_i64().unwrap();
