@@ -154,7 +154,7 @@ pub fn open(path: &str) -> Result<SqliteConnection, OpenError> {
     conn.batch_execute(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
     )
-        .map_err(configure)?;
+    .map_err(configure)?;
     // One transaction holding the write lock: a second process opening the same
     // new file (the command line, another server) waits and then finds the
     // migrations done, instead of running them twice.
