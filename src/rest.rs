@@ -13,7 +13,7 @@ use std::future::{ready, Ready};
 
 use crate::auth::{self, Principal};
 use crate::db::{
-    self, Committed, CreateLoginCode, CreateToken, Db, ListTokens, Login, Logout, Query, Read, ReadChanges, Reader,
+    self, Committed, CreateLoginCode, CreateToken, ListTokens, Login, Logout, Query, Read, ReadChanges,
     RedeemLoginCode, RevokeToken,
 };
 use crate::error::ApiError;
@@ -302,9 +302,9 @@ async fn open_session(app: &AppState, req: &HttpRequest, payload: web::Payload) 
             // Logins spend the token's REST budget: a loop cannot churn sessions
             // faster than it could make requests.
             app.rest_limits.check(&who)?;
-            ask(app, Login { by: who }).await
+            ask(&app.db, Login { by: who }).await
         }
-        LoginForm::Code(code) if auth::is_login_code(&code) => ask(app, RedeemLoginCode { code }).await,
+        LoginForm::Code(code) if auth::is_login_code(&code) => ask(&app.db, RedeemLoginCode { code }).await,
         LoginForm::Code(_) => Err(ApiError::unauthorized("this login link is not valid; copy all of it")),
     }
 }
@@ -485,7 +485,7 @@ fn escape(s: &str) -> String {
 async fn logout(app: web::Data<AppState>, req: HttpRequest) -> Res {
     if let Some(cookie) = req.cookie(SESSION_COOKIE) {
         ask(
-            &app,
+            &app.db,
             Logout {
                 secret: cookie.value().to_string(),
             },
@@ -584,28 +584,16 @@ async fn execute(
     db::execute(&app.db, who, call).await
 }
 
-/// Sends a message to the Db actor and waits for its answer.
-async fn ask<M, T>(app: &AppState, msg: M) -> Result<T, ApiError>
+/// Sends a message to the Db actor (writes, token admin) or to the readers,
+/// and waits for its answer.
+async fn ask<A, M, T>(to: &actix::Addr<A>, msg: M) -> Result<T, ApiError>
 where
+    A: actix::Actor + actix::Handler<M>,
+    A::Context: actix::dev::ToEnvelope<A, M>,
     M: actix::Message<Result = Result<T, ApiError>> + Send + 'static,
     T: Send + 'static,
-    Db: actix::Handler<M>,
 {
-    app.db
-        .send(msg)
-        .await
-        .map_err(|_| ApiError::unavailable("the database is not running"))?
-}
-
-/// Sends a read to the readers and waits for its answer.
-async fn read<M, T>(app: &AppState, msg: M) -> Result<T, ApiError>
-where
-    M: actix::Message<Result = Result<T, ApiError>> + Send + 'static,
-    T: Send + 'static,
-    Reader: actix::Handler<M>,
-{
-    app.reader
-        .send(msg)
+    to.send(msg)
         .await
         .map_err(|_| ApiError::unavailable("the database is not running"))?
 }
@@ -660,7 +648,7 @@ async fn get_one(app: &AppState, who: Principal, id: &str, kind: Kind) -> Res {
         Kind::Task => Query::Task(id),
         Kind::Agent => Query::Agent(id),
     };
-    let entity = read(app, Read { query, by: who }).await?;
+    let entity = ask(&app.reader, Read { query, by: who }).await?;
     let mut res = HttpResponse::Ok();
     if let Some(version) = entity.version() {
         res.insert_header(etag(version));
@@ -716,12 +704,12 @@ async fn list_tasks(app: web::Data<AppState>, who: Principal, query: web::Query<
         }
     }
     let query = Query::Tasks { status, assignee_id };
-    Ok(HttpResponse::Ok().json(read(&app, Read { query, by: who }).await?))
+    Ok(HttpResponse::Ok().json(ask(&app.reader, Read { query, by: who }).await?))
 }
 
 async fn list_agents(app: web::Data<AppState>, who: Principal) -> Res {
     let query = Query::Agents;
-    Ok(HttpResponse::Ok().json(read(&app, Read { query, by: who }).await?))
+    Ok(HttpResponse::Ok().json(ask(&app.reader, Read { query, by: who }).await?))
 }
 
 async fn create_task(app: web::Data<AppState>, req: HttpRequest, who: Principal, payload: web::Payload) -> Res {
@@ -806,8 +794,8 @@ async fn changes(app: web::Data<AppState>, who: Principal, query: web::Query<Has
             other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
         }
     }
-    let page = read(
-        &app,
+    let page = ask(
+        &app.reader,
         ReadChanges {
             since,
             topic,
@@ -838,7 +826,7 @@ async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Pa
     let role = b.role.ok_or_else(|| ApiError::invalid("role is required"))?;
     let name = b.name.ok_or_else(|| ApiError::invalid("name is required"))?;
     let created = ask(
-        &app,
+        &app.db,
         CreateToken {
             by: who,
             role,
@@ -851,7 +839,7 @@ async fn create_token(app: web::Data<AppState>, who: Principal, payload: web::Pa
 }
 
 async fn list_tokens(app: web::Data<AppState>, who: Principal) -> Res {
-    let items = ask(&app, ListTokens { by: who }).await?;
+    let items = ask(&app.db, ListTokens { by: who }).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
@@ -859,7 +847,7 @@ async fn list_tokens(app: web::Data<AppState>, who: Principal) -> Res {
 /// browser. The link points at the origin this request came to.
 async fn create_login_code(app: web::Data<AppState>, req: HttpRequest, who: Principal, id: web::Path<String>) -> Res {
     let token_id = path_id(&id)?;
-    let made = ask(&app, CreateLoginCode { by: who, token_id }).await?;
+    let made = ask(&app.db, CreateLoginCode { by: who, token_id }).await?;
     let url = auth::login_link(&own_origin(&app, &req), &made.code);
     Ok(HttpResponse::Created()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -868,7 +856,7 @@ async fn create_login_code(app: web::Data<AppState>, req: HttpRequest, who: Prin
 
 async fn revoke_token(app: web::Data<AppState>, who: Principal, id: web::Path<String>) -> Res {
     let id = path_id(&id)?;
-    ask(&app, RevokeToken { by: who, id }).await?;
+    ask(&app.db, RevokeToken { by: who, id }).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -4,7 +4,7 @@ use crate::client::{Light, Ws};
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -119,4 +119,24 @@ pub async fn watch_events(
         }
     }
     w
+}
+
+/// Waits until `count` reaches `want`, or until it has not moved for `drain`
+/// (events that will never come: a socket the server closed). `on_progress`
+/// sees each reading.
+pub async fn wait_for_count(count: &AtomicU64, want: u64, drain: Duration, on_progress: impl Fn(u64)) {
+    let mut last = (count.load(Ordering::Relaxed), Instant::now());
+    loop {
+        let now = count.load(Ordering::Relaxed);
+        on_progress(now);
+        if now >= want {
+            return;
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= drain {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -4,7 +4,7 @@
 
 use crate::cli::Common;
 use crate::client::{connect, Light, STEP};
-use crate::events::collect_events;
+use crate::events::{collect_events, wait_for_count};
 use crate::fsync::{fsync_ceiling, fsync_json, fsync_paced, fsync_rows};
 use crate::metrics::{metrics_delta, scrape};
 use crate::process::CpuMeter;
@@ -18,7 +18,7 @@ use crate::Res;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -125,20 +125,7 @@ pub async fn run(c: &Common, n: usize, w: usize, rate: f64, drain: Duration) -> 
 
     // Wait for the events still on their way.
     let pb = progress(c, want, "delivered");
-    let mut last = (seen.load(Ordering::Relaxed), Instant::now());
-    loop {
-        let now = seen.load(Ordering::Relaxed);
-        pb.set_position(now.min(want));
-        if now >= want {
-            break;
-        }
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() >= drain {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_count(&seen, want, drain, |now| pb.set_position(now.min(want))).await;
     pb.finish_and_clear();
     let cpu = cpu.stop();
     let m_after = scrape(c).await;

@@ -8,7 +8,7 @@
 
 use crate::cli::Common;
 use crate::client::{connect, request_ok};
-use crate::events::watch_events;
+use crate::events::{wait_for_count, watch_events};
 use crate::flood::{heartbeat_loop, Counts};
 use crate::metrics::{metrics_delta, scrape};
 use crate::process::CpuMeter;
@@ -98,19 +98,7 @@ pub async fn run(c: &Common, sockets: usize, k: usize, dur: Duration, drain: Dur
     // The events still on their way; a dashboard the server closed never
     // gets its share, so the wait also ends after `drain` without progress.
     let want = expected.len() as u64 * k as u64;
-    let mut last = (with_seq.load(Ordering::Relaxed), Instant::now());
-    loop {
-        let now = with_seq.load(Ordering::Relaxed);
-        if now >= want {
-            break;
-        }
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() >= drain {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_count(&with_seq, want, drain, |_| {}).await;
     let cpu = cpu.stop();
     let m_after = scrape(c).await;
     let _ = stop_tx.send(true);
