@@ -1,0 +1,99 @@
+//! Calls: data and typed errors, op_ids re-sent after a lost reply, busy
+//! refusals retried.
+
+use crate::common::{self, eventually, Proxy, ADMIN, WAIT};
+use serde_json::json;
+use taskwire_client::{Client, Error, NewTask, TaskPatch};
+use tokio::time::timeout;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_answer_typed_data_and_errors_by_code() {
+    let server = common::start();
+    let client = Client::connect(&server.ws_url(), ADMIN).await.unwrap();
+    assert_eq!(client.hello().role, "admin");
+
+    let draft = NewTask {
+        title: "Fix login".into(),
+        priority: Some(2),
+        ..NewTask::default()
+    };
+    let task = client.create_task(&draft).await.unwrap();
+    assert_eq!((task.title.as_str(), task.priority, task.version), ("Fix login", 2, 1));
+
+    let patch = TaskPatch {
+        status: Some("review".into()),
+        ..TaskPatch::default()
+    };
+    let moved = client.update_if(task.id, 1, &patch).await.unwrap();
+    assert_eq!((moved.status.as_str(), moved.version), ("review", 2));
+
+    let stale = client.update_if(task.id, 1, &patch).await.unwrap_err();
+    assert!(
+        matches!(stale, Error::Conflict(ref m) if m.contains("version 2")),
+        "{stale:?}"
+    );
+    let missing = client.finish(999).await.unwrap_err();
+    assert!(matches!(missing, Error::NotFound(_)), "{missing:?}");
+    let unknown = client.call("task.paint", json!({})).await.unwrap_err();
+    assert_eq!(unknown.code(), "bad_request", "{unknown:?}");
+    let bad = client.call("task.create", json!({"title": ""})).await.unwrap_err();
+    assert!(matches!(bad, Error::Invalid(_)), "{bad:?}");
+
+    let board = client.tasks().await.unwrap();
+    assert_eq!(board, vec![moved]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_fails_the_first_connect() {
+    let server = common::start();
+    let err = Client::connect(&server.ws_url(), "tw_nope").await.err().unwrap();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+    let nobody = Client::connect("127.0.0.1:1", ADMIN).await.err().unwrap();
+    assert!(matches!(nobody, Error::Connect { .. }), "{nobody:?}");
+}
+
+/// The server commits a call whose reply never arrives; after the reconnect
+/// the client sends it again with its op_id and gets the first answer, and
+/// the task exists once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_reply_was_lost_is_sent_again_and_committed_once() {
+    let server = common::start();
+    let proxy = Proxy::start(server.addr).await;
+    let client = Client::connect(&proxy.ws_url(), ADMIN).await.unwrap();
+
+    proxy.set_hold(true);
+    let caller = client.clone();
+    let call = tokio::spawn(async move { caller.call("task.create", json!({"title": "once"})).await });
+    eventually("the call to commit", || async { server.tasks().await.len() == 1 }).await;
+    assert!(!call.is_finished(), "the reply should have been swallowed");
+    proxy.cut();
+    proxy.set_hold(false);
+
+    let reply = timeout(WAIT, call)
+        .await
+        .expect("answered after the reconnect")
+        .unwrap()
+        .unwrap();
+    let tasks = server.tasks().await;
+    assert_eq!(tasks.len(), 1, "committed twice: {tasks:?}");
+    assert_eq!(reply.data, tasks[0]);
+    assert_eq!(reply.seq, Some(1), "the first answer, seq included");
+}
+
+/// Over the token's call rate, calls are refused `rate_limited`; the client
+/// waits and sends them again until each is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_calls_are_retried_until_committed() {
+    let server = common::start_with(|c| c.calls_per_sec_per_token = 3);
+    let (_, member) = server.member("alice").await;
+    let client = Client::connect(&server.ws_url(), &member).await.unwrap();
+    let calls = (0..8).map(|i| {
+        let c = client.clone();
+        async move { c.call("task.create", json!({ "title": format!("t{i}") })).await }
+    });
+    let replies = timeout(WAIT, futures_util::future::join_all(calls)).await.unwrap();
+    for r in &replies {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(server.tasks().await.len(), 8);
+}
