@@ -24,6 +24,7 @@ mod liveness;
 mod not_ours;
 mod readonly;
 mod reads;
+mod remote_cli;
 mod rest_api;
 mod resume;
 mod security;

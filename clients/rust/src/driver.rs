@@ -141,7 +141,7 @@ impl Driver {
                 Ended::Lost(e) => e,
             };
             drop(ws);
-            log::info!("taskwire: connection lost ({lost}); reconnecting");
+            log::debug!("taskwire: connection lost ({lost}); reconnecting");
             if began.elapsed() >= self.opts.stable_after {
                 attempt = 0;
             }
