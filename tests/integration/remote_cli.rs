@@ -82,10 +82,33 @@ async fn tasks_and_agents_print_tables_for_people_and_json_for_scripts() {
     let unassigned = run_json(&app, &["tasks", "list", "--assignee", "none", "--json"]).await;
     assert_eq!(unassigned, todo);
 
+    let note = run_json(
+        &app,
+        &["tasks", "note", "1", "tests pass", "--progress", "40", "--json"],
+    )
+    .await;
+    assert_eq!(
+        (note["event"].clone(), note["data"]["text"].clone()),
+        (json!("task.noted"), json!("tests pass"))
+    );
     let shown = run_json(&app, &["tasks", "show", "1", "--json"]).await;
-    assert_eq!(shown["task"], moved);
+    assert_eq!(shown["task"]["progress"], 40);
+    let activity: Vec<&str> = shown["activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(activity, ["task.noted", "task.updated", "task.updated", "task.created"]);
     let (ok, text, _) = run(&app, &["tasks", "show", "1"]).await;
-    assert!(ok && text.contains("status    in_progress"), "{text}");
+    assert!(
+        ok && text.contains("status    in_progress") && text.contains("progress  40%"),
+        "{text}"
+    );
+    assert!(
+        text.contains("activity (newest first):") && text.contains("note: tests pass"),
+        "{text}"
+    );
 
     let agents = run_json(&app, &["agents", "list", "--json"]).await;
     assert_eq!(agents[0]["name"], "builder", "{agents}");
@@ -168,7 +191,7 @@ async fn watch_tails_a_topic_across_a_server_restart() {
     for (seq, title) in [(2, "two"), (3, "three"), (4, "four")] {
         let l = line(&mut human).await;
         assert!(
-            l.contains(&format!("#{seq}  task.created")) && l.ends_with(&format!("{title:?}")),
+            l.contains(&format!("#{seq}  task.created     task {seq} {title:?}  by admin")),
             "{l}"
         );
     }
