@@ -225,24 +225,10 @@ async fn print_task(client: &Client, json: bool, task: Value) -> Result<(), Fail
     Ok(())
 }
 
+/// An activity entry reads like the line `watch` prints for its event.
 fn activity_line(entry: &Value) -> String {
-    let at = entry["at"].as_str().unwrap_or("");
-    let by = entry["by"]["name"]
-        .as_str()
-        .or(entry["by"]["kind"].as_str())
-        .unwrap_or("");
-    let what = match entry["event"].as_str() {
-        Some("task.noted") => format!("note: {}", entry["data"]["text"].as_str().unwrap_or("")),
-        Some(ev) => {
-            let changed: Vec<&str> = entry["changed"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|f| f.as_str())
-                .collect();
-            format!("{ev} {}", changed.join(", "))
-        }
-        None => entry.to_string(),
-    };
-    format!("{at}  {by:12} {what}")
+    match serde_json::from_value::<taskwire_client::Event>(entry.clone()) {
+        Ok(e) => show::event_line(&e),
+        Err(_) => entry.to_string(),
+    }
 }

@@ -188,9 +188,14 @@ impl Client {
         Ok(Subscription::new(topic.to_string(), rx, self.cmds.clone(), from))
     }
 
-    /// What the heartbeat reports besides the agent's id, e.g.
-    /// `{"status": "busy", "current_task_id": 4}`; sent from the next beat on.
-    pub fn set_heartbeat(&self, fields: Map<String, Value>) {
+    /// What the heartbeat reports besides the agent's id, an object such as
+    /// `json!({"status": "busy", "current_task_id": 4})`; sent from the next
+    /// beat on (anything but an object reports nothing more).
+    pub fn set_heartbeat(&self, fields: Value) {
+        let fields = match fields {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
         let _ = self.cmds.send(Cmd::SetHeartbeat(fields));
     }
 

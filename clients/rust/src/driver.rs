@@ -96,6 +96,8 @@ pub(crate) struct Driver {
     next_ref: i64,
     beat_params: Map<String, Value>,
     beat_in_flight: Option<u64>,
+    /// New heartbeat fields: report them at once.
+    beat_now: bool,
 }
 
 impl Driver {
@@ -126,6 +128,7 @@ impl Driver {
             next_ref: 0,
             beat_params: Map::new(),
             beat_in_flight: None,
+            beat_now: false,
         }
     }
 
@@ -207,6 +210,11 @@ impl Driver {
                 )
             });
         self.hello.send_replace(hello);
+        // A heartbeat is only worth sending now, and a re-sent one (same
+        // op_id) would be no new heartbeat: this connection beats afresh.
+        if let Some(id) = self.beat_in_flight.take() {
+            self.calls.remove(&id);
+        }
         if let Err(e) = self.send_all(ws).await {
             return e;
         }
@@ -219,8 +227,10 @@ impl Driver {
                 Some(sent) => sent + self.opts.ping_timeout,
                 None => last_heard + self.opts.ping_interval,
             };
-            if beat_every.is_some() {
-                wake = wake.min(next_beat);
+            // One beat at a time: while one is on its way, its reply wakes us.
+            // New fields go at once.
+            if beat_every.is_some() && !self.beating() {
+                wake = wake.min(if self.beat_now { Instant::now() } else { next_beat });
             }
             tokio::select! {
                 msg = ws.next() => {
@@ -263,7 +273,8 @@ impl Driver {
                         ping = Some(now);
                     }
                     if let Some((id, every)) = beat_every {
-                        if now >= next_beat {
+                        if (now >= next_beat || self.beat_now) && !self.beating() {
+                            self.beat_now = false;
                             next_beat = now + every;
                             if let Err(e) = self.heartbeat(id, ws).await {
                                 return e;
@@ -289,11 +300,12 @@ impl Driver {
         Ok(())
     }
 
-    /// One heartbeat, unless the last one is still unanswered.
+    /// A heartbeat is on its way, unanswered.
+    fn beating(&self) -> bool {
+        self.beat_in_flight.is_some_and(|id| self.calls.contains_key(&id))
+    }
+
     async fn heartbeat(&mut self, agent_id: i64, ws: &mut Ws) -> Result<(), Ended> {
-        if self.beat_in_flight.is_some_and(|id| self.calls.contains_key(&id)) {
-            return Ok(());
-        }
         let mut params = self.beat_params.clone();
         params.insert("id".into(), json!(agent_id));
         self.next_call += 1;
@@ -370,7 +382,10 @@ impl Driver {
                     }
                 }
             }
-            Cmd::SetHeartbeat(params) => self.beat_params = params,
+            Cmd::SetHeartbeat(params) => {
+                self.beat_now = params != self.beat_params;
+                self.beat_params = params;
+            }
             Cmd::Resend(Resend::Call(id)) => {
                 if let (Some(ws), Some(call)) = (ws, self.calls.get(&id)) {
                     if call.sent.is_none() {

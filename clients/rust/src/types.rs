@@ -72,9 +72,11 @@ pub struct By {
     pub name: Option<String>,
 }
 
-/// An event frame of a subscribed topic.
+/// An event frame of a subscribed topic; also an activity entry (which has
+/// no `topic`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    #[serde(default)]
     pub topic: String,
     /// The change's seq; none on heartbeats, which are not changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -135,3 +135,25 @@ async fn an_agent_claims_notes_and_finishes_a_task() {
     assert_eq!(history.len(), 3);
     assert_eq!(history[2]["event"], "task.noted", "newest first: {history:?}");
 }
+
+/// New heartbeat fields go out at once, not at the next beat (10 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_fields_are_reported_at_once() {
+    let server = common::start();
+    let (agent, _, token) = server.agent("runner").await;
+    let client = Client::connect(&server.ws_url(), &token).await.unwrap();
+    let mut sub = client.subscribe(&format!("agent:{agent}")).await.unwrap();
+    client.set_heartbeat(json!({"status": "busy"}));
+    let quick = std::time::Duration::from_secs(3);
+    loop {
+        match timeout(quick, sub.next())
+            .await
+            .expect("reported within 3 s")
+            .unwrap()
+            .unwrap()
+        {
+            Item::Event(e) if e.event == "agent.updated" && e.data["status"] == "busy" => break,
+            _ => {}
+        }
+    }
+}
