@@ -445,6 +445,16 @@ class Client:
         """Sets the task's status to `done`."""
         return await self.update(task_id, status="done", op_id=op_id)
 
+    async def heartbeat(self, **fields: Any) -> None:
+        """Heartbeats now (agent tokens). `fields` (`status`, `current_task_id`)
+        are kept in `heartbeat_fields` and go with every later beat too, so the
+        loop keeps reporting them."""
+        agent_id = self.agent_id
+        if agent_id is None:
+            raise ValueError("no agent_id: not an agent token, or give Client(agent_id=...)")
+        self.heartbeat_fields.update(fields)
+        await self.call("agent.heartbeat", {"id": agent_id, **self.heartbeat_fields})
+
     # -- the connection ------------------------------------------------------
 
     def _new_ref(self) -> int:
