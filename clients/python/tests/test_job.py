@@ -74,3 +74,9 @@ async def test_the_example_agent_does_a_task(server: Server, monkeypatch: pytest
     assert notes == [25, 50, 75]
     final = [e.task for e in seen.events if e.task][-1]
     assert final is not None and (final.status, final.assignee_id) == ("done", agent_id)
+
+
+def test_the_documented_example_is_this_file() -> None:
+    code = EXAMPLE.read_text().split("\n", 2)[2]  # without its docstring and blank line
+    for doc in (EXAMPLE.parents[1] / "README.md", EXAMPLE.parents[3] / "docs" / "agents.md"):
+        assert f"```python\n{code}```" in doc.read_text(), f"{doc} differs from {EXAMPLE}"

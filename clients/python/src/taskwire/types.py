@@ -62,7 +62,8 @@ class Agent:
 
 @dataclass
 class Note:
-    """A `task.note` entry: its `seq`, the text and the progress it reported."""
+    """A note on a task: its text, the progress it reported, and (from an
+    activity entry) its `seq`, author `by` and time `at`."""
 
     task_id: int
     text: str
@@ -74,6 +75,10 @@ class Note:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Note:
+        """From an activity entry (`task.note`'s reply, a `history` item) or
+        from the `data` of a `task.noted` event."""
+        if isinstance(data.get("data"), dict):  # an entry: the note is its `data`
+            data = {**{k: v for k, v in data.items() if k != "data"}, **data["data"]}
         return _build(cls, data)
 
 
