@@ -16,7 +16,7 @@ async def test_heartbeats_run_with_the_client(server_factory) -> None:
     seen = Collector()
     async with taskwire.Client(server.url, ADMIN) as admin:
         await admin.subscribe(f"agent:{agent_id}", seen.on_snapshot, seen.on_event)
-        beats = lambda: [e for e in seen.events if e.event == "agent.heartbeat"]  # noqa: E731
+        beats = lambda: [e for e in seen.events if e.event == "agent.heartbeat"]
         async with taskwire.Client(server.url, token, agent_id=agent_id) as agent:
             agent.heartbeat_fields = {"status": "busy"}
             await seen.wait_for(lambda: len(beats()) >= 4, timeout=5)

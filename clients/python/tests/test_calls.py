@@ -69,9 +69,7 @@ async def test_rate_limited_calls_are_retried(server_factory) -> None:
         )
         limited = [r for r in refused if isinstance(r, taskwire.RateLimitedError)]
         assert limited, "the limit of 5 calls a second was not met"
-        results = await asyncio.gather(
-            *(client.call("task.create", {"title": f"retried {i}"}) for i in range(12))
-        )
+        results = await asyncio.gather(*(client.call("task.create", {"title": f"retried {i}"}) for i in range(12)))
         assert len({r.data["id"] for r in results}) == 12
     titles = [t["title"] for t in server.rest("GET", "/api/tasks")["items"]]
     assert sorted(t for t in titles if t.startswith("retried")) == sorted(f"retried {i}" for i in range(12))

@@ -12,7 +12,7 @@ import logging
 import random
 import secrets
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -98,7 +98,8 @@ class Subscription:
         self._has_state = False  # a snapshot or a position was delivered
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # a retry after `rate_limited` / `unavailable`
+        self._sent_on: int | None = None  # the socket it was last sent on
         self._attempt = 0
         self._ended = False
         self._runner: asyncio.Task[None] | None = None
@@ -122,11 +123,11 @@ class Subscription:
 
     async def _run_callbacks(self) -> None:
         async for item in self:
-            callback = self._on_snapshot if isinstance(item, Snapshot) else self._on_event
-            if callback is None:
-                continue
             try:
-                result = callback(item)
+                if isinstance(item, Snapshot):
+                    result = self._on_snapshot(item) if self._on_snapshot else None
+                else:
+                    result = self._on_event(item) if self._on_event else None
                 if inspect.isawaitable(result):
                     await result
             except Exception:
@@ -168,6 +169,7 @@ class Subscription:
             if error.code in RETRIED:
                 delay = backoff_delay(self._attempt, self.client.busy_base, self.client.busy_cap)
                 self._attempt += 1
+                self._sent_on = None
                 self._timer = asyncio.get_running_loop().call_later(
                     delay, lambda: asyncio.ensure_future(self.client._send_subscribe(self))
                 )
@@ -252,11 +254,10 @@ class Client:
         self._runner: asyncio.Task[None] | None = None
         self._connected: asyncio.Event | None = None
         self._done: asyncio.Future[None] | None = None
-        self._closing = False
 
     # -- lifecycle -------------------------------------------------------
 
-    async def start(self) -> Client:
+    async def start(self) -> Self:
         """Connects, and returns once the first `hello` came. Raises
         `UnauthorizedError` for a bad or revoked token (any HTTP 4xx refusal
         stops the client: a wrong URL is `NotFoundError`); other failures
@@ -266,7 +267,7 @@ class Client:
         self._connected = asyncio.Event()
         self._done = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run())
-        hello = asyncio.ensure_future(self._connected.wait())
+        hello: asyncio.Future[Any] = asyncio.ensure_future(self._connected.wait())
         await asyncio.wait([hello, self._done], return_when=asyncio.FIRST_COMPLETED)
         hello.cancel()
         if self._done.done():
@@ -275,7 +276,6 @@ class Client:
 
     async def close(self) -> None:
         """Closes the socket (code 1000) and stops; waiting calls raise `ClosedError`."""
-        self._closing = True
         if self._runner is not None:
             self._runner.cancel()
             try:
@@ -291,8 +291,9 @@ class Client:
             raise RuntimeError("the client is not started")
         await asyncio.shield(self._done)
 
-    async def __aenter__(self) -> Client:
-        return await self.start()
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -336,7 +337,7 @@ class Client:
                 return await call.future
             try:
                 return await asyncio.wait_for(asyncio.shield(call.future), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise CallTimeoutError(f"no reply to {method} within {timeout} s") from None
         finally:
             self._calls.discard(call)
@@ -403,8 +404,12 @@ class Client:
         return sub
 
     async def _send_subscribe(self, sub: Subscription) -> None:
-        if sub._ended or self._ws is None or self._subs.get(sub.topic) is not sub:
-            return
+        if sub._timer:
+            sub._timer.cancel()
+            sub._timer = None
+        if sub._ended or sub._sent_on == self._socket_no or self._ws is None or self._subs.get(sub.topic) is not sub:
+            return  # over, already on this socket, or waiting for one
+        sub._sent_on = self._socket_no
         ref = self._new_ref()
         self._waiting[ref] = sub
         await self._send(sub._subscribe_frame(ref))
@@ -427,9 +432,7 @@ class Client:
         result = await self.call("task.update", params, op_id=op_id)
         return Task.from_dict(result.data)
 
-    async def note(
-        self, task_id: int, text: str, progress: int | None = None, *, op_id: str | None = None
-    ) -> Note:
+    async def note(self, task_id: int, text: str, progress: int | None = None, *, op_id: str | None = None) -> Note:
         """Adds a note to the task (`task.note`), setting its progress too if given."""
         params: dict[str, Any] = {"id": task_id, "text": text}
         if progress is not None:
@@ -510,7 +513,7 @@ class Client:
                 if 400 <= status < 500 and status not in (408, 429):
                     fatal = _http_error(e)  # a bad token or URL: trying again cannot help
                 log.warning("connect refused: HTTP %s", status)
-            except (OSError, asyncio.TimeoutError, InvalidHandshake, ValueError) as e:
+            except (TimeoutError, OSError, InvalidHandshake, ValueError) as e:
                 code, reason = None, ""
                 log.info("connect failed: %r", e)
             if code == 1008 and reason == "token revoked":
@@ -536,7 +539,8 @@ class Client:
                 heartbeat = asyncio.create_task(self._heartbeat_loop(agent_id, hello.agent_timeout_ms / 3000))
         try:
             for sub in list(self._subs.values()):
-                await self._send_subscribe(sub)
+                if sub._timer is None:
+                    await self._send_subscribe(sub)
             for call in list(self._calls):
                 if call.timer is None:
                     await self._send_call(call)
@@ -564,16 +568,13 @@ class Client:
     async def _heartbeat_loop(self, agent_id: int, interval: float) -> None:
         while True:
             try:
-                await self.call(
-                    "agent.heartbeat", {"id": agent_id, **self.heartbeat_fields}, timeout=interval * 2
-                )
-            except (TaskwireError, asyncio.TimeoutError) as e:
+                await self.call("agent.heartbeat", {"id": agent_id, **self.heartbeat_fields}, timeout=interval * 2)
+            except (TimeoutError, TaskwireError) as e:
                 log.warning("heartbeat failed: %r", e)
             await asyncio.sleep(interval)
 
     def _stop(self, error: TaskwireError | None) -> None:
         """Ends every waiting call and subscription with `error` (or ClosedError)."""
-        self._closing = True
         end = error or ClosedError("the client is closed")
         for call in list(self._calls):
             if not call.future.done():
@@ -596,4 +597,3 @@ def _http_error(e: InvalidStatus) -> TaskwireError:
         return error_from(body.get("error") or {})
     except (ValueError, AttributeError):
         return TaskwireError(f"HTTP {e.response.status_code}", "http_" + str(e.response.status_code))
-

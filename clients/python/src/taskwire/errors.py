@@ -102,7 +102,7 @@ ERRORS: dict[str, type[TaskwireError]] = {
 }
 
 
-def error_from(error: dict) -> TaskwireError:
+def error_from(error: dict[str, object]) -> TaskwireError:
     """The exception for a reply's `error` object; an unknown code (from a newer
     server) becomes a plain TaskwireError carrying that code."""
     code = str(error.get("code", "unknown"))
