@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 
 import pytest
 from conftest import ADMIN, Server
@@ -73,3 +75,36 @@ async def test_rate_limited_calls_are_retried(server_factory) -> None:
         assert len({r.data["id"] for r in results}) == 12
     titles = [t["title"] for t in server.rest("GET", "/api/tasks")["items"]]
     assert sorted(t for t in titles if t.startswith("retried")) == sorted(f"retried {i}" for i in range(12))
+
+
+async def test_unavailable_calls_are_retried(server: Server) -> None:
+    """Another process holds the database's write lock past the server's busy
+    timeout (2 s): writes are answered `unavailable`, and the client sends them
+    again until the lock is gone."""
+    retried = asyncio.Event()
+
+    class Retries(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "answered unavailable" in record.getMessage():
+                retried.set()
+
+    handler = Retries()
+    logging.getLogger("taskwire").addHandler(handler)
+    logging.getLogger("taskwire").setLevel(logging.INFO)
+    locker = sqlite3.connect(server.db, isolation_level=None)
+    try:
+        async with taskwire.Client(server.url, ADMIN, busy_base=0.2, busy_cap=0.5) as client:
+            locker.execute("BEGIN IMMEDIATE")
+            with pytest.raises(taskwire.UnavailableError):
+                await client.call("task.create", {"title": "refused"}, retry=False)
+            call = asyncio.ensure_future(client.call("task.create", {"title": "retried"}))
+            await asyncio.wait_for(retried.wait(), 10)
+            assert not call.done()
+            locker.execute("ROLLBACK")
+            result = await asyncio.wait_for(call, 10)
+            assert result.data["title"] == "retried"
+    finally:
+        locker.close()
+        logging.getLogger("taskwire").removeHandler(handler)
+    titles = [t["title"] for t in server.rest("GET", "/api/tasks")["items"]]
+    assert titles == ["retried"]

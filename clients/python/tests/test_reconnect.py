@@ -4,6 +4,7 @@ after the call committed."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from conftest import ADMIN, Collector, Server
 
@@ -86,3 +87,43 @@ async def test_dropped_reply_commits_once(server: Server, proxy_factory) -> None
     titles = [t["title"] for t in server.rest("GET", "/api/tasks")["items"]]
     assert titles.count("exactly once") == 1
     assert proxy.connections == 2
+
+
+async def test_another_database_sends_a_new_snapshot(server: Server) -> None:
+    seen = Collector()
+    async with taskwire.Client(server.url, ADMIN, backoff_base=0.05, backoff_cap=0.5) as client:
+        await client.subscribe("tasks", seen.on_snapshot, seen.on_event)
+        await client.call("task.create", {"title": "in the old file"})
+        await seen.wait_for(lambda: len(seen.events) == 1)
+        old_epoch = seen.snapshots[0].epoch
+
+        await asyncio.to_thread(server.stop)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{server.db}{suffix}").unlink(missing_ok=True)
+        await asyncio.to_thread(server.start, server.port)  # a new file: a new epoch
+
+        await seen.wait_for(lambda: len(seen.snapshots) == 2)
+        resync = seen.snapshots[1]
+        assert resync.resync and resync.epoch != old_epoch and resync.data == []
+        created = await client.call("task.create", {"title": "in the new file"})
+        await seen.wait_for(lambda: len(seen.events) == 2)
+        assert seen.events[1].seq == created.seq == 1
+
+
+async def test_resume_from_a_saved_position(server: Server) -> None:
+    async with taskwire.Client(server.url, ADMIN) as client:
+        sub = await client.subscribe("tasks")
+        await client.call("task.create", {"title": "seen"})
+        async for item in sub:
+            if isinstance(item, taskwire.Event):
+                break
+        saved = (sub.epoch, sub.since)
+        await sub.unsubscribe()
+        missed = [(await client.call("task.create", {"title": f"missed {i}"})).seq for i in range(3)]
+
+    seen = Collector()
+    async with taskwire.Client(server.url, ADMIN) as later:
+        await later.subscribe("tasks", seen.on_snapshot, seen.on_event, epoch=saved[0], since=saved[1])
+        await seen.wait_for(lambda: len(seen.events) == 3)
+    assert seen.snapshots == []
+    assert seen.seqs == missed and all(e.replayed for e in seen.events)

@@ -366,6 +366,7 @@ class Client:
             delay = backoff_delay(call.attempt, self.busy_base, self.busy_cap)
             call.attempt += 1
             call.sent_on = None
+            log.info("%s answered %s; sending it again in %.2f s", call.frame["method"], error.code, delay)
             call.timer = asyncio.get_running_loop().call_later(
                 delay, lambda: asyncio.ensure_future(self._send_call(call))
             )
