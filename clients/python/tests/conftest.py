@@ -53,12 +53,13 @@ class Server:
         found = threading.Event()
 
         def read(stream: Any) -> None:
-            for line in stream:
-                self.log.append(line.rstrip())
-                if "listening on http://" in line and not found.is_set():
-                    addr = line.split("listening on http://")[1].split()[0]
-                    self.port = int(addr.rsplit(":", 1)[1])
-                    found.set()
+            with stream:  # until the process exits
+                for line in stream:
+                    self.log.append(line.rstrip())
+                    if "listening on http://" in line and not found.is_set():
+                        addr = line.split("listening on http://")[1].split()[0]
+                        self.port = int(addr.rsplit(":", 1)[1])
+                        found.set()
 
         threading.Thread(target=read, args=(self.proc.stderr,), daemon=True).start()
         if not found.wait(WAIT):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sqlite3
 
 import pytest
@@ -108,3 +109,15 @@ async def test_unavailable_calls_are_retried(server: Server) -> None:
         logging.getLogger("taskwire").removeHandler(handler)
     titles = [t["title"] for t in server.rest("GET", "/api/tasks")["items"]]
     assert titles == ["retried"]
+
+
+async def test_a_start_given_up_leaves_nothing_running() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = taskwire.Client(f"http://127.0.0.1:{port}", ADMIN, backoff_base=0.01, backoff_cap=0.05)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(client.start(), 0.3)  # it kept retrying until then
+    assert client._runner is not None and client._runner.done()
+    with pytest.raises(taskwire.ClosedError):
+        await client.call("task.create", {"title": "never"})

@@ -122,6 +122,12 @@ class Subscription:
             yield item
 
     async def _run_callbacks(self) -> None:
+        try:
+            await self._call_back()
+        except TaskwireError:
+            pass  # the subscription or the client ended with it; `error` and wait_closed() tell
+
+    async def _call_back(self) -> None:
         async for item in self:
             try:
                 if isinstance(item, Snapshot):
@@ -268,8 +274,13 @@ class Client:
         self._done = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run())
         hello: asyncio.Future[Any] = asyncio.ensure_future(self._connected.wait())
-        await asyncio.wait([hello, self._done], return_when=asyncio.FIRST_COMPLETED)
-        hello.cancel()
+        try:
+            await asyncio.wait([hello, self._done], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (a timeout around start()): leave nothing running
+            await self.close()
+            raise
+        finally:
+            hello.cancel()
         if self._done.done():
             self._done.result()  # raises what stopped it
         return self
