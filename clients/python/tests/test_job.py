@@ -23,6 +23,8 @@ async def test_claim_note_progress_finish(server: Server) -> None:
         taskwire.Client(server.url, first) as a,
         taskwire.Client(server.url, second) as b,
     ):
+        assert a.hello and (a.hello.role, a.hello.agent_id, a.hello.name) == ("agent", first_id, "first")
+        assert a.agent_id == first_id and a.hello.token_id is not None
         task_id = (await admin.call("task.create", {"title": "the job"})).data["id"]
         await admin.subscribe(f"task:{task_id}", seen.on_snapshot, seen.on_event)
 

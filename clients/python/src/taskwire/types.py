@@ -161,6 +161,7 @@ class Hello:
     heartbeat_ms: int
     agent_timeout_ms: int
     server: str = ""
+    stuck_after_ms: int | None = None
     token_id: int | None = None
     name: str | None = None
     agent_id: int | None = None
