@@ -216,6 +216,16 @@ impl TokenCache {
         self.read().by_id.contains_key(&token_id)
     }
 
+    /// A live token of an agent, the oldest, as its principal.
+    pub fn agent_principal(&self, agent_id: i64) -> Option<Principal> {
+        self.read()
+            .by_id
+            .values()
+            .filter(|p| p.agent_id == Some(agent_id))
+            .min_by_key(|p| p.token_id)
+            .cloned()
+    }
+
     pub fn insert_session(&self, hash: String, token_id: i64, expires_at: String) {
         self.write().sessions.insert(hash, (token_id, expires_at));
     }

@@ -50,6 +50,24 @@ impl Task {
         Arc::from(serde_json::value::to_raw_value(self).expect("a task serializes"))
     }
 
+    /// The values of `fields` as the task's JSON has them: an update's
+    /// `before`, without serializing the whole task (its description may be
+    /// long).
+    pub fn values_of(&self, fields: &[String]) -> Value {
+        let value = |f: &str| match f {
+            "assignee_id" => json!(self.assignee_id),
+            "created_at" => json!(self.created_at),
+            "description" => json!(self.description),
+            "id" => json!(self.id),
+            "priority" => json!(self.priority),
+            "progress" => json!(self.progress),
+            "status" => json!(self.status),
+            "title" => json!(self.title),
+            _ => Value::Null,
+        };
+        Value::Object(fields.iter().map(|f| (f.clone(), value(f))).collect())
+    }
+
     /// The fields that differ in `next`, sorted by name; `version` and
     /// `updated_at` change with every write and are left out.
     pub fn changed_fields(&self, next: &Task) -> Vec<String> {

@@ -23,6 +23,7 @@ mod fuzz;
 mod hostile;
 mod liveness;
 mod not_ours;
+mod python_client;
 mod readonly;
 mod reads;
 mod remote_cli;

@@ -2,7 +2,7 @@
 
 use diesel::sqlite::SqliteConnection;
 
-use super::{before_values, check_id, check_version, Outcome, WriteCtx};
+use super::{check_id, check_version, Outcome, WriteCtx};
 use crate::auth::{authorize, Action, Principal};
 use crate::db::models::{NewTask, Task};
 use crate::db::queries as q;
@@ -170,7 +170,7 @@ pub(super) fn save(
     next.updated_at = ctx.now.clone();
     q::save_task(conn, &next, next.assignee_id != task.assignee_id)?;
     let data = next.to_raw();
-    let before = before_values(&task.to_json(), &changed);
+    let before = raw(&task.values_of(&changed));
     let mut out = Outcome::default();
     ctx.record(
         conn,
@@ -297,9 +297,14 @@ mod tests {
         for edit in edits {
             let mut next = before.clone();
             edit(&mut next);
+            let changed = before.changed_fields(&next);
+            assert_eq!(changed, changed_fields(&before.to_json(), &next.to_json()), "{next:?}");
             assert_eq!(
-                before.changed_fields(&next),
-                changed_fields(&before.to_json(), &next.to_json()),
+                before.values_of(&changed),
+                super::super::before_values(&before.to_json(), &changed)
+                    .get()
+                    .parse::<Value>()
+                    .unwrap(),
                 "{next:?}"
             );
         }
