@@ -5,4 +5,5 @@
 mod agent;
 mod calls;
 mod common;
+mod docs;
 mod resume;
