@@ -17,6 +17,9 @@ pub struct Hello {
     pub heartbeat_ms: u64,
     /// An agent heartbeats at least every third of this.
     pub agent_timeout_ms: u64,
+    /// An `in_progress` task unchanged for longer is shown as stuck.
+    #[serde(default)]
+    pub stuck_after_ms: Option<u64>,
     pub role: String,
     #[serde(default)]
     pub token_id: Option<i64>,
