@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 /// What the handles ask of the driver.
@@ -51,6 +52,8 @@ struct Call {
     tx: Option<oneshot::Sender<Result<Reply>>>,
     /// The ref it was sent with on this connection; None while waiting.
     sent: Option<i64>,
+    /// The frame's length, once sent.
+    bytes: usize,
 }
 
 struct Sub {
@@ -240,6 +243,9 @@ impl Driver {
                     match msg {
                         Some(Ok(Message::Text(t))) => self.on_frame(&t),
                         Some(Ok(Message::Close(f))) => {
+                            if f.as_ref().is_some_and(|f| f.code == CloseCode::Size) {
+                                self.fail_largest_call();
+                            }
                             return match conn::closed(f.map(|f| (f.code, f.reason.into_owned()))) {
                                 e @ Error::Revoked(_) => Ended::Stop(Some(e)),
                                 e => Ended::Lost(e),
@@ -320,6 +326,7 @@ impl Driver {
                 op_id,
                 tx: None,
                 sent: None,
+                bytes: 0,
             },
         );
         self.beat_in_flight = Some(id);
@@ -344,6 +351,7 @@ impl Driver {
                         op_id,
                         tx: Some(tx),
                         sent: None,
+                        bytes: 0,
                     },
                 );
                 if let Some(ws) = ws {
@@ -419,6 +427,7 @@ impl Driver {
         call.sent = Some(r);
         let frame =
             json!({"type": "call", "ref": r, "method": call.method, "params": call.params, "op_id": call.op_id});
+        call.bytes = frame.to_string().len();
         send(ws, frame).await
     }
 
@@ -583,6 +592,29 @@ impl Driver {
         }
         if !open {
             self.subs.remove(topic);
+        }
+    }
+
+    /// The server closed the socket 1009: a message was over its limit. That
+    /// is the largest call sent on it (sent again, it would close the next
+    /// socket too); it fails, the others are sent again.
+    fn fail_largest_call(&mut self) {
+        let largest = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.sent.is_some())
+            .max_by_key(|(_, c)| c.bytes);
+        let Some((&id, _)) = largest else { return };
+        let call = self.calls.remove(&id).expect("held");
+        let err = Error::TooLarge(format!(
+            "the {} call ({} bytes) is over the server's frame limit",
+            call.method, call.bytes
+        ));
+        match call.tx {
+            Some(tx) => {
+                let _ = tx.send(Err(err));
+            }
+            None => log::warn!("taskwire: {err}"),
         }
     }
 

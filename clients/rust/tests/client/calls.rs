@@ -97,3 +97,22 @@ async fn rate_limited_calls_are_retried_until_committed() {
     }
     assert_eq!(server.tasks().await.len(), 8);
 }
+
+/// A call over the server's frame limit closes the socket (1009): it fails
+/// `TooLarge` instead of closing every socket after it, and the client goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_the_frame_limit_fails_too_large_and_the_client_goes_on() {
+    let server = common::start_with(|c| c.max_frame_bytes = 2048);
+    let client = Client::connect(&server.ws_url(), ADMIN).await.unwrap();
+    let big = json!({"title": "big", "description": "x".repeat(4000)});
+    let err = timeout(WAIT, client.call("task.create", big))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
+    let small = timeout(WAIT, client.call("task.create", json!({"title": "small"})))
+        .await
+        .unwrap();
+    assert_eq!(small.unwrap().data["title"], "small");
+    assert_eq!(server.tasks().await.len(), 1);
+}
