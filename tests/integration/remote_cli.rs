@@ -106,7 +106,7 @@ async fn tasks_and_agents_print_tables_for_people_and_json_for_scripts() {
         "{text}"
     );
     assert!(
-        text.contains("activity (newest first):") && text.contains("note: tests pass"),
+        text.contains("activity (newest first):") && text.contains("task.noted       task 1: tests pass  by admin"),
         "{text}"
     );
 
