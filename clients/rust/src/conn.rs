@@ -145,3 +145,20 @@ pub async fn request_ok(ws: &mut Ws, frame: Value, r: i64) -> Result<Value> {
     }
     Ok(reply)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ws_url;
+
+    #[test]
+    fn what_users_type_becomes_the_socket_url() {
+        assert_eq!(ws_url("127.0.0.1:8080"), "ws://127.0.0.1:8080/ws");
+        assert_eq!(ws_url("http://127.0.0.1:8080/"), "ws://127.0.0.1:8080/ws");
+        assert_eq!(ws_url("https://tasks.example.com"), "wss://tasks.example.com/ws");
+        assert_eq!(ws_url("ws://h:1/ws"), "ws://h:1/ws");
+        assert_eq!(
+            ws_url("https://example.com/taskwire/ws"),
+            "wss://example.com/taskwire/ws"
+        );
+    }
+}

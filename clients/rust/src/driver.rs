@@ -299,6 +299,9 @@ impl Driver {
         for topic in topics {
             self.send_subscribe(ws, &topic).await?;
         }
+        // A call whose caller stopped waiting (its future dropped) is not
+        // sent again: nobody would read the answer.
+        self.calls.retain(|_, c| c.tx.as_ref().is_none_or(|tx| !tx.is_closed()));
         let ids: Vec<u64> = self.calls.keys().copied().collect();
         for id in ids {
             self.send_call(ws, id).await?;
