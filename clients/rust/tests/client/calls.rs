@@ -2,7 +2,7 @@
 //! refusals retried.
 
 use crate::common::{self, eventually, Proxy, ADMIN, WAIT};
-use serde_json::json;
+use serde_json::{json, Value};
 use taskwire_client::{Client, Error, NewTask, TaskPatch};
 use tokio::time::timeout;
 
@@ -115,4 +115,32 @@ async fn a_call_over_the_frame_limit_fails_too_large_and_the_client_goes_on() {
         .unwrap();
     assert_eq!(small.unwrap().data["title"], "small");
     assert_eq!(server.tasks().await.len(), 1);
+}
+
+/// A call whose caller stopped waiting while the client was disconnected is
+/// not sent after the reconnect; one still awaited is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_given_up_while_disconnected_is_not_sent() {
+    let server = common::start();
+    let proxy = Proxy::start(server.addr).await;
+    let client = Client::connect(&proxy.ws_url(), ADMIN).await.unwrap();
+    proxy.set_down(true);
+    proxy.cut();
+    let mut state = client.state();
+    timeout(
+        WAIT,
+        state.wait_for(|s| matches!(s, taskwire_client::State::Reconnecting { .. })),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let quick = std::time::Duration::from_millis(100);
+    let given_up = timeout(quick, client.call("task.create", json!({"title": "given up"}))).await;
+    assert!(given_up.is_err(), "no answer while disconnected");
+    let caller = client.clone();
+    let kept = tokio::spawn(async move { caller.call("task.create", json!({"title": "kept"})).await });
+    proxy.set_down(false);
+    timeout(WAIT, kept).await.unwrap().unwrap().unwrap();
+    let titles: Vec<Value> = server.tasks().await.into_iter().map(|t| t["title"].clone()).collect();
+    assert_eq!(titles, [json!("kept")]);
 }
