@@ -7,7 +7,7 @@ use tokio::time::timeout;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_client_heartbeats_at_a_third_of_the_timeout() {
-    let server = common::start_with(|c| c.db.heartbeat_timeout = std::time::Duration::from_millis(600));
+    let server = common::start_with(|c| c.db.heartbeat_timeout = std::time::Duration::from_millis(1500));
     let (agent, _, token) = server.agent("runner").await;
     let watcher = Client::connect(&server.ws_url(), ADMIN).await.unwrap();
     let mut sub = watcher.subscribe(&format!("agent:{agent}")).await.unwrap();
@@ -16,7 +16,7 @@ async fn an_agent_client_heartbeats_at_a_third_of_the_timeout() {
     let client = Client::connect(&server.ws_url(), &token).await.unwrap();
     assert_eq!(
         (client.hello().agent_timeout_ms, client.hello().agent_id),
-        (600, Some(agent))
+        (1500, Some(agent))
     );
     let mut beats = 0;
     while beats < 4 {
