@@ -32,7 +32,7 @@ export function mountTimeline({ client, agents, list, older, state, live, fetchO
       names = key;
       els.clear();
     }
-    const wanted = [...entries.values()].sort((a, b) => b.seq - a.seq).map((e) => {
+    const wanted = [...entries.values()].filter((e) => !toldByNote(e, entries)).sort((a, b) => b.seq - a.seq).map((e) => {
       let li = els.get(e.seq);
       if (!li) {
         li = entryElement(e, agents, lead(e));
@@ -99,6 +99,16 @@ export function mountTimeline({ client, agents, list, older, state, live, fetchO
   });
 
   return { seed, add, render, loadOlder, has: (seq) => entries.has(seq) };
+}
+
+/**
+ * True for the progress change a note made (the change right before it, of
+ * `progress` only, to the note's value): the note shows the progress, once.
+ */
+function toldByNote(e, entries) {
+  if (e.event !== 'task.updated' || !e.changed || e.changed.length !== 1 || e.changed[0] !== 'progress') return false;
+  const note = entries.get(e.seq + 1);
+  return !!note && note.event === 'task.noted' && note.data && e.data && note.data.progress === e.data.progress;
 }
 
 /** GETs a page of activity with the page's session; rejects with `{code, message}`. */
