@@ -96,6 +96,7 @@ function renderView() {
   row(dl, 'Progress', progressView(t));
   const stuck = stuckReason(t, agents, stuckAfterMs(), client.serverNow());
   view.classList.toggle('stuck', !!stuck);
+  view.dataset.stuck = stuck || '';
   if (stuck) row(dl, 'Stuck', el('span', { id: 'v-stuck', class: 'stuck-mark' }, `Stuck: ${stuck}`));
   row(dl, 'Version', el('span', { id: 'v-version' }, t.version));
   row(dl, 'Id', `#${t.id}`);
@@ -230,9 +231,12 @@ function updateNote() {
     note.hidden = false;
     note.className = 'form-note warn';
     const same = overlap(diff(base, formValues()), base, current).map(fieldLabel);
+    const what = same.length
+      ? `, including ${same.join(', ')}. Saving will not overwrite their change.`
+      : ', in other fields. Your changes will be saved on top of theirs.';
     setText(
       note,
-      `Someone else changed this task while you were editing (now version ${current.version}; you started from version ${base.version}), including ${same.join(', ')}. Saving will not overwrite their change.`,
+      `Someone else changed this task while you were editing (now version ${current.version}; you started from version ${base.version})${what}`,
     );
   } else {
     note.hidden = true;
@@ -249,7 +253,10 @@ function rebase(task) {
   if (overlap(patch, base, task).length > 0) return false;
   const focused = document.activeElement;
   const sel = focused && 'selectionStart' in focused ? [focused.selectionStart, focused.selectionEnd] : null;
+  // The assignee box may hold a name being typed that names no agent yet.
+  const typed = form.assignee_id.value;
   fillForm(task, patch);
+  if ('assignee_id' in patch) form.assignee_id.value = typed;
   if (sel && focused === document.activeElement) {
     try {
       focused.setSelectionRange(...sel);
@@ -327,7 +334,7 @@ function wakeWaiters() {
 /**
  * Saves `patch` against `from`; a `conflict` caused by a change to other fields
  * is sent again on top of the new version, quietly. Resolves with the saved
- * task; rejects with the error, or with a `conflict` carrying `overlap`.
+ * task; rejects with the error (a `conflict` when they changed the same field).
  */
 async function save(patch, from) {
   for (let attempt = 0; ; attempt++) {
@@ -582,8 +589,9 @@ if (id === null) {
   client.on('hello', () => current && renderView());
   // Time alone makes a task stuck: look again now and then.
   setInterval(() => {
-    if (current && current.status === 'in_progress') renderView();
-  }, 5000);
+    const stuck = stuckReason(current, agents, stuckAfterMs(), client.serverNow()) || '';
+    if (current && stuck !== view.dataset.stuck) renderView();
+  }, 1000);
   startTicking(client);
   client.connect();
 }
