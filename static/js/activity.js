@@ -35,8 +35,8 @@ const quote = (s) => `“${s}”`;
 const prio = (p) => PRIORITY_LABELS[p] || `P${p}`;
 const status = (s) => TASK_STATUS_LABELS[s] || s;
 
-/** One changed field as a phrase (an array of strings and nodes). */
-function phrase(field, before, after, hasBefore, agents) {
+/** One changed field as a phrase (an array of strings and nodes); `by` made it. */
+function phrase(field, before, after, hasBefore, agents, by) {
   switch (field) {
     case 'status':
       return [`moved this to ${status(after)}`];
@@ -46,6 +46,8 @@ function phrase(field, before, after, hasBefore, agents) {
       return hasBefore ? [`changed priority from ${prio(before)} to ${prio(after)}`] : [`changed priority to ${prio(after)}`];
     case 'assignee_id':
       if (after === null) return hasBefore && before !== null ? ['unassigned ', agentLink(before, agents)] : ['unassigned it'];
+      // An agent assigning itself (a claim) took the task.
+      if (by && by.agent_id === after) return ['took it'];
       return ['assigned it to ', agentLink(after, agents)];
     case 'description':
       return ['edited the description'];
@@ -66,8 +68,8 @@ function joinPhrases(list) {
   return out;
 }
 
-// Status first: "moved this to In progress" is what a lead looks for.
-const ORDER = ['status', 'assignee_id', 'title', 'priority', 'progress', 'description'];
+// Who has it, then where it is: "took it and moved this to In progress".
+const ORDER = ['assignee_id', 'status', 'title', 'priority', 'progress', 'description'];
 
 /** What a change entry did, as phrases without its author. */
 export function changeText(entry, agents) {
@@ -78,7 +80,8 @@ export function changeText(entry, agents) {
     const ib = ORDER.indexOf(b);
     return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib);
   });
-  const phrases = changed.map((f) => phrase(f, before[f], entry.data ? entry.data[f] : undefined, f in before, agents));
+  const after = (f) => (entry.data ? entry.data[f] : undefined);
+  const phrases = changed.map((f) => phrase(f, before[f], after(f), f in before, agents, entry.by));
   return phrases.length ? joinPhrases(phrases) : ['changed nothing visible'];
 }
 

@@ -163,13 +163,23 @@ async fn the_timeline_shows_history_live_notes_and_older_entries() {
     // The agent page: what it did and said, newest first, each naming its task.
     let other = app.create_task("Write docs").await;
     let oid = id_of(&other);
-    rest(app.patch(&format!("/api/tasks/{oid}"), json!({"assignee_id": aid}))).await;
+    as_token(
+        &app,
+        &agent_token,
+        reqwest::Method::POST,
+        &format!("/api/tasks/{oid}/claim"),
+        json!({}),
+    )
+    .await;
     let a = open(&driver, &app, &format!("/agents/{aid}")).await;
     a.wait_for(
         "its activity",
-        "document.querySelectorAll('#activity li.entry').length === 2 && \
-         document.querySelector('#activity li.entry').textContent.startsWith('Fix login: builder-two wrote') && \
-         document.querySelector('#activity li.entry a.task-ref').getAttribute('href').startsWith('/tasks/')",
+        &format!(
+            "document.querySelectorAll('#activity li.entry').length === 3 && \
+             document.querySelector('#activity li.entry').textContent.startsWith('Write docs: builder-two took it and moved this to In progress') && \
+             document.querySelector('#activity li.entry a.task-ref').getAttribute('href') === '/tasks/{oid}' && \
+             document.querySelectorAll('#activity li.entry')[1].textContent.startsWith('Fix login: builder-two wrote')"
+        ),
         WAIT,
     )
     .await;
@@ -193,7 +203,7 @@ async fn the_timeline_shows_history_live_notes_and_older_entries() {
     .await;
     a.wait_for(
         "its live change and note",
-        "document.querySelectorAll('#activity li.entry').length === 4 && \
+        "document.querySelectorAll('#activity li.entry').length === 5 && \
          document.querySelector('#activity li.entry').textContent.startsWith('Write docs: builder-two wrote') && \
          document.querySelectorAll('#activity li.entry')[1].textContent.startsWith('Write docs: builder-two moved this to Review')",
         BLINK,
@@ -384,6 +394,42 @@ async fn a_save_beaten_on_other_fields_is_reapplied_quietly() {
     let stored = rest(app.get(&format!("/api/tasks/{tid}"))).await;
     assert_eq!(stored["title"], "New title");
     assert_eq!(stored["priority"], 2);
+
+    // Their change's event may come after the refusal of my save (the
+    // contract allows either order): the page waits for it, sees that other
+    // fields changed, and saves again. Here the page holds the event back
+    // until the refusal.
+    b.js(&format!(
+        "(() => {{
+            const c = window.taskwire, sub = c._subs.get('task:{tid}'), handler = sub.handlers.event;
+            const held = window.__held = [];
+            sub.handlers.event = (ev, info) => held.push([ev, info]);
+            const call = c.call;
+            c.call = (...args) => call.apply(c, args).catch((err) => {{
+                c.call = call;
+                sub.handlers.event = handler;
+                for (const [ev, info] of held.splice(0)) handler(ev, info);
+                throw err;
+            }});
+            return true;
+        }})()"
+    ))
+    .await;
+    b.type_into("#f-description", "Held back").await;
+    rest(app.patch(&format!("/api/tasks/{tid}"), json!({"status": "blocked"}))).await;
+    b.wait_for("their event, held back", "window.__held.length === 1", WAIT)
+        .await;
+    b.find("#save").await.click().await.unwrap();
+    b.wait_for(
+        "my save after the refusal, on top of theirs",
+        "document.querySelector('#edit-msg').textContent === 'Saved as version 5.' && \
+         document.querySelector('#conflict').hidden && window.__held.length === 0",
+        WAIT,
+    )
+    .await;
+    let stored = rest(app.get(&format!("/api/tasks/{tid}"))).await;
+    assert_eq!(stored["description"], "Held back");
+    assert_eq!(stored["status"], "blocked");
 
     // The same field changed by them: the page asks. With reduced motion the
     // highlight is a still outline, not an animation.
