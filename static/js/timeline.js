@@ -63,15 +63,15 @@ export function mountTimeline({ client, agents, list, older, state, live, fetchO
     render();
   }
 
-  /** Adds one entry; a live one is highlighted and announced. */
+  /** Adds one entry; a live one is highlighted, and announced if someone else made it. */
   function add(entry, { fresh = false } = {}) {
     if (entries.has(entry.seq)) return;
     entries.set(entry.seq, entry);
     render();
-    if (fresh) {
-      flash(els.get(entry.seq));
-      setText(live, entryText(entry, agents));
-    }
+    if (!fresh) return;
+    flash(els.get(entry.seq));
+    const mine = client.hello && entry.by && entry.by.token_id === client.hello.token_id;
+    if (!mine) setText(live, entryText(entry, agents));
   }
 
   async function loadOlder() {

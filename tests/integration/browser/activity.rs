@@ -111,7 +111,8 @@ async fn the_timeline_shows_history_live_notes_and_older_entries() {
         &format!(
             "{NEWEST}.includes('builder-2 wrote') && {NEWEST}.includes('tests pass on Safari') && \
              document.querySelector('#timeline li.entry').classList.contains('note') && \
-             document.querySelector('#v-progress progress')?.value === 80"
+             document.querySelector('#v-progress progress')?.value === 80 && \
+             document.querySelector('#timeline-live').textContent === 'builder-2: tests pass on Safari'"
         ),
         BLINK,
     )
