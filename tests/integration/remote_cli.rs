@@ -196,3 +196,29 @@ async fn watch_tails_a_topic_across_a_server_restart() {
         );
     }
 }
+
+/// A revoked token ends `watch` with status 1 and the server's reason.
+#[tokio::test]
+async fn watch_ends_with_status_1_when_its_token_is_revoked() {
+    let app = spawn_app();
+    let member = app.token("member", "watcher").await;
+    let mut child = taskwire(&app, &["watch", "tasks", "--token", &member])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(line(&mut lines).await.starts_with("snapshot of tasks"));
+    let res = app.delete("/api/tokens/2").send().await.unwrap();
+    assert_eq!(res.status(), 204);
+    let status = timeout(WAIT, child.wait()).await.expect("watch ended").unwrap();
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut err)
+        .await
+        .unwrap();
+    assert!(
+        err.contains("taskwire: closed by the server (1008): token revoked"),
+        "{err}"
+    );
+}
