@@ -21,6 +21,7 @@ mod errors;
 mod fuzz;
 mod hostile;
 mod liveness;
+mod mcp;
 mod not_ours;
 mod readonly;
 mod reads;
