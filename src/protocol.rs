@@ -14,6 +14,9 @@ use crate::error::ApiError;
 /// The largest integer `ref` a client may use: one JSON number within ±2^53.
 const MAX_REF: u64 = 1 << 53;
 
+/// The most activity entries a subscribe may ask for with a task's snapshot.
+pub const MAX_HISTORY: u32 = 200;
+
 /// What a client can subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -81,6 +84,12 @@ impl Topic {
         kind == entity && one.is_none_or(|one| one == id)
     }
 
+    /// True if this topic receives `change`: a change of its entities, but
+    /// notes only on the single task's topic (the overview stays light).
+    pub fn receives(&self, change: &Change) -> bool {
+        self.matches(change.entity, change.entity_id) && (change.kind != ChangeKind::Noted || self.filter().1.is_some())
+    }
+
     /// The kind of topic, for metrics: `tasks`, `task`, `agents` or `agent`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -132,8 +141,15 @@ fn ref_of(v: &Value) -> Option<Ref> {
 /// A parsed client frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Subscribe { topic: Topic, resume: Option<Position> },
-    Unsubscribe { topic: Topic },
+    Subscribe {
+        topic: Topic,
+        resume: Option<Position>,
+        /// How many of a task's newest activity entries to send with its snapshot.
+        history: u32,
+    },
+    Unsubscribe {
+        topic: Topic,
+    },
     Call(Call),
     Ping,
 }
@@ -163,6 +179,8 @@ pub enum Method {
     AgentUpdate,
     AgentDelete,
     AgentHeartbeat,
+    TaskNote,
+    TaskClaim,
 }
 
 impl Method {
@@ -175,6 +193,8 @@ impl Method {
             "agent.update" => Method::AgentUpdate,
             "agent.delete" => Method::AgentDelete,
             "agent.heartbeat" => Method::AgentHeartbeat,
+            "task.note" => Method::TaskNote,
+            "task.claim" => Method::TaskClaim,
             _ => return None,
         })
     }
@@ -187,6 +207,8 @@ impl Method {
             Method::AgentUpdate => "agent.update",
             Method::AgentDelete => "agent.delete",
             Method::AgentHeartbeat => "agent.heartbeat",
+            Method::TaskNote => "task.note",
+            Method::TaskClaim => "task.claim",
         }
     }
 }
@@ -280,9 +302,18 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
                 epoch: Option<String>,
                 #[serde(default, deserialize_with = "present")]
                 since: Option<u64>,
+                #[serde(default, deserialize_with = "present")]
+                history: Option<u32>,
             }
             let f: F = from_value(frame)?;
             let topic = Topic::parse(&f.topic)?;
+            let history = f.history.unwrap_or(0);
+            if history > MAX_HISTORY {
+                return Err(ApiError::invalid(format!("`history` is at most {MAX_HISTORY}")));
+            }
+            if history > 0 && !matches!(topic, Topic::Task(_)) {
+                return Err(ApiError::invalid("`history` is only for `task:N` topics"));
+            }
             let since = f
                 .since
                 .map(i64::try_from)
@@ -291,6 +322,7 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
             Ok(Request::Subscribe {
                 topic,
                 resume: since.map(|since| Position { epoch: f.epoch, since }),
+                history,
             })
         }
         "unsubscribe" => {
@@ -399,6 +431,7 @@ pub struct TaskCreate {
     pub status: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub priority: Option<i64>,
+    pub progress: Option<i64>,
     pub assignee_id: Option<i64>,
 }
 
@@ -414,6 +447,8 @@ pub struct TaskPatch {
     pub status: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub priority: Option<i64>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub progress: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
     pub assignee_id: Option<Option<i64>>,
 }
@@ -464,6 +499,25 @@ pub struct Delete {
     pub if_version: Option<i64>,
 }
 
+/// Params of `task.note`. `text` is optional here so that its absence is an
+/// `invalid`, like a missing title.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskNote {
+    pub id: i64,
+    #[serde(default, deserialize_with = "present")]
+    pub text: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub progress: Option<Option<i64>>,
+}
+
+/// Params of `task.claim`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    pub id: i64,
+}
+
 /// Params of `agent.heartbeat`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -486,7 +540,13 @@ pub struct Hello<'a> {
     pub seq: i64,
     pub heartbeat_ms: u64,
     pub agent_timeout_ms: u64,
+    /// How long an `in_progress` task may go unchanged before pages call it stuck.
+    pub stuck_after_ms: u64,
     pub role: &'static str,
+    pub token_id: i64,
+    pub name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<i64>,
 }
 
 /// The server's name and version as `hello` shows it.
@@ -558,8 +618,15 @@ pub struct Change {
     pub kind: ChangeKind,
     pub changed: Vec<String>,
     /// The entity's JSON, serialized once on the writer's thread and shared
-    /// by the reply, the change log, the resume memory and every event.
+    /// by the reply, the change log, the resume memory and every event. A
+    /// note's data is the note.
     pub data: Arc<RawValue>,
+    /// Who made it ([`crate::auth::Principal::author`]); none on changes
+    /// committed before authors were recorded.
+    pub by: Option<Arc<RawValue>>,
+    /// An update's previous values of the fields in `changed`.
+    pub before: Option<Arc<RawValue>>,
+    pub at: Arc<str>,
 }
 
 /// An event frame, serialized straight from a borrowed change.
@@ -571,6 +638,11 @@ pub struct EventFrame<'a> {
     event: String,
     changed: &'a [String],
     data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<&'a RawValue>,
+    at: &'a str,
 }
 
 impl Change {
@@ -584,6 +656,9 @@ impl Change {
             event: format!("{}.{}", self.entity.as_str(), self.kind),
             changed: &self.changed,
             data: &self.data,
+            before: self.before.as_deref(),
+            by: self.by.as_deref(),
+            at: &self.at,
         }
     }
 
@@ -722,7 +797,8 @@ mod tests {
                 resume: Some(Position {
                     epoch: Some("e".into()),
                     since: 1200
-                })
+                }),
+                history: 0,
             }
         );
         let (_, request) =
@@ -746,10 +822,14 @@ mod tests {
             kind: ChangeKind::Updated,
             changed: vec!["status".into()],
             data: raw(&json!({"id": 3, "status": "done"})),
+            by: Some(raw(&json!({"kind": "system"}))),
+            before: Some(raw(&json!({"status": "todo"}))),
+            at: Arc::from("2026-12-09T10:00:00.000Z"),
         };
         for topic in [Topic::Tasks, Topic::Task(3)] {
             let expected = json!({"type": "event", "topic": topic.to_string(), "seq": 7, "event": "task.updated",
-                "changed": ["status"], "data": {"id": 3, "status": "done"}});
+                "changed": ["status"], "data": {"id": 3, "status": "done"}, "before": {"status": "todo"},
+                "by": {"kind": "system"}, "at": "2026-12-09T10:00:00.000Z"});
             let text: Value = serde_json::from_str(&c.event_text(&topic)).unwrap();
             assert_eq!(text, expected);
         }

@@ -77,6 +77,15 @@ impl Batch {
         }
     }
 
+    /// True unless the item is a change `topic` does not receive (a note, on
+    /// the collection topic).
+    fn goes_to(&self, i: usize, topic: &Topic) -> bool {
+        match &self.items[i] {
+            Published::Change(c) => topic.receives(c),
+            Published::Heartbeat { .. } => true,
+        }
+    }
+
     /// The item's frame on its `j`th topic, encoded on first use.
     fn frame(&self, i: usize, j: usize, topic: &Topic) -> &Bytes {
         self.frames[i][j].get_or_init(|| match &self.items[i] {
@@ -306,6 +315,9 @@ impl Shard {
                 let Some(subs) = self.topics.get(topic) else {
                     continue;
                 };
+                if !batch.goes_to(i, topic) {
+                    continue;
+                }
                 let frame = batch.frame(i, j, topic);
                 for peer in subs.values() {
                     match peer.deliver(topic, seq, frame) {

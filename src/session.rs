@@ -177,7 +177,7 @@ impl Session {
     fn dispatch(&mut self, reference: Ref, request: Request, ctx: &mut WebsocketContext<Self>) {
         match request {
             Request::Ping => self.answer(ctx, Some(reference), Ok((empty_object(), None))),
-            Request::Subscribe { topic, resume } => {
+            Request::Subscribe { topic, resume, history } => {
                 if self.peer.gave_up() || self.peer.is_behind() {
                     // Its reply could not be queued after what waits: the
                     // socket closes now, without reading for it.
@@ -206,6 +206,7 @@ impl Session {
                     topic,
                     generation: self.generation,
                     resume,
+                    history,
                     principal: self.principal.clone(),
                     reply_to: ctx.address().recipient(),
                 });
@@ -291,7 +292,11 @@ impl Actor for Session {
             seq: self.app.head.seq(),
             heartbeat_ms: config.heartbeat_interval.as_millis() as u64,
             agent_timeout_ms: config.db.heartbeat_timeout.as_millis() as u64,
+            stuck_after_ms: config.stuck_after.as_millis() as u64,
             role: self.principal.role.as_str(),
+            token_id: self.principal.token_id,
+            name: &self.principal.name,
+            agent_id: self.principal.agent_id,
         };
         let hello = serde_json::to_string(&hello).expect("hello serializes");
         let interval = config.heartbeat_interval;

@@ -9,6 +9,7 @@ mod child;
 mod common;
 mod shared;
 
+mod activity;
 mod admin_cli;
 mod atomic;
 mod auth_basic;
