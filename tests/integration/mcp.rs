@@ -252,7 +252,6 @@ async fn an_unreachable_server_is_a_tool_error_and_a_bad_url_is_refused_at_start
 }
 
 #[tokio::test]
-#[ignore = "waits for issue 20: task.claim, task.note, activity, GET /api/me"]
 async fn an_agent_claims_notes_and_finishes_a_task_live() {
     let app = spawn_app();
     let agent = app.create_agent("builder-1").await;
@@ -318,7 +317,7 @@ async fn an_agent_claims_notes_and_finishes_a_task_live() {
     )
     .await;
     assert_eq!(
-        (note["event"].as_str(), note["text"].as_str()),
+        (note["event"].as_str(), note["data"]["text"].as_str()),
         (Some("task.noted"), Some("Outline drafted"))
     );
     let ev = event_where(&mut ws, |e| {
@@ -360,7 +359,6 @@ async fn an_agent_claims_notes_and_finishes_a_task_live() {
 }
 
 #[tokio::test]
-#[ignore = "waits for issue 20: agent_id in hello"]
 async fn an_agents_heartbeat_is_kept_while_it_runs_and_it_exits_when_stdin_closes() {
     let app = spawn_app_with(|c| c.db.heartbeat_timeout = Duration::from_millis(1500));
     let agent = app.create_agent("builder-1").await;
