@@ -163,8 +163,9 @@ impl Taskwire {
     }
 
     /// Get one task in full (title, description, status, priority, assignee, progress, version,
-    /// times) with its recent activity, newest first: each change (`changed` fields, `before`
-    /// values, who made it in `by`) and each note. Read it before working on a task.
+    /// times) with its recent activity, newest first: each change (the `changed` fields with
+    /// their `before` and `after` values) and each note (`text`, `progress`), with who made it
+    /// (`by`) and when (`at`). Read it before working on a task.
     #[tool(annotations(read_only_hint = true))]
     async fn get_task(&self, Parameters(p): Parameters<GetTask>) -> Result<CallToolResult, ErrorData> {
         let task = match self.api.task(p.id).await {
@@ -175,7 +176,7 @@ impl Taskwire {
         let mut out = json!({ "task": task });
         if limit > 0 {
             match self.api.activity(p.id, limit).await {
-                Ok(page) => out["activity"] = page["items"].clone(),
+                Ok(page) => out["activity"] = items(&page).iter().map(short_entry).collect(),
                 Err(e) => out["activity_unavailable"] = json!(e.to_string()),
             }
         }
@@ -288,6 +289,21 @@ pub(super) fn short_task(t: &Value) -> Value {
             "version",
         ],
     )
+}
+
+/// An activity entry without the whole task each change carries: a change
+/// keeps the values of its changed fields, a note its text and progress.
+fn short_entry(e: &Value) -> Value {
+    let mut out = pick(e, &["seq", "event", "changed", "before", "by", "at"]);
+    if e["event"] == "task.noted" {
+        out["text"] = e["data"]["text"].clone();
+        out["progress"] = e["data"]["progress"].clone();
+        out.as_object_mut().expect("an object").remove("changed");
+    } else if let Some(changed) = e["changed"].as_array() {
+        let fields: Vec<&str> = changed.iter().filter_map(Value::as_str).collect();
+        out["after"] = pick(&e["data"], &fields);
+    }
+    out
 }
 
 fn short_agent(a: &Value) -> Value {

@@ -342,6 +342,7 @@ async fn an_agent_claims_notes_and_finishes_a_task_live() {
     assert_eq!(done["status"], "done");
     let ev = event_where(&mut ws, |e| e["topic"] == "tasks" && e["data"]["status"] == "done").await;
     assert_eq!(ev["changed"], json!(["progress", "status"]));
+    let done_seq = ev["seq"].clone();
 
     // The task with its activity, newest first.
     let full = ok(&client, "get_task", json!({"id": id, "activity": 3})).await;
@@ -353,7 +354,14 @@ async fn an_agent_claims_notes_and_finishes_a_task_live() {
         .map(|e| e["event"].as_str().unwrap())
         .collect();
     assert_eq!(events, ["task.updated", "task.noted", "task.updated"]);
-    assert_eq!(full["activity"][1]["data"]["text"], "Outline drafted");
+    assert_eq!(
+        full["activity"][0],
+        json!({"seq": done_seq, "event": "task.updated", "changed": ["progress", "status"],
+               "before": {"progress": 40, "status": "in_progress"}, "after": {"progress": 100, "status": "done"},
+               "by": ev["by"], "at": ev["at"]})
+    );
+    assert_eq!(full["activity"][1]["text"], "Outline drafted");
+    assert_eq!(full["activity"][1]["progress"], 40);
 
     timeout(WAIT, client.cancel()).await.unwrap().unwrap();
 }
