@@ -88,14 +88,16 @@ impl Api {
             };
             ApiError::new(
                 "unavailable",
-                format!("{what} the taskwire server at {}: {e}", self.base),
+                format!("{what} the taskwire server at {}: {}", self.base, causes(&e)),
             )
         })?;
         let status = res.status();
-        let body = res
-            .bytes()
-            .await
-            .map_err(|e| ApiError::new("unavailable", format!("the answer from {} broke off: {e}", self.base)))?;
+        let body = res.bytes().await.map_err(|e| {
+            ApiError::new(
+                "unavailable",
+                format!("the answer from {} broke off: {}", self.base, causes(&e)),
+            )
+        })?;
         if status.is_success() {
             if body.is_empty() {
                 return Ok(Value::Null);
@@ -197,4 +199,16 @@ fn code_of(status: StatusCode) -> &'static str {
         502..=504 => "unavailable",
         _ => "internal",
     }
+}
+
+/// An error and its causes on one line: reqwest's own message leaves out why
+/// (refused, TLS, DNS).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
