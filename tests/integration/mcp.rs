@@ -302,6 +302,14 @@ async fn an_agent_claims_notes_and_finishes_a_task_live() {
             "{ev}"
         );
     }
+    let mine = ok(&client, "list_tasks", json!({"assignee_id": me})).await;
+    assert_eq!(
+        (mine["count"].as_i64(), mine["tasks"][0]["id"].as_i64()),
+        (Some(1), Some(id)),
+        "{mine}"
+    );
+    let bad = refused(&client, "list_tasks", json!({"assignee_id": me, "unassigned": true})).await;
+    assert_eq!(bad["code"], "bad_request");
     let conflict = refused(&client, "claim_task", json!({"id": taken["id"]})).await;
     assert_eq!(conflict["code"], "conflict");
     assert!(
