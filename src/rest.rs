@@ -91,6 +91,34 @@ impl FromRequest for Principal {
     }
 }
 
+/// The reader of an activity route: a bearer token, or the session cookie of a
+/// page of this same origin (`Sec-Fetch-Site: same-origin`), so the task and
+/// agent pages can page back through activity. Only these read-only GETs take
+/// the cookie: a cross-site request cannot send it (`SameSite=Strict`) nor read
+/// the answer (no CORS).
+struct PageReader(Principal);
+
+impl FromRequest for PageReader {
+    type Error = ApiError;
+    type Future = Ready<Result<PageReader, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let app = req.app_data::<web::Data<AppState>>().expect("app state is registered");
+        let same_origin = req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"same-origin");
+        let who = match req.cookie(SESSION_COOKIE) {
+            Some(c) if same_origin && !req.headers().contains_key(header::AUTHORIZATION) => app
+                .tokens
+                .verify_session(c.value())
+                .ok_or_else(|| ApiError::unauthorized("the session has ended; log in again")),
+            _ => bearer(app, req.headers()),
+        };
+        ready(who.and_then(|p| app.rest_limits.check(&p).map(|()| PageReader(p))))
+    }
+}
+
 /// The principal of a request's bearer token.
 fn bearer(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let value = headers
@@ -838,7 +866,7 @@ async fn activity(app: &AppState, who: Principal, of: ActivityOf, query: HashMap
 
 async fn task_activity(
     app: web::Data<AppState>,
-    who: Principal,
+    PageReader(who): PageReader,
     id: web::Path<String>,
     query: web::Query<HashMap<String, String>>,
 ) -> Res {
@@ -848,7 +876,7 @@ async fn task_activity(
 
 async fn agent_activity(
     app: web::Data<AppState>,
-    who: Principal,
+    PageReader(who): PageReader,
     id: web::Path<String>,
     query: web::Query<HashMap<String, String>>,
 ) -> Res {

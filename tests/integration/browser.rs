@@ -1298,3 +1298,5 @@ async fn demo_mode_fills_the_board_and_moves_it() {
     let agents_after = rest(app.get("/api/agents")).await;
     assert_eq!(agents_after["items"].as_array().unwrap().len(), agents.len());
 }
+
+mod activity;

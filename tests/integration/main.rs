@@ -24,6 +24,7 @@ mod hostile;
 mod liveness;
 mod mcp;
 mod not_ours;
+mod python_client;
 mod readonly;
 mod reads;
 mod rest_api;
