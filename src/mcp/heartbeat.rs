@@ -47,16 +47,10 @@ pub async fn keep(api: Api) {
     if hello["role"] != "agent" {
         return;
     }
-    let agent_id = match hello["agent_id"].as_i64() {
-        Some(id) => id,
-        // Servers whose hello has no agent_id may still have GET /api/me.
-        None => match api.me().await.map(|me| me["agent_id"].as_i64()) {
-            Ok(Some(id)) => id,
-            Ok(None) | Err(_) => {
-                log::warn!("no agent heartbeat: this server does not tell which agent the token acts as");
-                return;
-            }
-        },
+    // Servers from before authored changes do not say which agent it is.
+    let Some(agent_id) = hello["agent_id"].as_i64() else {
+        log::warn!("no agent heartbeat: this server's hello does not say which agent the token acts as");
+        return;
     };
     let Some(timeout_ms) = hello["agent_timeout_ms"].as_u64() else {
         log::warn!("no agent heartbeat: the hello has no agent_timeout_ms");
