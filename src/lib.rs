@@ -15,6 +15,8 @@
 //! - [`db`]: the Db actor (the only writer, the sequencer), its rules and SQL.
 //! - [`demo`]: demo data and simulated agents for `serve --demo`.
 //! - [`admin`]: the `taskwire token` and `backup` commands, on the file.
+//! - [`mcp`]: `taskwire mcp`, the tools for AI agent hosts over MCP, a
+//!   client of a running server.
 //! - [`protocol`]: the wire contract in serde types (frames, topics, params).
 //! - [`model`]: entity kinds, change kinds and statuses.
 //! - [`auth`]: tokens, roles and the policy table.
@@ -30,6 +32,7 @@ pub mod db;
 pub mod demo;
 pub mod error;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod peer;

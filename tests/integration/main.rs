@@ -22,6 +22,7 @@ mod errors;
 mod fuzz;
 mod hostile;
 mod liveness;
+mod mcp;
 mod not_ours;
 mod python_client;
 mod readonly;
