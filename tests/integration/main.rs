@@ -21,6 +21,7 @@ mod crash;
 mod errors;
 mod fuzz;
 mod hostile;
+mod js_agent;
 mod liveness;
 mod mcp;
 mod not_ours;
