@@ -9,7 +9,9 @@ ALTER TABLE tasks ADD COLUMN progress INTEGER;
 
 -- Each task's activity: its changes and notes, kept as long as the task is,
 -- whatever the change log's pruning does. `agent_id` is the author's agent,
--- for an agent's own history across tasks.
+-- for an agent's own history across tasks. The writer files changes into it
+-- from the log a moment after they commit; meta `activity_through` says how
+-- far it got.
 CREATE TABLE activity (
     seq INTEGER PRIMARY KEY NOT NULL,
     task_id BIGINT NOT NULL,
@@ -30,3 +32,4 @@ INSERT INTO activity (seq, task_id, agent_id, kind, changed, prior, data, author
     FROM changes c JOIN tasks t ON t.id = c.entity_id
     WHERE c.entity = 'task' AND c.kind IN ('created', 'updated')
     ORDER BY c.seq;
+INSERT INTO meta (key, value) SELECT 'activity_through', COALESCE(MAX(seq), 0) FROM changes;

@@ -64,6 +64,8 @@ pub struct DbConfig {
     /// back than this and past the memory gets a snapshot; a page of
     /// `GET /api/changes` ends at the window's end.
     pub log_scan_window: i64,
+    /// How often committed task changes are filed into the tasks' activity.
+    pub activity_interval: Duration,
     /// Test-only: a call with this `op_id` fails after all its writes, as a
     /// rule checked late would, to prove that it leaves nothing behind.
     #[doc(hidden)]
@@ -85,6 +87,7 @@ impl Default for DbConfig {
             op_keep: Duration::from_secs(24 * 3600),
             recent_changes: 4096,
             log_scan_window: 10_000,
+            activity_interval: Duration::from_millis(250),
             fail_op_id: None,
             fail_sync_op_id: None,
         }

@@ -208,21 +208,6 @@ pub struct ActivityRow {
     pub at: String,
 }
 
-/// An activity entry to append, borrowing what its change already holds.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = activity, treat_none_as_default_value = false)]
-pub struct NewActivity<'a> {
-    pub seq: i64,
-    pub task_id: i64,
-    pub agent_id: Option<i64>,
-    pub kind: ChangeKind,
-    pub changed: &'a str,
-    pub prior: Option<&'a str>,
-    pub data: &'a str,
-    pub author: Option<&'a str>,
-    pub at: &'a str,
-}
-
 /// A remembered op_id and the reply it got.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = ops)]

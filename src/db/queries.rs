@@ -119,7 +119,6 @@ pub fn roll_back_savepoint(conn: &mut SqliteConnection) -> QueryResult<()> {
 
 /// Cache keys of the statements kept prepared.
 struct AppendChangeSql;
-struct AppendActivitySql;
 struct SaveTaskSql;
 struct SaveTaskWithAssigneeSql;
 struct SaveAgentSql;
@@ -472,10 +471,39 @@ pub fn append_change(conn: &mut SqliteConnection, row: &NewChange) -> QueryResul
 
 // ---- activity ----
 
-pub fn append_activity(conn: &mut SqliteConnection, row: &NewActivity) -> QueryResult<()> {
-    cached_as::<AppendActivitySql, _>(diesel::insert_into(activity::table).values(row))
-        .execute(conn)
-        .map(drop)
+/// Files the task changes and notes committed after `through` into their
+/// tasks' activity (those of tasks deleted since are left out), and records
+/// how far it got. Returns the new `through`. Done apart from the group
+/// commits, many changes at a time: the index by task takes a page per task
+/// written, and once per commit that was as many pages again as the commit's.
+pub fn file_activity(conn: &mut SqliteConnection, through: i64) -> QueryResult<i64> {
+    let upto = max_seq(conn)?.unwrap_or(0);
+    if upto <= through {
+        return Ok(through);
+    }
+    diesel::sql_query(
+        "INSERT OR IGNORE INTO activity (seq, task_id, agent_id, kind, changed, prior, data, author, at)
+         SELECT c.seq, c.entity_id, json_extract(c.author, '$.agent_id'), c.kind, c.changed, c.prior, c.data,
+                c.author, c.at
+         FROM changes c JOIN tasks t ON t.id = c.entity_id
+         WHERE c.seq > ? AND c.seq <= ? AND c.entity = 'task' AND c.kind != 'deleted'
+         ORDER BY c.seq",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(through)
+    .bind::<diesel::sql_types::BigInt, _>(upto)
+    .execute(conn)?;
+    set_meta(conn, ACTIVITY_THROUGH, &upto.to_string())?;
+    Ok(upto)
+}
+
+/// The meta key of the newest change filed into the activity.
+const ACTIVITY_THROUGH: &str = "activity_through";
+
+/// The newest change filed into the activity: later ones are only in the log.
+pub fn activity_through(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    Ok(get_meta(conn, ACTIVITY_THROUGH)?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
 }
 
 pub fn delete_activity(conn: &mut SqliteConnection, task_id: i64) -> QueryResult<()> {

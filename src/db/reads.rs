@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::value::{to_raw_value, RawValue};
 use serde_json::Value;
 
-use super::models::{ActivityRow, Agent, Task};
+use super::models::{ActivityRow, Agent, ChangeRow, Task};
 use super::queries::{self as q, ActivityOf};
 use super::rules::change_of_row;
 use super::shared::Shared;
@@ -130,8 +130,28 @@ pub struct ActivityPage {
     pub next_before: Option<i64>,
 }
 
+impl TryFrom<ChangeRow> for Entry {
+    type Error = ApiError;
+    fn try_from(row: ChangeRow) -> Result<Entry, ApiError> {
+        let text = |t: String| RawValue::from_string(t).map_err(ApiError::internal);
+        Ok(Entry {
+            seq: row.seq,
+            event: format!("{}.{}", row.entity.as_str(), row.kind),
+            task_id: row.entity_id,
+            changed: text(row.changed)?,
+            before: row.prior.map(text).transpose()?,
+            data: text(row.data)?,
+            by: row.author.map(text).transpose()?,
+            at: row.at,
+        })
+    }
+}
+
 /// Activity entries of `of` with seq below `before` and at most `upto`,
-/// newest first.
+/// newest first, at most `limit`. Run inside a read transaction: the newest
+/// changes may not be filed into the activity yet (the writer files them a
+/// moment after their commit), so those after the filed position are read
+/// from the log, which keeps them until they are filed.
 pub fn activity(
     conn: &mut SqliteConnection,
     of: ActivityOf,
@@ -139,10 +159,45 @@ pub fn activity(
     upto: i64,
     limit: i64,
 ) -> Result<Vec<Entry>, ApiError> {
-    q::activity(conn, of, before, upto, limit)?
-        .into_iter()
-        .map(Entry::try_from)
-        .collect()
+    let through = q::activity_through(conn)?;
+    let mut entries = Vec::new();
+    let newest = upto.min(before - 1);
+    if newest > through {
+        let filter = match of {
+            ActivityOf::Task(id) => Some((Entity::Task, Some(id))),
+            ActivityOf::Agent(_) => None,
+        };
+        for row in q::changes_since(conn, through, newest, filter, i64::MAX)?
+            .into_iter()
+            .rev()
+        {
+            let keep = row.entity == Entity::Task
+                && row.kind != ChangeKind::Deleted
+                && match of {
+                    ActivityOf::Task(_) => true,
+                    ActivityOf::Agent(id) => {
+                        author_agent(row.author.as_deref()) == Some(id) && q::find_task(conn, row.entity_id)?.is_some()
+                    }
+                };
+            if keep {
+                entries.push(Entry::try_from(row)?);
+                if entries.len() as i64 == limit {
+                    return Ok(entries);
+                }
+            }
+        }
+    }
+    let filed = q::activity(conn, of, before, upto.min(through), limit - entries.len() as i64)?;
+    for row in filed {
+        entries.push(Entry::try_from(row)?);
+    }
+    Ok(entries)
+}
+
+/// The agent of a change's author, if an agent made it.
+fn author_agent(author: Option<&str>) -> Option<i64> {
+    let by: Value = serde_json::from_str(author?).ok()?;
+    by["agent_id"].as_i64()
 }
 
 impl ReadAnswer {

@@ -1,5 +1,6 @@
 //! The Db actor's timers: heartbeat times to disk, silent agents going
-//! offline, the token watch, and pruning the change log.
+//! offline, the token watch, filing task changes into their activity, and
+//! pruning the change log.
 
 use actix::prelude::*;
 use std::time::Duration;
@@ -13,6 +14,9 @@ impl Db {
     pub(super) fn start_upkeep(&mut self, ctx: &mut Context<Self>) {
         self.prune();
         ctx.run_interval(Duration::from_secs(1), |db, _| db.flush_beats());
+        ctx.run_interval(self.config.activity_interval, |db, _| {
+            db.file_activity();
+        });
         ctx.run_interval(Duration::from_millis(500), |db, _| db.watch_tokens());
         ctx.run_interval(Duration::from_secs(1), |db, _| {
             db.check_files();
@@ -44,6 +48,26 @@ impl Db {
         }
     }
 
+    /// Files the task changes committed since the last time into the tasks'
+    /// activity, in a transaction of its own. False if it could not (a full
+    /// disk, say): the changes stay in the log and are filed next time.
+    pub(super) fn file_activity(&mut self) -> bool {
+        if self.seq <= self.activity_through {
+            return true;
+        }
+        let through = self.activity_through;
+        match self.conn.immediate_transaction(|conn| q::file_activity(conn, through)) {
+            Ok(filed) => {
+                self.activity_through = filed;
+                true
+            }
+            Err(e) => {
+                log::warn!("task activity not filed yet: {e}");
+                false
+            }
+        }
+    }
+
     /// Queues agents that stopped heartbeating to go offline.
     fn sweep_offline(&mut self, ctx: &mut Context<Self>) {
         for id in self.live.take_overdue(self.config.heartbeat_timeout) {
@@ -61,6 +85,10 @@ impl Db {
         let cutoff = ago(self.config.log_max_age);
         let op_cutoff = ago(self.config.op_keep);
         let keep = self.config.log_keep;
+        // A change leaves the log only once it is in its task's activity.
+        if !self.file_activity() {
+            return;
+        }
         let result = self.conn.immediate_transaction::<_, diesel::result::Error, _>(|conn| {
             let cut = q::prune_changes(conn, keep, &cutoff)?;
             if let Some(cut) = cut {

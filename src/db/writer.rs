@@ -120,6 +120,8 @@ pub struct Db {
     pub(super) seq: i64,
     /// Changes with seq at or below this were pruned from the log.
     pub(super) floor: i64,
+    /// Changes with seq at or below this are filed in the tasks' activity.
+    pub(super) activity_through: i64,
     pub(super) hub: Arc<Hub>,
     pub(super) tokens: Arc<TokenCache>,
     pub(super) metrics: Arc<Metrics>,
@@ -187,7 +189,9 @@ impl Db {
         let live = Liveness::starting(q::list_agents(&mut conn)?.into_iter().map(|a| a.id));
         let revocations = RevocationWatch::start(&mut conn)?;
         let files = Files::open(&opened_path(&mut conn)?).map_err(ApiError::internal)?;
+        let activity_through = q::activity_through(&mut conn)?;
         Ok(Db {
+            activity_through,
             seq: position.seq(),
             conn,
             position,
@@ -480,6 +484,7 @@ impl Handler<Drain> for Db {
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) {
         self.flush();
         self.flush_beats();
+        self.file_activity();
         self.draining = true;
         self.checkpoint();
     }

@@ -556,3 +556,42 @@ async fn activity_outlives_the_change_log_and_goes_with_its_task() {
         assert_eq!(res.status(), 400, "{bad}");
     }
 }
+
+/// The writer files changes into the activity a moment after their commit.
+/// Until then reads take them from the log, so a history or a page misses
+/// nothing; a stop files them, and so does the next start (after a crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_not_yet_filed_are_read_from_the_log_and_filed_at_stop() {
+    let never = |c: &mut Config| c.db.activity_interval = Duration::from_secs(3600);
+    let app = spawn_app_with(never);
+    let id = app.create_task("later").await["id"].as_i64().unwrap();
+    let mut ws = app.ws().await;
+    for i in 0..30 {
+        ws.call_ok("task.note", json!({"id": id, "text": format!("n{i}")}))
+            .await;
+    }
+    let count = |app: &TestApp| {
+        app.sqlite()
+            .int(&format!("SELECT COUNT(*) AS n FROM activity WHERE task_id = {id}"))
+    };
+    assert_eq!(count(&app), 0, "nothing filed yet");
+    let page = activity(&app, &format!("/api/tasks/{id}/activity?limit=200")).await;
+    assert_eq!(page.len(), 31);
+    let r = ws
+        .request(json!({"type": "subscribe", "topic": format!("task:{id}"), "history": 200}))
+        .await;
+    assert_eq!(r["data"]["history"].as_array().unwrap().len(), 31, "{r}");
+    let older = activity(
+        &app,
+        &format!("/api/tasks/{id}/activity?limit=200&before={}", page[9]["seq"]),
+    )
+    .await;
+    assert_eq!(older, page[10..].to_vec());
+
+    let app = app.restart(never);
+    assert_eq!(count(&app), 31, "filed when the server stopped");
+    assert_eq!(
+        activity(&app, &format!("/api/tasks/{id}/activity?limit=200")).await,
+        page
+    );
+}

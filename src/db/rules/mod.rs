@@ -38,9 +38,8 @@ pub struct WriteCtx<'a> {
     pub live: &'a mut Liveness,
     pub tasks: &'a mut TaskRows,
     pub now: String,
-    /// The author of the call being run, as `by` shows it, and its agent.
+    /// The author of the call being run, as `by` shows it.
     pub by: Arc<RawValue>,
-    pub by_agent: Option<i64>,
     /// Test-only: see [`super::DbConfig::fail_op_id`].
     pub fail_op_id: Option<&'a str>,
 }
@@ -53,7 +52,6 @@ impl<'a> WriteCtx<'a> {
             tasks,
             now: now(),
             by: system_author(),
-            by_agent: None,
             fail_op_id: None,
         }
     }
@@ -65,7 +63,6 @@ impl<'a> WriteCtx<'a> {
         } else {
             crate::protocol::raw(&who.author())
         };
-        self.by_agent = who.agent_id;
     }
 }
 
@@ -111,8 +108,9 @@ impl Default for Outcome {
 
 impl WriteCtx<'_> {
     /// Appends a change to the log with the next seq, authored by the call's
-    /// principal; a change of a task, or a note, also to the task's activity.
-    /// `before` holds an update's previous values of the `changed` fields.
+    /// principal. `before` holds an update's previous values of the `changed`
+    /// fields. (The writer files a task's changes into its activity a moment
+    /// later: [`super::queries::file_activity`].)
     #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
@@ -138,22 +136,6 @@ impl WriteCtx<'_> {
             prior: before.as_deref().map(RawValue::get),
         };
         q::append_change(conn, &row)?;
-        if entity == Entity::Task && kind != ChangeKind::Deleted {
-            q::append_activity(
-                conn,
-                &NewActivity {
-                    seq: row.seq,
-                    task_id: entity_id,
-                    agent_id: self.by_agent,
-                    kind,
-                    changed: row.changed,
-                    prior: row.prior,
-                    data: row.data,
-                    author: row.author,
-                    at: row.at,
-                },
-            )?;
-        }
         out.seq = Some(*self.seq);
         out.changes.push(Change {
             seq: *self.seq,
