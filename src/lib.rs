@@ -16,6 +16,8 @@
 //! - [`demo`]: demo data and simulated agents for `serve --demo`.
 //! - [`admin`]: the `taskwire token` and `backup` commands, on the file.
 //! - [`protocol`]: the wire contract in serde types (frames, topics, params).
+//! - [`filter`]: filtered collection topics: the filter, its canonical
+//!   spelling, and what a change is on such a topic.
 //! - [`model`]: entity kinds, change kinds and statuses.
 //! - [`auth`]: tokens, roles and the policy table.
 //! - [`limits`]: rate limits and socket counts.
@@ -29,6 +31,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod filter;
 pub mod limits;
 pub mod metrics;
 pub mod model;

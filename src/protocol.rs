@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
@@ -21,6 +22,8 @@ pub enum Topic {
     Task(i64),
     Agents,
     Agent(i64),
+    /// A collection with a filter (`tasks?status=done`): see [`crate::filter`].
+    Filtered(Arc<Filter>),
 }
 
 impl Topic {
@@ -33,6 +36,14 @@ impl Topic {
             "agents" => return Ok(Topic::Agents),
             _ => {}
         }
+        if let Some((kind, query)) = s.split_once('?') {
+            let entity = match kind {
+                "tasks" => Entity::Task,
+                "agents" => Entity::Agent,
+                _ => return Err(bad()),
+            };
+            return Ok(Topic::Filtered(Arc::new(Filter::parse_topic(entity, s, query)?)));
+        }
         let (kind, id) = s.split_once(':').ok_or_else(bad)?;
         let canonical = !id.is_empty() && !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit());
         let id: i64 = if canonical {
@@ -44,6 +55,14 @@ impl Topic {
             "task" => Ok(Topic::Task(id)),
             "agent" => Ok(Topic::Agent(id)),
             _ => Err(bad()),
+        }
+    }
+
+    /// The name of an entity kind's collection topic.
+    pub fn collection_name(entity: Entity) -> &'static str {
+        match entity {
+            Entity::Task => "tasks",
+            Entity::Agent => "agents",
         }
     }
 
@@ -72,13 +91,26 @@ impl Topic {
             Topic::Task(id) => (Entity::Task, Some(*id)),
             Topic::Agents => (Entity::Agent, None),
             Topic::Agent(id) => (Entity::Agent, Some(*id)),
+            Topic::Filtered(f) => (f.entity(), None),
         }
     }
 
-    /// True if a change of `entity` `id` belongs to this topic.
+    /// True if a change of `entity` `id` belongs to this topic (for a
+    /// filtered topic, if it may: see [`Filter::event_of`]).
     pub fn matches(&self, entity: Entity, id: i64) -> bool {
         let (kind, one) = self.filter();
         kind == entity && one.is_none_or(|one| one == id)
+    }
+
+    /// What a change is on this topic: its own kind on an unfiltered
+    /// topic; on a filtered one, what the filter makes of it, if anything.
+    pub fn sees(&self, change: &Change) -> Option<Seen> {
+        match self {
+            Topic::Filtered(f) => f.event_of(change),
+            _ => self
+                .matches(change.entity, change.entity_id)
+                .then(|| Seen::of(change.kind)),
+        }
     }
 
     /// The kind of topic, for metrics: `tasks`, `task`, `agents` or `agent`.
@@ -88,6 +120,10 @@ impl Topic {
             Topic::Task(_) => "task",
             Topic::Agents => "agents",
             Topic::Agent(_) => "agent",
+            Topic::Filtered(f) => match f.entity() {
+                Entity::Task => "tasks_filtered",
+                Entity::Agent => "agents_filtered",
+            },
         }
     }
 }
@@ -99,10 +135,12 @@ impl fmt::Display for Topic {
             Topic::Agents => f.write_str("agents"),
             Topic::Task(id) => write!(f, "task:{id}"),
             Topic::Agent(id) => write!(f, "agent:{id}"),
+            Topic::Filtered(filter) => f.write_str(&filter.topic_name()),
         }
     }
 }
 
+pub use crate::filter::{Filter, Seen};
 pub use crate::model::{ChangeKind, Entity};
 
 /// A client's `ref`, kept as the JSON value it came as so the reply echoes it.
@@ -560,6 +598,10 @@ pub struct Change {
     /// The entity's JSON, serialized once on the writer's thread and shared
     /// by the reply, the change log, the resume memory and every event.
     pub data: Arc<RawValue>,
+    /// The previous values of the fields in `changed` (of every field, for
+    /// a delete); none for a create. Filtered topics read it to tell
+    /// `entered` and `left`; it is not sent.
+    pub before: Option<Arc<RawValue>>,
 }
 
 /// An event frame, serialized straight from a borrowed change.
@@ -570,27 +612,40 @@ pub struct EventFrame<'a> {
     seq: i64,
     event: String,
     changed: &'a [String],
-    data: &'a RawValue,
+    data: Cow<'a, RawValue>,
 }
 
 impl Change {
-    /// The event frame of this change on `topic`, to serialize (a resume's
-    /// replay) without building a JSON value first.
+    /// The event frame of this change on an unfiltered `topic`, to serialize
+    /// (a resume's replay) without building a JSON value first.
     pub fn frame(&self, topic: &Topic) -> EventFrame<'_> {
+        self.frame_as(topic, Seen::of(self.kind))
+    }
+
+    /// The event frame of this change as `seen` on `topic`: a `left` event
+    /// carries only the entity's id.
+    pub fn frame_as(&self, topic: &Topic, seen: Seen) -> EventFrame<'_> {
+        let data = match seen {
+            Seen::Left => {
+                Cow::Owned(serde_json::value::to_raw_value(&json!({ "id": self.entity_id })).expect("an id serializes"))
+            }
+            _ => Cow::Borrowed(&*self.data),
+        };
         EventFrame {
             r#type: "event",
             topic: topic.to_string(),
             seq: self.seq,
-            event: format!("{}.{}", self.entity.as_str(), self.kind),
+            event: format!("{}.{}", self.entity.as_str(), seen.as_str()),
             changed: &self.changed,
-            data: &self.data,
+            data,
         }
     }
 
     /// The event frame of this change on `topic`, as the text sent to
-    /// subscribers.
-    pub fn event_text(&self, topic: &Topic) -> String {
-        serde_json::to_string(&self.frame(topic)).expect("an event serializes")
+    /// subscribers; none if the topic does not hear of it.
+    pub fn event_text(&self, topic: &Topic) -> Option<String> {
+        let seen = topic.sees(self)?;
+        Some(serde_json::to_string(&self.frame_as(topic, seen)).expect("an event serializes"))
     }
 }
 
@@ -746,11 +801,12 @@ mod tests {
             kind: ChangeKind::Updated,
             changed: vec!["status".into()],
             data: raw(&json!({"id": 3, "status": "done"})),
+            before: None,
         };
         for topic in [Topic::Tasks, Topic::Task(3)] {
             let expected = json!({"type": "event", "topic": topic.to_string(), "seq": 7, "event": "task.updated",
                 "changed": ["status"], "data": {"id": 3, "status": "done"}});
-            let text: Value = serde_json::from_str(&c.event_text(&topic)).unwrap();
+            let text: Value = serde_json::from_str(&c.event_text(&topic).unwrap()).unwrap();
             assert_eq!(text, expected);
         }
         let reply: Value = serde_json::from_str(&reply_ok(&json!("r"), &json!({"a": 1}), Some(4))).unwrap();

@@ -61,12 +61,45 @@ pub struct Batch {
     items: Vec<Published>,
     /// For each item, the frame on each of its two topics.
     frames: Vec<[OnceLock<Bytes>; 2]>,
+    /// For each filtered topic some Registry has subscribers of, each item's
+    /// frame on it, if the topic hears of it: one evaluation of the filter
+    /// per topic and change, shared by every thread and subscriber.
+    filtered: Mutex<HashMap<Topic, Arc<[Option<Bytes>]>>>,
 }
 
 impl Batch {
     pub fn new(items: Vec<Published>) -> Self {
         let frames = items.iter().map(|_| Default::default()).collect();
-        Batch { items, frames }
+        Batch {
+            items,
+            frames,
+            filtered: Mutex::default(),
+        }
+    }
+
+    /// Each item's frame on a filtered topic (heartbeats are not sent on
+    /// filtered topics), computed by the first Registry that asks.
+    fn filtered_frames(&self, topic: &Topic) -> Arc<[Option<Bytes>]> {
+        if let Some(frames) = self.filtered.lock().expect("batch lock").get(topic) {
+            return frames.clone();
+        }
+        let frames: Arc<[Option<Bytes>]> = self
+            .items
+            .iter()
+            .map(|item| match item {
+                Published::Change(c) => c.event_text(topic).map(|text| text_frame(&text)),
+                Published::Heartbeat { .. } => None,
+            })
+            .collect();
+        let mut all = self.filtered.lock().expect("batch lock");
+        all.entry(topic.clone()).or_insert(frames).clone()
+    }
+
+    fn seq(&self, i: usize) -> Option<i64> {
+        match &self.items[i] {
+            Published::Change(c) => Some(c.seq),
+            Published::Heartbeat { .. } => None,
+        }
     }
 
     /// The item's two topics and its seq (none for a heartbeat).
@@ -80,7 +113,7 @@ impl Batch {
     /// The item's frame on its `j`th topic, encoded on first use.
     fn frame(&self, i: usize, j: usize, topic: &Topic) -> &Bytes {
         self.frames[i][j].get_or_init(|| match &self.items[i] {
-            Published::Change(c) => text_frame(&c.event_text(topic)),
+            Published::Change(c) => text_frame(&c.event_text(topic).expect("a change's own topics hear of it")),
             Published::Heartbeat { agent_id, at } => text_frame(&heartbeat_event(topic, *agent_id, at).to_string()),
         })
     }
@@ -218,6 +251,7 @@ impl LocalRegistry {
         let listeners = Arc::new(AtomicUsize::new(0));
         let shard = Rc::new(RefCell::new(Shard {
             topics: HashMap::new(),
+            filtered: HashSet::new(),
             sessions: HashMap::new(),
             listeners: listeners.clone(),
             metrics,
@@ -266,6 +300,9 @@ struct SessionEntry {
 /// One thread's sessions and subscriptions.
 struct Shard {
     topics: HashMap<Topic, HashMap<u64, Rc<Peer>>>,
+    /// The filtered topics among `topics`: a change is matched against
+    /// these only, so unfiltered topics pay nothing for them.
+    filtered: HashSet<Topic>,
     sessions: HashMap<u64, SessionEntry>,
     /// Shared with the [`RegistryHandle`]: one per subscription held here.
     listeners: Arc<AtomicUsize>,
@@ -293,6 +330,7 @@ impl Shard {
             }
             if subs.is_empty() {
                 self.topics.remove(topic);
+                self.filtered.remove(topic);
             }
         }
     }
@@ -300,20 +338,33 @@ impl Shard {
     fn publish(&self, batch: &Batch) {
         let mut delivered = 0;
         let mut slow = Vec::new();
+        let mut deliver = |subs: &HashMap<u64, Rc<Peer>>, topic: &Topic, seq: Option<i64>, frame: &Bytes| {
+            for peer in subs.values() {
+                match peer.deliver(topic, seq, frame) {
+                    Pushed::Queued => delivered += 1,
+                    // Counted when the session writes them.
+                    Pushed::Held | Pushed::Skipped => {}
+                    Pushed::GaveUp => slow.push(peer.id),
+                }
+            }
+        };
         for i in 0..batch.items.len() {
             let (topics, seq) = batch.topics(i);
             for (j, topic) in topics.iter().enumerate() {
                 let Some(subs) = self.topics.get(topic) else {
                     continue;
                 };
-                let frame = batch.frame(i, j, topic);
-                for peer in subs.values() {
-                    match peer.deliver(topic, seq, frame) {
-                        Pushed::Queued => delivered += 1,
-                        // Counted when the session writes them.
-                        Pushed::Held | Pushed::Skipped => {}
-                        Pushed::GaveUp => slow.push(peer.id),
-                    }
+                deliver(subs, topic, seq, batch.frame(i, j, topic));
+            }
+        }
+        for topic in &self.filtered {
+            let Some(subs) = self.topics.get(topic) else {
+                continue;
+            };
+            let frames = batch.filtered_frames(topic);
+            for (i, frame) in frames.iter().enumerate() {
+                if let Some(frame) = frame {
+                    deliver(subs, topic, batch.seq(i), frame);
                 }
             }
         }
@@ -350,6 +401,9 @@ impl Handler<Join> for Registry {
         };
         entry.peer.joined(&msg.topic, msg.generation);
         entry.topics.insert(msg.topic.clone());
+        if matches!(msg.topic, Topic::Filtered(_)) {
+            shard.filtered.insert(msg.topic.clone());
+        }
         let kind = msg.topic.kind();
         if shard
             .topics

@@ -17,7 +17,8 @@ use crate::db::{
     RedeemLoginCode, RevokeToken,
 };
 use crate::error::ApiError;
-use crate::model::TaskStatus;
+use crate::filter::Filter;
+use crate::model::Entity;
 use crate::protocol::{check_op_id, Call, Method, Topic};
 use crate::state::AppState;
 
@@ -183,14 +184,14 @@ fn forwarded_proto(headers: &HeaderMap) -> Option<String> {
     from_forwarded.or_else(|| last(header::HeaderName::from_static("x-forwarded-proto")).map(String::from))
 }
 
-/// Only the two list routes take query parameters; anywhere else one is an
+/// Only the list routes take query parameters; anywhere else one is an
 /// unknown field.
 async fn reject_stray_query(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
-    let takes_query =
-        req.method() == actix_web::http::Method::GET && matches!(req.path(), "/api/tasks" | "/api/changes");
+    let takes_query = req.method() == actix_web::http::Method::GET
+        && matches!(req.path(), "/api/tasks" | "/api/agents" | "/api/changes");
     if !takes_query && !req.query_string().is_empty() {
         return Err(ApiError::bad_request("this route takes no query parameters").into());
     }
@@ -689,26 +690,19 @@ async fn delete(app: &AppState, req: &HttpRequest, who: Principal, id: &str, kin
     Ok(written(HttpResponse::NoContent(), c.seq).finish())
 }
 
-async fn list_tasks(app: web::Data<AppState>, who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
-    let mut status = None;
-    let mut assignee_id = None;
-    for (k, v) in query.into_inner() {
-        match k.as_str() {
-            "status" => {
-                status = Some(TaskStatus::parse(&v).ok_or_else(|| {
-                    ApiError::bad_request(format!("unknown status {v:?}; one of {}", TaskStatus::spellings()))
-                })?)
-            }
-            "assignee_id" => assignee_id = Some(path_id(&v)?),
-            other => return Err(ApiError::bad_request(format!("unknown filter {other:?}"))),
-        }
-    }
-    let query = Query::Tasks { status, assignee_id };
+/// A list's filter from its query string: the fields of a filtered topic,
+/// in any order.
+fn list_filter(entity: Entity, query: &[(String, String)]) -> Result<Option<Filter>, ApiError> {
+    Filter::from_pairs(entity, query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+async fn list_tasks(app: web::Data<AppState>, who: Principal, query: web::Query<Vec<(String, String)>>) -> Res {
+    let query = Query::Tasks(list_filter(Entity::Task, &query)?);
     Ok(HttpResponse::Ok().json(ask(&app.reader, Read { query, by: who }).await?))
 }
 
-async fn list_agents(app: web::Data<AppState>, who: Principal) -> Res {
-    let query = Query::Agents;
+async fn list_agents(app: web::Data<AppState>, who: Principal, query: web::Query<Vec<(String, String)>>) -> Res {
+    let query = Query::Agents(list_filter(Entity::Agent, &query)?);
     Ok(HttpResponse::Ok().json(ask(&app.reader, Read { query, by: who }).await?))
 }
 

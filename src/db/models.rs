@@ -148,11 +148,14 @@ pub struct ChangeRow {
     pub changed: String,
     pub data: String,
     pub at: String,
+    pub before: Option<String>,
 }
 
 /// A change-log row to append, borrowing what the change already holds.
 #[derive(Debug, Insertable)]
 #[diesel(table_name = changes)]
+// One statement for both cases (it is a cached statement): a `None` binds NULL.
+#[diesel(treat_none_as_default_value = false)]
 pub struct NewChange<'a> {
     pub seq: i64,
     pub entity: Entity,
@@ -161,6 +164,7 @@ pub struct NewChange<'a> {
     pub changed: &'a str,
     pub data: &'a str,
     pub at: &'a str,
+    pub before: Option<&'a str>,
 }
 
 /// A remembered op_id and the reply it got.

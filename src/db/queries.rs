@@ -11,7 +11,8 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use super::models::*;
 use super::open::OpenError;
 use super::schema::{agents, changes, login_codes, meta, ops, tasks, tokens, web_sessions};
-use crate::model::{Entity, TaskStatus};
+use crate::filter::{Assignee, Filter};
+use crate::model::Entity;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -330,17 +331,27 @@ pub fn find_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Tas
         .optional()
 }
 
-pub fn list_tasks(
-    conn: &mut SqliteConnection,
-    status: Option<TaskStatus>,
-    assignee_id: Option<i64>,
-) -> QueryResult<Vec<Task>> {
+/// Tasks by id, those a task filter matches (the same test as
+/// [`Filter::event_of`]'s, in SQL).
+pub fn list_tasks(conn: &mut SqliteConnection, filter: Option<&Filter>) -> QueryResult<Vec<Task>> {
     let mut q = tasks::table.select(Task::as_select()).order(tasks::id).into_boxed();
-    if let Some(s) = status {
-        q = q.filter(tasks::status.eq(s));
-    }
-    if let Some(a) = assignee_id {
-        q = q.filter(tasks::assignee_id.eq(a));
+    if let Some(Filter::Tasks {
+        status,
+        assignee,
+        priority_min,
+    }) = filter
+    {
+        if !status.is_empty() {
+            q = q.filter(tasks::status.eq_any(status.clone()));
+        }
+        match assignee {
+            Some(Assignee::None) => q = q.filter(tasks::assignee_id.is_null()),
+            Some(Assignee::Id(id)) => q = q.filter(tasks::assignee_id.eq(*id)),
+            None => {}
+        }
+        if let Some(p) = priority_min {
+            q = q.filter(tasks::priority.ge(*p));
+        }
     }
     q.load(conn)
 }
@@ -766,6 +777,7 @@ mod tests {
                 changed: "[]",
                 data: "{}",
                 at: "t3",
+                before: None,
             },
         )
         .unwrap();
@@ -844,7 +856,7 @@ mod tests {
             &NewTask {
                 title: "a",
                 description: "",
-                status: TaskStatus::Todo,
+                status: crate::model::TaskStatus::Todo,
                 priority: 0,
                 assignee_id: None,
                 version: 1,

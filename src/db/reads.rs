@@ -17,7 +17,8 @@ use super::shared::Shared;
 use super::DbConfig;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::model::TaskStatus;
+use crate::filter::Filter;
+use crate::model::Entity;
 use crate::protocol::{EventFrame, Topic};
 
 /// Where a read transaction stands: its last change, and the newest change
@@ -49,13 +50,11 @@ pub struct Listing<T> {
 /// What a REST read asks for.
 #[derive(Debug, Clone)]
 pub enum Query {
-    /// Tasks, by id, optionally of one status and one assignee.
-    Tasks {
-        status: Option<TaskStatus>,
-        assignee_id: Option<i64>,
-    },
+    /// Tasks by id, optionally those a filter matches.
+    Tasks(Option<Filter>),
     Task(i64),
-    Agents,
+    /// Agents by id, optionally those a filter matches.
+    Agents(Option<Filter>),
     Agent(i64),
 }
 
@@ -118,8 +117,14 @@ struct ChangesPage<'a> {
     events: &'a [EventFrame<'a>],
 }
 
-fn agents(conn: &mut SqliteConnection, shared: &Shared) -> QueryResult<Vec<Agent>> {
-    Ok(q::list_agents(conn)?.into_iter().map(|a| shared.overlay(a)).collect())
+/// Agents by id, those `filter` matches (few: filtered here, with the same
+/// test as the live path's).
+fn agents(conn: &mut SqliteConnection, shared: &Shared, filter: Option<&Filter>) -> QueryResult<Vec<Agent>> {
+    Ok(q::list_agents(conn)?
+        .into_iter()
+        .map(|a| shared.overlay(a))
+        .filter(|a| filter.is_none_or(|f| f.matches_json(&a.to_json())))
+        .collect())
 }
 
 fn agent(conn: &mut SqliteConnection, shared: &Shared, id: i64) -> QueryResult<Option<Agent>> {
@@ -130,9 +135,15 @@ fn agent(conn: &mut SqliteConnection, shared: &Shared, id: i64) -> QueryResult<O
 pub fn snapshot(conn: &mut SqliteConnection, shared: &Shared, topic: &Topic) -> QueryResult<Option<Value>> {
     Ok(match topic {
         Topic::Tasks => Some(Value::Array(
-            q::list_tasks(conn, None, None)?.iter().map(Task::to_json).collect(),
+            q::list_tasks(conn, None)?.iter().map(Task::to_json).collect(),
         )),
-        Topic::Agents => Some(Value::Array(agents(conn, shared)?.iter().map(Agent::to_json).collect())),
+        Topic::Agents => Some(Value::Array(
+            agents(conn, shared, None)?.iter().map(Agent::to_json).collect(),
+        )),
+        Topic::Filtered(f) => Some(Value::Array(match f.entity() {
+            Entity::Task => q::list_tasks(conn, Some(f))?.iter().map(Task::to_json).collect(),
+            Entity::Agent => agents(conn, shared, Some(f))?.iter().map(Agent::to_json).collect(),
+        })),
         Topic::Task(id) => q::find_task(conn, *id)?.map(|t| t.to_json()),
         Topic::Agent(id) => agent(conn, shared, *id)?.map(|a| a.to_json()),
     })
@@ -145,14 +156,14 @@ pub fn read(conn: &mut SqliteConnection, shared: &Shared, query: Query) -> Resul
             Ok((shared.head.epoch.clone(), Position::read(conn)?.seq))
         };
         Ok(match query {
-            Query::Tasks { status, assignee_id } => {
+            Query::Tasks(filter) => {
                 let (epoch, seq) = listing(conn)?;
-                let items = q::list_tasks(conn, status, assignee_id)?;
+                let items = q::list_tasks(conn, filter.as_ref())?;
                 ReadAnswer::Tasks(Listing { epoch, seq, items })
             }
-            Query::Agents => {
+            Query::Agents(filter) => {
                 let (epoch, seq) = listing(conn)?;
-                let items = agents(conn, shared)?;
+                let items = agents(conn, shared, filter.as_ref())?;
                 ReadAnswer::Agents(Listing { epoch, seq, items })
             }
             Query::Task(id) => ReadAnswer::Task(
@@ -198,7 +209,10 @@ pub fn changes(
             .collect::<Result<Vec<_>, ApiError>>()?;
         let events: Vec<_> = changes
             .iter()
-            .map(|c| c.frame(msg.topic.as_ref().unwrap_or(Topic::collection(c.entity))))
+            .filter_map(|c| match &msg.topic {
+                Some(topic) => topic.sees(c).map(|seen| c.frame_as(topic, seen)),
+                None => Some(c.frame(Topic::collection(c.entity))),
+            })
             .collect();
         let page = ChangesPage {
             epoch: &shared.head.epoch,

@@ -155,7 +155,11 @@ pub fn reply(
                 if missed.is_empty() && topic.filter().1.is_some() && snapshot(conn, shared, topic)?.is_none() {
                     return Err(ApiError::not_found(format!("{topic} does not exist")));
                 }
-                let events: Vec<_> = missed.iter().map(|c| c.frame(topic)).collect();
+                // What the live path sent: the same function decides.
+                let events: Vec<_> = missed
+                    .iter()
+                    .filter_map(|c| topic.sees(c).map(|seen| c.frame_as(topic, seen)))
+                    .collect();
                 text(topic, epoch, at.seq, Some(&events), None)?
             }
             None => {

@@ -24,6 +24,7 @@ diesel::table! {
         changed -> Text,
         data -> Text,
         at -> Text,
+        before -> Nullable<Text>,
     }
 }
 

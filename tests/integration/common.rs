@@ -571,6 +571,22 @@ impl TopicState {
                 assert_eq!(data, &json!({ "id": id }), "{ev}");
                 assert!(changed.is_empty(), "{ev}");
             }
+            // A filtered topic's: an entity begins or stops matching.
+            "entered" => {
+                assert!(
+                    self.entities.insert(id, data.clone()).is_none(),
+                    "{}: {id} entered twice: {ev}",
+                    self.topic
+                );
+            }
+            "left" => {
+                assert!(
+                    self.entities.remove(&id).is_some(),
+                    "{}: {id} left but was not held: {ev}",
+                    self.topic
+                );
+                assert_eq!(data, &json!({ "id": id }), "{ev}");
+            }
             other => panic!("unknown event kind {other}: {ev}"),
         }
         self.events.push(ev.clone());

@@ -18,6 +18,7 @@ mod close;
 mod consistency;
 mod crash;
 mod errors;
+mod filtered;
 mod fuzz;
 mod hostile;
 mod liveness;

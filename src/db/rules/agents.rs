@@ -4,7 +4,7 @@
 use diesel::sqlite::SqliteConnection;
 use serde_json::{json, Map, Value};
 
-use super::{all_fields, changed_fields, check_id, check_version, Outcome, WriteCtx};
+use super::{all_fields, before_of, changed_fields, check_id, check_version, Outcome, WriteCtx};
 use crate::auth::{self, authorize, Action, Principal, Role};
 use crate::db::models::{Agent, NewAgent, NewToken};
 use crate::db::queries as q;
@@ -100,7 +100,7 @@ pub fn create(
         (Entity::Agent, agent.id),
         ChangeKind::Created,
         all_fields(&data),
-        raw(&data),
+        (raw(&data), None),
     )?;
     let mut reply = data;
     reply["token"] = json!(token);
@@ -174,13 +174,14 @@ fn save(conn: &mut SqliteConnection, ctx: &mut WriteCtx, before: Agent, mut next
     data["updated_at"] = json!(next.updated_at);
     let mut out = Outcome::default();
     let data = raw(&data);
+    let before = before_of(&before_json, &changed);
     ctx.record(
         conn,
         &mut out,
         (Entity::Agent, next.id),
         ChangeKind::Updated,
         changed,
-        data.clone(),
+        (data.clone(), Some(before)),
     )?;
     out.data = data;
     Ok(out)
@@ -209,13 +210,13 @@ pub fn delete(
             (Entity::Task, next.id),
             ChangeKind::Updated,
             vec!["assignee_id".into()],
-            next.to_raw(),
+            (next.to_raw(), Some(raw(&json!({ "assignee_id": agent.id })))),
         )?;
     }
     out.revoked_tokens = q::revoke_agent_tokens(conn, agent.id, &ctx.now)?;
     q::delete_agent(conn, agent.id)?;
     ctx.live.remove(agent.id);
-    ctx.record_deleted(conn, &mut out, (Entity::Agent, agent.id))?;
+    ctx.record_deleted(conn, &mut out, (Entity::Agent, agent.id), raw(&agent.to_json()))?;
     Ok(out)
 }
 

@@ -87,7 +87,8 @@ impl Default for Outcome {
 }
 
 impl WriteCtx<'_> {
-    /// Appends a change to the log with the next seq.
+    /// Appends a change to the log with the next seq: the entity after it
+    /// (`data`) and the previous values of the fields it changed (`before`).
     fn record(
         &mut self,
         conn: &mut SqliteConnection,
@@ -95,7 +96,7 @@ impl WriteCtx<'_> {
         (entity, entity_id): (Entity, i64),
         kind: ChangeKind,
         changed: Vec<String>,
-        data: Arc<RawValue>,
+        (data, before): (Arc<RawValue>, Option<Arc<RawValue>>),
     ) -> Result<(), ApiError> {
         *self.seq += 1;
         let changed_text = serde_json::to_string(&changed).map_err(ApiError::internal)?;
@@ -107,6 +108,7 @@ impl WriteCtx<'_> {
             changed: &changed_text,
             data: data.get(),
             at: &self.now,
+            before: before.as_deref().map(RawValue::get),
         };
         q::append_change(conn, &row)?;
         out.seq = Some(*self.seq);
@@ -117,21 +119,31 @@ impl WriteCtx<'_> {
             kind,
             changed,
             data,
+            before,
         });
         Ok(())
     }
 }
 
 impl WriteCtx<'_> {
-    /// Records that an entity is gone: a `deleted` change whose data is its id.
+    /// Records that an entity is gone: a `deleted` change whose data is its
+    /// id, and whose `before` is the whole entity.
     fn record_deleted(
         &mut self,
         conn: &mut SqliteConnection,
         out: &mut Outcome,
         (entity, id): (Entity, i64),
+        before: Arc<RawValue>,
     ) -> Result<(), ApiError> {
         let data = crate::protocol::raw(&json!({ "id": id }));
-        self.record(conn, out, (entity, id), ChangeKind::Deleted, vec![], data)
+        self.record(
+            conn,
+            out,
+            (entity, id),
+            ChangeKind::Deleted,
+            vec![],
+            (data, Some(before)),
+        )
     }
 }
 
@@ -267,6 +279,15 @@ fn changed_fields(before: &Value, after: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The values in `before` of the fields in `changed`: a change's `before`.
+fn before_of(before: &Value, changed: &[String]) -> Arc<RawValue> {
+    let picked: serde_json::Map<String, Value> = changed
+        .iter()
+        .filter_map(|f| before.get(f).map(|v| (f.clone(), v.clone())))
+        .collect();
+    crate::protocol::raw(&Value::Object(picked))
+}
+
 fn all_fields(data: &Value) -> Vec<String> {
     changed_fields(&json!({}), data)
 }
@@ -280,5 +301,10 @@ pub fn change_of_row(row: ChangeRow) -> Result<Change, ApiError> {
         kind: row.kind,
         changed: serde_json::from_str(&row.changed).map_err(ApiError::internal)?,
         data: Arc::from(RawValue::from_string(row.data).map_err(ApiError::internal)?),
+        before: row
+            .before
+            .map(|b| RawValue::from_string(b).map(Arc::from))
+            .transpose()
+            .map_err(ApiError::internal)?,
     })
 }

@@ -1,8 +1,9 @@
 //! `task.create`, `task.update`, `task.delete`.
 
 use diesel::sqlite::SqliteConnection;
+use serde_json::json;
 
-use super::{check_id, check_version, Outcome, WriteCtx};
+use super::{before_of, check_id, check_version, Outcome, WriteCtx};
 use crate::auth::{authorize, Action, Principal};
 use crate::db::models::{NewTask, Task};
 use crate::db::queries as q;
@@ -93,7 +94,7 @@ pub fn create(
         (Entity::Task, task.id),
         ChangeKind::Created,
         Task::FIELDS.iter().map(|f| f.to_string()).collect(),
-        data.clone(),
+        (data.clone(), None),
     )?;
     out.data = data;
     Ok(out)
@@ -145,6 +146,7 @@ pub fn update(
     next.updated_at = ctx.now.clone();
     q::save_task(conn, &next, next.assignee_id != task.assignee_id)?;
     let data = next.to_raw();
+    let before = before_of(&task.to_json(), &changed);
     let mut out = Outcome::default();
     ctx.record(
         conn,
@@ -152,7 +154,7 @@ pub fn update(
         (Entity::Task, next.id),
         ChangeKind::Updated,
         changed,
-        data.clone(),
+        (data.clone(), Some(before)),
     )?;
     ctx.tasks.put(next);
     out.data = data;
@@ -181,11 +183,11 @@ pub fn delete(
             (Entity::Agent, next.id),
             ChangeKind::Updated,
             vec!["current_task_id".into()],
-            raw(&next.to_json()),
+            (raw(&next.to_json()), Some(raw(&json!({ "current_task_id": task.id })))),
         )?;
     }
     q::delete_task(conn, task.id)?;
-    ctx.record_deleted(conn, &mut out, (Entity::Task, task.id))?;
+    ctx.record_deleted(conn, &mut out, (Entity::Task, task.id), task.to_raw())?;
     Ok(out)
 }
 
