@@ -11,6 +11,7 @@
 //!   sessions, and the delivery of events to them.
 //! - [`peer`]: what a session shares with its Registry: its outbound queue
 //!   and the position of each subscription.
+//! - [`presence`]: who holds each topic, and the presence frames.
 //! - [`state`]: what every handler and session shares.
 //! - [`db`]: the Db actor (the only writer, the sequencer), its rules and SQL.
 //! - [`demo`]: demo data and simulated agents for `serve --demo`.
@@ -36,6 +37,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod peer;
+pub mod presence;
 pub mod protocol;
 pub mod registry;
 pub mod rest;

@@ -170,8 +170,16 @@ fn ref_of(v: &Value) -> Option<Ref> {
 /// A parsed client frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Subscribe { topic: Topic, resume: Option<Position> },
-    Unsubscribe { topic: Topic },
+    /// `presence`: the reply lists who holds the topic, and presence
+    /// frames follow.
+    Subscribe {
+        topic: Topic,
+        resume: Option<Position>,
+        presence: bool,
+    },
+    Unsubscribe {
+        topic: Topic,
+    },
     Call(Call),
     Ping,
 }
@@ -318,6 +326,8 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
                 epoch: Option<String>,
                 #[serde(default, deserialize_with = "present")]
                 since: Option<u64>,
+                #[serde(default, deserialize_with = "present")]
+                presence: Option<bool>,
             }
             let f: F = from_value(frame)?;
             let topic = Topic::parse(&f.topic)?;
@@ -329,6 +339,7 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
             Ok(Request::Subscribe {
                 topic,
                 resume: since.map(|since| Position { epoch: f.epoch, since }),
+                presence: f.presence.unwrap_or(false),
             })
         }
         "unsubscribe" => {
@@ -777,7 +788,8 @@ mod tests {
                 resume: Some(Position {
                     epoch: Some("e".into()),
                     since: 1200
-                })
+                }),
+                presence: false,
             }
         );
         let (_, request) =

@@ -22,9 +22,10 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, Websocke
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde_json::value::RawValue;
+use serde_json::Value;
 use std::any::Any;
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
@@ -39,6 +40,7 @@ use crate::db::{execute, Subscribe, Subscribed};
 use crate::error::ApiError;
 use crate::limits::Bucket;
 use crate::peer::{text_frame, Peer, Pushed};
+use crate::presence::{Member, PresenceFrame};
 use crate::protocol::{self, empty_object, Hello, Ref, Request, Topic};
 use crate::registry::{CloseSession, Leave, LocalRegistry};
 use crate::state::AppState;
@@ -80,6 +82,10 @@ pub struct Session {
     socket: Socket,
     fragments: Option<Fragments>,
     bucket: Bucket,
+    /// The token's name, read with the first subscribe (for presence).
+    name: Option<Arc<str>>,
+    /// Topics this session is counted in the presence of.
+    present: HashSet<Topic>,
 }
 
 impl Session {
@@ -93,7 +99,10 @@ impl Session {
 
     /// Writes nothing more of `topic` and takes the session off it. The Leave
     /// goes through the Registry's mailbox, after any Join already sent.
-    fn leave(&self, topic: Topic) {
+    fn leave(&mut self, topic: Topic) {
+        if self.present.remove(&topic) {
+            self.app.presence.leave(&topic, self.principal.token_id, self.id);
+        }
         self.peer.forget(&topic);
         self.registry.handle.addr.do_send(Leave {
             session_id: self.id,
@@ -177,7 +186,11 @@ impl Session {
     fn dispatch(&mut self, reference: Ref, request: Request, ctx: &mut WebsocketContext<Self>) {
         match request {
             Request::Ping => self.answer(ctx, Some(reference), Ok((empty_object(), None))),
-            Request::Subscribe { topic, resume } => {
+            Request::Subscribe {
+                topic,
+                resume,
+                presence,
+            } => {
                 if self.peer.gave_up() || self.peer.is_behind() {
                     // Its reply could not be queued after what waits: the
                     // socket closes now, without reading for it.
@@ -208,6 +221,8 @@ impl Session {
                     resume,
                     principal: self.principal.clone(),
                     reply_to: ctx.address().recipient(),
+                    presence,
+                    need_name: self.name.is_none(),
                 });
             }
             Request::Unsubscribe { topic } => {
@@ -312,6 +327,9 @@ impl Actor for Session {
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         self.registry.disconnect(self.id);
+        for topic in std::mem::take(&mut self.present) {
+            self.app.presence.leave(&topic, self.principal.token_id, self.id);
+        }
         Running::Stop
     }
 
@@ -378,6 +396,44 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
     }
 }
 
+impl Session {
+    /// Counts this session in the topic's presence (once), and makes it a
+    /// watcher if its newest subscribe asked: then returns the members.
+    fn enter_presence(&mut self, topic: &Topic, watch: bool, ctx: &mut WebsocketContext<Self>) -> Option<Value> {
+        let member = Member {
+            token_id: self.principal.token_id,
+            name: self.name.clone().unwrap_or_else(|| Arc::from("")),
+            role: self.principal.role,
+            agent_id: self.principal.agent_id,
+        };
+        let first = self.present.insert(topic.clone());
+        let watcher = watch.then(|| ctx.address().recipient());
+        self.app
+            .presence
+            .enter(topic, first.then_some(&member), self.id, watcher)
+    }
+}
+
+/// A subscribe reply's data with its `presence` list: the shared reply text
+/// (a JSON object, possibly a large snapshot) is extended, not parsed again.
+fn with_presence(data: &RawValue, list: &Value) -> Box<RawValue> {
+    let text = data.get();
+    let body = text
+        .trim_end()
+        .strip_suffix('}')
+        .expect("a subscribe reply is an object");
+    RawValue::from_string(format!("{body},\"presence\":{list}}}")).expect("valid JSON")
+}
+
+impl Handler<PresenceFrame> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: PresenceFrame, ctx: &mut Self::Context) {
+        if !self.close_sent {
+            self.send(ctx, &msg.0);
+        }
+    }
+}
+
 impl Handler<Subscribed> for Session {
     type Result = ();
     fn handle(&mut self, msg: Subscribed, ctx: &mut Self::Context) {
@@ -397,9 +453,19 @@ impl Handler<Subscribed> for Session {
             self.pending.remove(&msg.topic);
         }
         let live = self.peer.is_live(&msg.topic);
+        if self.name.is_none() {
+            self.name = msg.name.map(Arc::from);
+        }
         match msg.result {
             Ok((data, seq)) => {
-                self.send(ctx, &protocol::reply_ok(&msg.reference, &*data, None));
+                let here = (live || newest).then(|| self.enter_presence(&msg.topic, msg.presence, ctx));
+                match here.flatten() {
+                    Some(list) => self.send(
+                        ctx,
+                        &protocol::reply_ok(&msg.reference, &with_presence(&data, &list), None),
+                    ),
+                    None => self.send(ctx, &protocol::reply_ok(&msg.reference, &*data, None)),
+                }
                 if live || newest {
                     // The reply is out: the topic is live from its seq.
                     if self.peer.subscribed(&msg.topic, msg.generation, seq) == Pushed::GaveUp {
@@ -548,6 +614,8 @@ pub fn start(
         peer: peer.clone(),
         pending: HashMap::new(),
         generation: 0,
+        name: None,
+        present: HashSet::new(),
         last_heard: Instant::now(),
         fragments: None,
         in_flight: 0,

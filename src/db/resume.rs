@@ -31,6 +31,10 @@ pub struct Subscribed {
     pub generation: u64,
     /// The reply's data, serialized once (many sessions may share it), and its seq.
     pub result: Result<(Arc<RawValue>, i64), ApiError>,
+    /// Echoed: the reply lists the topic's presence.
+    pub presence: bool,
+    /// The principal's token name, when the session asked for it.
+    pub name: Option<String>,
 }
 
 /// Reads a snapshot or the missed changes of a topic and answers the session.
@@ -45,6 +49,10 @@ pub struct Subscribe {
     pub resume: Option<Position>,
     pub principal: Principal,
     pub reply_to: Recipient<Subscribed>,
+    /// Whether the reply lists the topic's presence (echoed).
+    pub presence: bool,
+    /// The session does not know its token's name yet (for presence).
+    pub need_name: bool,
 }
 
 /// The newest committed changes, oldest first, so a resume needs neither SQL

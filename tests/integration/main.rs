@@ -23,6 +23,7 @@ mod fuzz;
 mod hostile;
 mod liveness;
 mod not_ours;
+mod presence;
 mod readonly;
 mod reads;
 mod rest_api;
