@@ -36,7 +36,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
-use crate::db::{execute, Subscribe, Subscribed};
+use crate::db::{execute, AgentSocket, Subscribe, Subscribed};
 use crate::error::ApiError;
 use crate::limits::Bucket;
 use crate::peer::{text_frame, Peer, Pushed};
@@ -296,6 +296,10 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.app.metrics.sockets_open.inc();
+        if let Some(agent_id) = self.principal.agent_id {
+            // An agent's open socket keeps it alive (and brings it back).
+            self.app.db.do_send(AgentSocket { agent_id, open: true });
+        }
         self.registry
             .connect(self.peer.clone(), self.principal.token_id, ctx.address().recipient());
         let config = &self.app.config;
@@ -335,6 +339,9 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.app.metrics.sockets_open.dec();
+        if let Some(agent_id) = self.principal.agent_id {
+            self.app.db.do_send(AgentSocket { agent_id, open: false });
+        }
         self.app.sockets.release(&self.principal);
     }
 }

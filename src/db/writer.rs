@@ -111,6 +111,8 @@ pub(super) enum Job {
     },
     /// The server's own change: an agent went silent.
     Offline(i64),
+    /// The server's own change: an offline agent's socket opened.
+    Online(i64),
 }
 
 /// The Db actor.
@@ -307,6 +309,9 @@ impl Db {
                     Job::Offline(id) => {
                         rules::run(conn, &mut ctx, |conn, ctx| rules::agents::mark_offline(conn, ctx, *id))
                     }
+                    Job::Online(id) => {
+                        rules::run(conn, &mut ctx, |conn, ctx| rules::agents::mark_online(conn, ctx, *id))
+                    }
                 };
                 match result {
                     Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
@@ -355,6 +360,7 @@ impl Db {
                         let _ = reply.send(Err(e.clone()));
                     }
                     Job::Offline(id) => self.live.still_overdue(id, self.config.heartbeat_timeout),
+                    Job::Online(id) => log::warn!("agent {id}'s socket opened, but its coming back failed: {e}"),
                 }
             }
             return;

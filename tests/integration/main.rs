@@ -10,6 +10,7 @@ mod common;
 mod shared;
 
 mod admin_cli;
+mod agent_sockets;
 mod atomic;
 mod auth_basic;
 mod browser;

@@ -255,6 +255,21 @@ pub fn heartbeat(
     Ok(out)
 }
 
+/// The server's own change: an offline agent whose token opened a socket is
+/// back to what it last reported. Nothing when it is gone or not offline.
+pub fn mark_online(conn: &mut SqliteConnection, ctx: &mut WriteCtx, agent_id: i64) -> Result<Outcome, ApiError> {
+    let Some(agent) = q::find_agent(conn, agent_id)? else {
+        return Ok(Outcome::default());
+    };
+    let agent = ctx.live.overlay(agent);
+    if agent.status != AgentStatus::Offline {
+        return Ok(Outcome::default());
+    }
+    let mut next = agent.clone();
+    next.status = next.reported_status;
+    save(conn, ctx, agent, next)
+}
+
 /// The server's own change: an agent that stopped heartbeating goes `offline`.
 /// Returns nothing when the agent is gone or already offline.
 pub fn mark_offline(conn: &mut SqliteConnection, ctx: &mut WriteCtx, agent_id: i64) -> Result<Outcome, ApiError> {
