@@ -120,7 +120,7 @@ async fn items(reader: &Addr<Reader>, query: Query) -> Result<Vec<Value>, ApiErr
 }
 
 fn all_tasks(reader: &Addr<Reader>) -> impl std::future::Future<Output = Result<Vec<Value>, ApiError>> + '_ {
-    items(reader, Query::Tasks(None))
+    items(reader, Query::Tasks(None, None))
 }
 
 /// Fills an empty database; returns the demo agents' ids by name.

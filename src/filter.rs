@@ -25,16 +25,147 @@ pub enum Assignee {
 
 /// A filter on a collection, in canonical form: statuses sorted by spelling,
 /// without repeats, never empty nor all of them; a `priority_min` of 1 to 3.
+/// A task filter with a `window` is a window topic: the first `limit`
+/// matching tasks by `order` (see [`crate::db::windows`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Filter {
     Tasks {
         status: Vec<TaskStatus>,
         assignee: Option<Assignee>,
         priority_min: Option<i32>,
+        window: Option<Window>,
     },
     Agents {
         status: Vec<AgentStatus>,
     },
+}
+
+/// The most tasks a window (or a REST page) holds.
+pub const MAX_LIMIT: u32 = 500;
+
+/// A window: the first `limit` matching tasks by `order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub limit: u32,
+    pub order: Order,
+}
+
+/// The orders of a window or a REST page; ties go by id, in the same
+/// direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Order {
+    UpdatedDesc,
+    UpdatedAsc,
+    CreatedDesc,
+    CreatedAsc,
+    PriorityAsc,
+    PriorityDesc,
+}
+
+impl Order {
+    const ALL: [(Order, &'static str); 6] = [
+        (Order::UpdatedDesc, "-updated_at"),
+        (Order::UpdatedAsc, "updated_at"),
+        (Order::CreatedDesc, "-created_at"),
+        (Order::CreatedAsc, "created_at"),
+        (Order::PriorityAsc, "priority"),
+        (Order::PriorityDesc, "-priority"),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Order::ALL
+            .iter()
+            .find(|(o, _)| *o == self)
+            .expect("every order is listed")
+            .1
+    }
+
+    fn parse(s: &str) -> Result<Order, ApiError> {
+        Order::ALL
+            .iter()
+            .find(|(_, t)| *t == s)
+            .map(|(o, _)| *o)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Order::ALL.iter().map(|(_, t)| *t).collect();
+                ApiError::bad_request(format!("unknown order {s:?}; one of {}", all.join(", ")))
+            })
+    }
+
+    /// The column it sorts by, and whether it is descending.
+    pub fn column(self) -> (&'static str, bool) {
+        match self {
+            Order::UpdatedDesc => ("updated_at", true),
+            Order::UpdatedAsc => ("updated_at", false),
+            Order::CreatedDesc => ("created_at", true),
+            Order::CreatedAsc => ("created_at", false),
+            Order::PriorityAsc => ("priority", false),
+            Order::PriorityDesc => ("priority", true),
+        }
+    }
+
+    /// A task's place in this order, from its JSON.
+    pub fn key_of(self, task: &RawValue) -> Option<SortKey> {
+        #[derive(Deserialize)]
+        struct K {
+            id: i64,
+            updated_at: String,
+            created_at: String,
+            priority: i64,
+        }
+        let k: K = serde_json::from_str(task.get()).ok()?;
+        let value = match self.column().0 {
+            "updated_at" => KeyValue::Text(k.updated_at),
+            "created_at" => KeyValue::Text(k.created_at),
+            _ => KeyValue::Int(k.priority),
+        };
+        Some(SortKey { value, id: k.id })
+    }
+
+    /// Compares two keys in this order.
+    pub fn cmp(self, a: &SortKey, b: &SortKey) -> std::cmp::Ordering {
+        let o = a.value.cmp(&b.value).then(a.id.cmp(&b.id));
+        if self.column().1 {
+            o.reverse()
+        } else {
+            o
+        }
+    }
+}
+
+/// The value a task is ordered by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyValue {
+    Text(String),
+    Int(i64),
+}
+
+/// A task's place in an order: its value, then its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub value: KeyValue,
+    pub id: i64,
+}
+
+impl SortKey {
+    /// A REST page's cursor: `value,id`.
+    pub fn cursor(&self) -> String {
+        match &self.value {
+            KeyValue::Text(t) => format!("{t},{}", self.id),
+            KeyValue::Int(i) => format!("{i},{}", self.id),
+        }
+    }
+
+    /// Reads a cursor of `order`.
+    pub fn parse_cursor(order: Order, s: &str) -> Result<SortKey, ApiError> {
+        let bad = || ApiError::bad_request(format!("`after` {s:?} is not a cursor of this order"));
+        let (value, id) = s.rsplit_once(',').ok_or_else(bad)?;
+        let id = id.parse().map_err(|_| bad())?;
+        let value = match order.column().0 {
+            "priority" => KeyValue::Int(value.parse().map_err(|_| bad())?),
+            _ => KeyValue::Text(value.to_string()),
+        };
+        Ok(SortKey { value, id })
+    }
 }
 
 /// What a change is on a filtered topic.
@@ -70,7 +201,7 @@ impl Seen {
     }
 }
 
-const TASK_FIELDS: &str = "assignee_id, priority_min, status";
+const TASK_FIELDS: &str = "assignee_id, limit, order, priority_min, status";
 const AGENT_FIELDS: &str = "status";
 
 impl Filter {
@@ -82,11 +213,13 @@ impl Filter {
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Option<Filter>, ApiError> {
         let mut seen: Vec<&str> = Vec::new();
+        let (mut limits, mut orders) = (false, false);
         let mut filter = match entity {
             Entity::Task => Filter::Tasks {
                 status: Vec::new(),
                 assignee: None,
                 priority_min: None,
+                window: None,
             },
             Entity::Agent => Filter::Agents { status: Vec::new() },
         };
@@ -98,6 +231,22 @@ impl Filter {
             match (&mut filter, field) {
                 (Filter::Tasks { status, .. }, "status") => *status = statuses(value)?,
                 (Filter::Tasks { assignee, .. }, "assignee_id") => *assignee = Some(assignee_of(value)?),
+                (Filter::Tasks { window, .. }, "limit") => {
+                    let limit = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|l| (1..=MAX_LIMIT).contains(l))
+                        .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")))?;
+                    let order = window.map_or(Order::UpdatedDesc, |w| w.order);
+                    *window = Some(Window { limit, order });
+                    limits = true;
+                }
+                (Filter::Tasks { window, .. }, "order") => {
+                    let order = Order::parse(value)?;
+                    let limit = window.map_or(MAX_LIMIT, |w| w.limit);
+                    *window = Some(Window { limit, order });
+                    orders = true;
+                }
                 (Filter::Tasks { priority_min, .. }, "priority_min") => {
                     *priority_min = match value.parse::<i32>() {
                         Ok(0) => None,
@@ -117,7 +266,18 @@ impl Filter {
                 }
             }
         }
+        if limits != orders {
+            return Err(ApiError::bad_request("`limit` and `order` go together"));
+        }
         Ok((!filter.is_empty()).then_some(filter))
+    }
+
+    /// The window, for a window topic or a REST page.
+    pub fn window(&self) -> Option<Window> {
+        match self {
+            Filter::Tasks { window, .. } => *window,
+            Filter::Agents { .. } => None,
+        }
     }
 
     /// Reads the filter of a topic name (what follows `tasks?` or `agents?`):
@@ -151,7 +311,8 @@ impl Filter {
                 status,
                 assignee,
                 priority_min,
-            } => status.is_empty() && assignee.is_none() && priority_min.is_none(),
+                window,
+            } => status.is_empty() && assignee.is_none() && priority_min.is_none() && window.is_none(),
             Filter::Agents { status } => status.is_empty(),
         }
     }
@@ -180,6 +341,7 @@ impl Filter {
                 status,
                 assignee,
                 priority_min,
+                ..
             } => {
                 (status.is_empty()
                     || f.status
@@ -201,7 +363,8 @@ impl Filter {
     /// What `change` is on this filter's topic, or `None` if its subscribers
     /// do not hear of it. One function for the live path and the replay.
     pub fn event_of(&self, change: &Change) -> Option<Seen> {
-        if change.entity != self.entity() {
+        // A window's events are the writer's (see `crate::db::windows`).
+        if change.entity != self.entity() || self.window().is_some() {
             return None;
         }
         let parse = |raw: &RawValue| serde_json::from_str::<Fields>(raw.get()).unwrap_or_default();
@@ -239,11 +402,16 @@ impl fmt::Display for Filter {
                 status,
                 assignee,
                 priority_min,
+                window,
             } => {
                 match assignee {
                     Some(Assignee::None) => parts.push("assignee_id=none".to_string()),
                     Some(Assignee::Id(id)) => parts.push(format!("assignee_id={id}")),
                     None => {}
+                }
+                if let Some(w) = window {
+                    parts.push(format!("limit={}", w.limit));
+                    parts.push(format!("order={}", w.order.as_str()));
                 }
                 if let Some(p) = priority_min {
                     parts.push(format!("priority_min={p}"));

@@ -66,6 +66,12 @@ impl Topic {
         }
     }
 
+    /// True for a window topic (`tasks?limit=…&order=…`), which the writer
+    /// answers and computes (see `crate::db::windows`).
+    pub fn is_window(&self) -> bool {
+        matches!(self, Topic::Filtered(f) if f.window().is_some())
+    }
+
     /// The collection topic of an entity kind: `tasks` or `agents`.
     pub fn collection(entity: Entity) -> &'static Topic {
         match entity {
@@ -658,6 +664,20 @@ impl Change {
         let seen = topic.sees(self)?;
         Some(serde_json::to_string(&self.frame_as(topic, seen)).expect("an event serializes"))
     }
+}
+
+/// An event frame's text from its parts: a window's events, which the
+/// writer makes (see `crate::db::windows`).
+pub fn event_text_of(topic: &Topic, seq: i64, event: &str, changed: &[String], data: &RawValue) -> String {
+    let frame = EventFrame {
+        r#type: "event",
+        topic: topic.to_string(),
+        seq,
+        event: event.to_string(),
+        changed,
+        data: Cow::Borrowed(data),
+    };
+    serde_json::to_string(&frame).expect("an event serializes")
 }
 
 /// The event frame of a heartbeat on `topic` (no `seq`: it is not a change).

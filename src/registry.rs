@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::db::windows::WindowEvents;
 use crate::metrics::Metrics;
 use crate::peer::{text_frame, Peer, Pushed};
 use crate::protocol::{heartbeat_event, Change, Entity, Topic};
@@ -52,7 +53,12 @@ pub struct Leave {
 #[derive(Debug, Clone)]
 pub enum Published {
     Change(Arc<Change>),
-    Heartbeat { agent_id: i64, at: String },
+    /// A change's events on one window topic (see `crate::db::windows`).
+    Window(Arc<WindowEvents>),
+    Heartbeat {
+        agent_id: i64,
+        at: String,
+    },
 }
 
 /// Committed changes and heartbeats of one group commit, in seq order, with
@@ -88,7 +94,7 @@ impl Batch {
             .iter()
             .map(|item| match item {
                 Published::Change(c) => c.event_text(topic).map(|text| text_frame(&text)),
-                Published::Heartbeat { .. } => None,
+                Published::Heartbeat { .. } | Published::Window(_) => None,
             })
             .collect();
         let mut all = self.filtered.lock().expect("batch lock");
@@ -98,16 +104,30 @@ impl Batch {
     fn seq(&self, i: usize) -> Option<i64> {
         match &self.items[i] {
             Published::Change(c) => Some(c.seq),
-            Published::Heartbeat { .. } => None,
+            Published::Heartbeat { .. } | Published::Window(_) => None,
         }
     }
 
-    /// The item's two topics and its seq (none for a heartbeat).
-    fn topics(&self, i: usize) -> ([Topic; 2], Option<i64>) {
+    /// The item's two topics and its seq (none for a heartbeat; a window's
+    /// events go to their one topic, see [`Shard::publish`]).
+    fn topics(&self, i: usize) -> Option<([Topic; 2], Option<i64>)> {
         match &self.items[i] {
-            Published::Change(c) => (Topic::for_entity(c.entity, c.entity_id), Some(c.seq)),
-            Published::Heartbeat { agent_id, .. } => (Topic::for_entity(Entity::Agent, *agent_id), None),
+            Published::Change(c) => Some((Topic::for_entity(c.entity, c.entity_id), Some(c.seq))),
+            Published::Heartbeat { agent_id, .. } => Some((Topic::for_entity(Entity::Agent, *agent_id), None)),
+            Published::Window(_) => None,
         }
+    }
+
+    /// A window's events of one change: their frames back to back, so a
+    /// subscriber takes all of them (one seq) or none.
+    fn window_frames(&self, i: usize, w: &WindowEvents) -> &Bytes {
+        self.frames[i][0].get_or_init(|| {
+            let mut all = bytes::BytesMut::new();
+            for f in &w.frames {
+                all.extend_from_slice(&text_frame(f.get()));
+            }
+            all.freeze()
+        })
     }
 
     /// The item's frame on its `j`th topic, encoded on first use.
@@ -115,6 +135,7 @@ impl Batch {
         self.frames[i][j].get_or_init(|| match &self.items[i] {
             Published::Change(c) => text_frame(&c.event_text(topic).expect("a change's own topics hear of it")),
             Published::Heartbeat { agent_id, at } => text_frame(&heartbeat_event(topic, *agent_id, at).to_string()),
+            Published::Window(_) => unreachable!("a window's frames are made by window_frames"),
         })
     }
 }
@@ -349,7 +370,14 @@ impl Shard {
             }
         };
         for i in 0..batch.items.len() {
-            let (topics, seq) = batch.topics(i);
+            let Some((topics, seq)) = batch.topics(i) else {
+                if let Published::Window(w) = &batch.items[i] {
+                    if let Some(subs) = self.topics.get(&w.topic) {
+                        deliver(subs, &w.topic, Some(w.seq), batch.window_frames(i, w));
+                    }
+                }
+                continue;
+            };
             for (j, topic) in topics.iter().enumerate() {
                 let Some(subs) = self.topics.get(topic) else {
                     continue;
@@ -401,7 +429,7 @@ impl Handler<Join> for Registry {
         };
         entry.peer.joined(&msg.topic, msg.generation);
         entry.topics.insert(msg.topic.clone());
-        if matches!(msg.topic, Topic::Filtered(_)) {
+        if matches!(msg.topic, Topic::Filtered(_)) && !msg.topic.is_window() {
             shard.filtered.insert(msg.topic.clone());
         }
         let kind = msg.topic.kind();

@@ -17,7 +17,7 @@ use crate::db::{
     RedeemLoginCode, RevokeToken,
 };
 use crate::error::ApiError;
-use crate::filter::Filter;
+use crate::filter::{Filter, SortKey};
 use crate::model::Entity;
 use crate::protocol::{check_op_id, Call, Method, Topic};
 use crate::state::AppState;
@@ -697,7 +697,15 @@ fn list_filter(entity: Entity, query: &[(String, String)]) -> Result<Option<Filt
 }
 
 async fn list_tasks(app: web::Data<AppState>, who: Principal, query: web::Query<Vec<(String, String)>>) -> Res {
-    let query = Query::Tasks(list_filter(Entity::Task, &query)?);
+    let mut pairs = query.into_inner();
+    let after = pairs.iter().position(|(k, _)| k == "after").map(|i| pairs.remove(i).1);
+    let filter = list_filter(Entity::Task, &pairs)?;
+    let after = match (after, filter.as_ref().and_then(Filter::window)) {
+        (Some(a), Some(w)) => Some(SortKey::parse_cursor(w.order, &a)?),
+        (Some(_), None) => return Err(ApiError::bad_request("`after` pages a list with `limit` and `order`")),
+        (None, _) => None,
+    };
+    let query = Query::Tasks(filter, after);
     Ok(HttpResponse::Ok().json(ask(&app.reader, Read { query, by: who }).await?))
 }
 
@@ -777,7 +785,15 @@ async fn changes(app: web::Data<AppState>, who: Principal, query: web::Query<Has
                     .filter(|s| *s >= 0)
                     .ok_or_else(|| ApiError::bad_request("since must be a seq"))?
             }
-            "topic" => topic = Some(Topic::parse(&v)?),
+            "topic" => {
+                let t = Topic::parse(&v)?;
+                if t.is_window() {
+                    return Err(ApiError::bad_request(
+                        "a window topic has no change log; page it with GET /api/tasks",
+                    ));
+                }
+                topic = Some(t)
+            }
             "limit" => {
                 limit = v
                     .parse()

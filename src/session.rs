@@ -36,7 +36,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
-use crate::db::{execute, AgentSocket, Subscribe, Subscribed};
+use crate::db::{execute, AgentSocket, LeaveWindow, Subscribe, Subscribed};
 use crate::error::ApiError;
 use crate::limits::Bucket;
 use crate::peer::{text_frame, Peer, Pushed};
@@ -86,6 +86,8 @@ pub struct Session {
     name: Option<Arc<str>>,
     /// Topics this session is counted in the presence of.
     present: HashSet<Topic>,
+    /// Window topics, with the subscribes of each the writer answered.
+    windows: HashMap<Topic, usize>,
 }
 
 impl Session {
@@ -100,6 +102,12 @@ impl Session {
     /// Writes nothing more of `topic` and takes the session off it. The Leave
     /// goes through the Registry's mailbox, after any Join already sent.
     fn leave(&mut self, topic: Topic) {
+        if let Some(subscribes) = self.windows.remove(&topic) {
+            self.app.db.do_send(LeaveWindow {
+                topic: topic.clone(),
+                subscribes,
+            });
+        }
         if self.present.remove(&topic) {
             self.app.presence.leave(&topic, self.principal.token_id, self.id);
         }
@@ -214,7 +222,8 @@ impl Session {
                 // reader's position reaches this session, held until the reply
                 // is written; those at or before it are in the reply.
                 self.registry.handle.join(self.id, topic.clone(), self.generation);
-                self.app.reader.do_send(Subscribe {
+                let window = topic.is_window();
+                let msg = Subscribe {
                     reference,
                     topic,
                     generation: self.generation,
@@ -223,7 +232,13 @@ impl Session {
                     reply_to: ctx.address().recipient(),
                     presence,
                     need_name: self.name.is_none(),
-                });
+                };
+                if window {
+                    // A window is the writer's (see db::windows).
+                    self.app.db.do_send(msg);
+                } else {
+                    self.app.reader.do_send(msg);
+                }
             }
             Request::Unsubscribe { topic } => {
                 self.pending.remove(&topic);
@@ -333,6 +348,9 @@ impl Actor for Session {
         self.registry.disconnect(self.id);
         for topic in std::mem::take(&mut self.present) {
             self.app.presence.leave(&topic, self.principal.token_id, self.id);
+        }
+        for (topic, subscribes) in std::mem::take(&mut self.windows) {
+            self.app.db.do_send(LeaveWindow { topic, subscribes });
         }
         Running::Stop
     }
@@ -462,6 +480,10 @@ impl Handler<Subscribed> for Session {
         let live = self.peer.is_live(&msg.topic);
         if self.name.is_none() {
             self.name = msg.name.map(Arc::from);
+        }
+        if msg.result.is_ok() && msg.topic.is_window() {
+            // The writer counted it: it is told when it is left.
+            *self.windows.entry(msg.topic.clone()).or_default() += 1;
         }
         match msg.result {
             Ok((data, seq)) => {
@@ -623,6 +645,7 @@ pub fn start(
         generation: 0,
         name: None,
         present: HashSet::new(),
+        windows: HashMap::new(),
         last_heard: Instant::now(),
         fragments: None,
         in_flight: 0,

@@ -11,6 +11,7 @@
 //! - [`shared`]: what the writer shares with the readers after each commit.
 //! - [`tokens`]: token, login-code and browser-session administration, and
 //!   the watch for revocations made by another process.
+//! - [`windows`]: window topics, computed by the writer at each change.
 //! - [`upkeep`]: the timers: heartbeat times, agents going offline, pruning.
 //! - [`files`]: the database and WAL files the writer has open, by inode.
 //! - [`liveness`]: heartbeat times kept in memory and when each agent was heard.
@@ -33,6 +34,7 @@ pub mod shared;
 pub mod sqlite_log;
 pub mod tokens;
 pub mod upkeep;
+pub mod windows;
 pub mod writer;
 
 use std::time::Duration;
@@ -46,6 +48,7 @@ pub use tokens::{
     RedeemLoginCode, RevokeToken, WebSession, LOGIN_CODE_MINUTES, WEB_SESSIONS_PER_TOKEN, WEB_SESSION_DAYS,
 };
 pub use upkeep::AgentSocket;
+pub use writer::LeaveWindow;
 pub use writer::{execute, Committed, Db, Drain, Execute};
 
 /// How the Db actor keeps the log and watches agents.

@@ -17,7 +17,7 @@ use super::shared::Shared;
 use super::DbConfig;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::filter::Filter;
+use crate::filter::{Filter, SortKey};
 use crate::model::Entity;
 use crate::protocol::{EventFrame, Topic};
 
@@ -47,11 +47,23 @@ pub struct Listing<T> {
     pub items: Vec<T>,
 }
 
+/// A list of tasks, and where the next page starts (a window's; `null`
+/// when this page is its last).
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub epoch: String,
+    pub seq: i64,
+    pub items: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 /// What a REST read asks for.
 #[derive(Debug, Clone)]
 pub enum Query {
-    /// Tasks by id, optionally those a filter matches.
-    Tasks(Option<Filter>),
+    /// Tasks by id, optionally those a filter matches; with a window, a page
+    /// of it, after a cursor if given.
+    Tasks(Option<Filter>, Option<SortKey>),
     Task(i64),
     /// Agents by id, optionally those a filter matches.
     Agents(Option<Filter>),
@@ -72,7 +84,7 @@ impl Message for Read {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum ReadAnswer {
-    Tasks(Listing<Task>),
+    Page(Page<Task>),
     Task(Task),
     Agents(Listing<Agent>),
     Agent(Agent),
@@ -84,14 +96,14 @@ impl ReadAnswer {
         match self {
             ReadAnswer::Task(t) => Some(t.version),
             ReadAnswer::Agent(a) => Some(a.version),
-            ReadAnswer::Tasks(_) | ReadAnswer::Agents(_) => None,
+            ReadAnswer::Page(_) | ReadAnswer::Agents(_) => None,
         }
     }
 
     /// Rows read, for the read budget.
     pub fn rows(&self) -> usize {
         match self {
-            ReadAnswer::Tasks(l) => l.items.len(),
+            ReadAnswer::Page(l) => l.items.len(),
             ReadAnswer::Agents(l) => l.items.len(),
             ReadAnswer::Task(_) | ReadAnswer::Agent(_) => 1,
         }
@@ -135,13 +147,13 @@ fn agent(conn: &mut SqliteConnection, shared: &Shared, id: i64) -> QueryResult<O
 pub fn snapshot(conn: &mut SqliteConnection, shared: &Shared, topic: &Topic) -> QueryResult<Option<Value>> {
     Ok(match topic {
         Topic::Tasks => Some(Value::Array(
-            q::list_tasks(conn, None)?.iter().map(Task::to_json).collect(),
+            q::list_tasks(conn, None, None)?.iter().map(Task::to_json).collect(),
         )),
         Topic::Agents => Some(Value::Array(
             agents(conn, shared, None)?.iter().map(Agent::to_json).collect(),
         )),
         Topic::Filtered(f) => Some(Value::Array(match f.entity() {
-            Entity::Task => q::list_tasks(conn, Some(f))?.iter().map(Task::to_json).collect(),
+            Entity::Task => q::list_tasks(conn, Some(f), None)?.iter().map(Task::to_json).collect(),
             Entity::Agent => agents(conn, shared, Some(f))?.iter().map(Agent::to_json).collect(),
         })),
         Topic::Task(id) => q::find_task(conn, *id)?.map(|t| t.to_json()),
@@ -156,10 +168,22 @@ pub fn read(conn: &mut SqliteConnection, shared: &Shared, query: Query) -> Resul
             Ok((shared.head.epoch.clone(), Position::read(conn)?.seq))
         };
         Ok(match query {
-            Query::Tasks(filter) => {
+            Query::Tasks(filter, after) => {
                 let (epoch, seq) = listing(conn)?;
-                let items = q::list_tasks(conn, filter.as_ref())?;
-                ReadAnswer::Tasks(Listing { epoch, seq, items })
+                let items = q::list_tasks(conn, filter.as_ref(), after.as_ref())?;
+                // A full page of a window goes on after its last task.
+                let next = filter.as_ref().and_then(Filter::window).and_then(|w| {
+                    (items.len() == w.limit as usize)
+                        .then(|| items.last().and_then(|t| w.order.key_of(&t.to_raw())))
+                        .flatten()
+                        .map(|k| k.cursor())
+                });
+                ReadAnswer::Page(Page {
+                    epoch,
+                    seq,
+                    items,
+                    next,
+                })
             }
             Query::Agents(filter) => {
                 let (epoch, seq) = listing(conn)?;

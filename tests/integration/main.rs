@@ -35,3 +35,4 @@ mod slow_client;
 mod smoke;
 mod storage;
 mod subscriptions;
+mod windows;

@@ -19,6 +19,7 @@ use super::liveness::Liveness;
 use super::models::*;
 use super::queries as q;
 use super::row_cache::TaskRows;
+use super::windows::{WindowEvents, Windows};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::model::{ChangeKind, Entity};
@@ -39,6 +40,8 @@ pub struct WriteCtx<'a> {
     pub now: String,
     /// Test-only: see [`super::DbConfig::fail_op_id`].
     pub fail_op_id: Option<&'a str>,
+    /// The window topics held, computed at each change.
+    pub windows: Option<&'a mut Windows>,
 }
 
 impl<'a> WriteCtx<'a> {
@@ -49,6 +52,7 @@ impl<'a> WriteCtx<'a> {
             tasks,
             now: now(),
             fail_op_id: None,
+            windows: None,
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct Outcome {
     pub new_token: Option<(String, Principal)>,
     /// Tokens revoked by this call; their sockets are closed.
     pub revoked_tokens: Vec<i64>,
+    /// The events of its changes on window topics.
+    pub windows: Vec<WindowEvents>,
 }
 
 impl Default for Outcome {
@@ -82,6 +88,7 @@ impl Default for Outcome {
             new_agent: None,
             new_token: None,
             revoked_tokens: Vec::new(),
+            windows: Vec::new(),
         }
     }
 }
@@ -112,7 +119,7 @@ impl WriteCtx<'_> {
         };
         q::append_change(conn, &row)?;
         out.seq = Some(*self.seq);
-        out.changes.push(Change {
+        let change = Change {
             seq: *self.seq,
             entity,
             entity_id,
@@ -120,7 +127,12 @@ impl WriteCtx<'_> {
             changed,
             data,
             before,
-        });
+        };
+        // Windows ask the file as this change left it: now, not later.
+        if let Some(windows) = self.windows.as_deref_mut().filter(|w| !w.is_empty()) {
+            out.windows.extend(windows.apply(conn, &change)?);
+        }
+        out.changes.push(change);
         Ok(())
     }
 }
@@ -161,12 +173,20 @@ pub fn run(
     q::savepoint(conn)?;
     let result = job(conn, ctx);
     match &result {
-        Ok(_) => q::release_savepoint(conn)?,
+        Ok(_) => {
+            q::release_savepoint(conn)?;
+            if let Some(w) = ctx.windows.as_deref_mut() {
+                w.keep_call();
+            }
+        }
         Err(_) => {
             q::roll_back_savepoint(conn)?;
             *ctx.seq = seq;
             ctx.live.roll_back(mark);
             ctx.tasks.roll_back_call();
+            if let Some(w) = ctx.windows.as_deref_mut() {
+                w.roll_back_call(conn)?;
+            }
         }
     }
     result
