@@ -48,6 +48,26 @@ impl Task {
         Arc::from(serde_json::value::to_raw_value(self).expect("a task serializes"))
     }
 
+    /// The values of `fields` (a change's `before`), without serializing
+    /// the whole task (its description may be long).
+    pub fn values_of(&self, fields: &[String]) -> Arc<RawValue> {
+        let mut out = serde_json::Map::new();
+        for f in fields {
+            let v = match f.as_str() {
+                "assignee_id" => json!(self.assignee_id),
+                "created_at" => json!(self.created_at),
+                "description" => json!(self.description),
+                "id" => json!(self.id),
+                "priority" => json!(self.priority),
+                "status" => json!(self.status),
+                "title" => json!(self.title),
+                _ => continue,
+            };
+            out.insert(f.clone(), v);
+        }
+        Arc::from(serde_json::value::to_raw_value(&out).expect("values serialize"))
+    }
+
     /// The fields that differ in `next`, sorted by name; `version` and
     /// `updated_at` change with every write and are left out.
     pub fn changed_fields(&self, next: &Task) -> Vec<String> {

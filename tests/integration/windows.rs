@@ -307,3 +307,47 @@ async fn windows_equal_the_query_after_concurrent_writes_and_resumes() {
         assert_eq!(replayed.entities, items, "{t}");
     }
 }
+
+/// A call that fails after its writes (the test-only `fail_op_id` hook)
+/// takes its window changes back with it: no events, and the next change
+/// is computed against the window as it was.
+#[tokio::test]
+async fn a_failed_call_leaves_the_window_as_it_was() {
+    let app = spawn_app_with(|c| c.db.fail_op_id = Some("boom".into()));
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let res = app
+            .post("/api/tasks", json!({"title": format!("t{i}"), "status": "done"}))
+            .send()
+            .await
+            .unwrap();
+        ids.push(res.json::<Value>().await.unwrap()["id"].as_i64().unwrap());
+    }
+    let topic = "tasks?limit=2&order=-updated_at&status=done";
+    let mut ws = app.ws().await;
+    let mut state = TopicState::from_snapshot(&ws.subscribe(topic).await);
+    // Out of the window and back in, then failed: nothing committed.
+    let r = ws
+        .request(json!({"type": "call", "method": "task.update", "op_id": "boom",
+                        "params": {"id": ids[3], "patch": {"status": "todo"}}}))
+        .await;
+    assert_eq!(r["ok"], false, "{r}");
+    let r = ws
+        .request(json!({"type": "call", "method": "task.delete", "op_id": "boom", "params": {"id": ids[2]}}))
+        .await;
+    assert_eq!(r["ok"], false, "{r}");
+    let res = app
+        .patch(&format!("/api/tasks/{}", ids[0]), json!({"title": "up"}))
+        .send()
+        .await
+        .unwrap();
+    let s = seq_of(&res);
+    follow(&mut ws, &mut state, s).await;
+    assert_eq!(
+        names(&state, 0),
+        pairs(&[("task.left", ids[2]), ("task.entered", ids[0])])
+    );
+    let (seq, items) = query(&app, topic).await;
+    assert_eq!(seq, s);
+    assert_eq!(state.entities, items);
+}

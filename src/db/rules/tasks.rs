@@ -3,7 +3,7 @@
 use diesel::sqlite::SqliteConnection;
 use serde_json::json;
 
-use super::{before_of, check_id, check_version, Outcome, WriteCtx};
+use super::{check_id, check_version, Outcome, WriteCtx};
 use crate::auth::{authorize, Action, Principal};
 use crate::db::models::{NewTask, Task};
 use crate::db::queries as q;
@@ -146,7 +146,7 @@ pub fn update(
     next.updated_at = ctx.now.clone();
     q::save_task(conn, &next, next.assignee_id != task.assignee_id)?;
     let data = next.to_raw();
-    let before = before_of(&task.to_json(), &changed);
+    let before = task.values_of(&changed);
     let mut out = Outcome::default();
     ctx.record(
         conn,
@@ -209,6 +209,17 @@ mod tests {
             created_at: "2026-01-01T00:00:00.000Z".into(),
             updated_at: "2026-01-01T00:00:00.000Z".into(),
         }
+    }
+
+    /// A change's `before`, read off the task, is its JSON's fields.
+    #[test]
+    fn values_of_are_the_fields_of_its_json() {
+        let t = task();
+        let all: Vec<String> = Task::FIELDS.iter().map(|f| f.to_string()).collect();
+        let of_json = super::super::before_of(&t.to_json(), &all);
+        let direct: Value = serde_json::from_str(t.values_of(&all).get()).unwrap();
+        assert_eq!(direct, serde_json::from_str::<Value>(of_json.get()).unwrap());
+        assert_eq!(direct.as_object().unwrap().len(), all.len());
     }
 
     /// The task's own field comparison says what comparing its JSON says.
