@@ -73,7 +73,7 @@ async fn only_the_canonical_spelling_subscribes_and_the_error_gives_it() {
         ("tasks?colour=red", "unknown filter field \"colour\""),
         ("tasks?status=doing", "unknown status \"doing\""),
         ("agents?assignee_id=3", "unknown filter field \"assignee_id\""),
-        ("tasks?limit=x", "unknown filter field"),
+        ("tasks?limit=x&order=priority", "limit must be 1 to 500"),
     ] {
         let r = ws.subscribe(topic).await;
         assert_eq!(r["ok"], false, "{topic}: {r}");
