@@ -461,7 +461,7 @@ impl Handler<PresenceFrame> for Session {
 
 impl Handler<Subscribed> for Session {
     type Result = ();
-    fn handle(&mut self, msg: Subscribed, ctx: &mut Self::Context) {
+    fn handle(&mut self, mut msg: Subscribed, ctx: &mut Self::Context) {
         if self.close_sent {
             // Nothing more is sent; the reply is not even built.
             return;
@@ -481,8 +481,9 @@ impl Handler<Subscribed> for Session {
         if self.name.is_none() {
             self.name = msg.name.map(Arc::from);
         }
-        if msg.result.is_ok() && msg.topic.is_window() {
-            // The writer counted it: it is told when it is left.
+        if let Some(ticket) = msg.window.take() {
+            // The writer counted it: it is told when the topic is left.
+            ticket.keep();
             *self.windows.entry(msg.topic.clone()).or_default() += 1;
         }
         match msg.result {

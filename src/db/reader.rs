@@ -113,6 +113,7 @@ impl Handler<Subscribe> for Reader {
             result,
             presence: msg.presence,
             name,
+            window: None,
         });
     }
 }

@@ -35,6 +35,8 @@ pub struct Subscribed {
     pub presence: bool,
     /// The principal's token name, when the session asked for it.
     pub name: Option<String>,
+    /// A window subscribe the writer counted (see `super::windows`).
+    pub window: Option<super::windows::WindowTicket>,
 }
 
 /// Reads a snapshot or the missed changes of a topic and answers the session.

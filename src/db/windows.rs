@@ -187,6 +187,34 @@ impl Win {
     }
 }
 
+/// A window subscribe the writer counted, on its way to its session: the
+/// session keeps it (and tells the writer when it leaves the topic); if the
+/// answer is dropped instead (the session is gone or closing), the writer
+/// is told at once, so no window outlives its subscribers.
+pub struct WindowTicket {
+    topic: Option<Topic>,
+    db: actix::Addr<super::Db>,
+}
+
+impl WindowTicket {
+    pub fn new(topic: Topic, db: actix::Addr<super::Db>) -> Self {
+        WindowTicket { topic: Some(topic), db }
+    }
+
+    /// The session counts the subscribe now.
+    pub fn keep(mut self) {
+        self.topic = None;
+    }
+}
+
+impl Drop for WindowTicket {
+    fn drop(&mut self) {
+        if let Some(topic) = self.topic.take() {
+            self.db.do_send(super::LeaveWindow { topic, subscribes: 1 });
+        }
+    }
+}
+
 /// The window topics someone holds, on the writer.
 #[derive(Default)]
 pub struct Windows {

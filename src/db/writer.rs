@@ -27,7 +27,7 @@ use super::rules::{self, Outcome, WriteCtx};
 use super::shared::Shared;
 use super::sqlite_log;
 use super::tokens::{load_tokens, RevocationWatch};
-use super::windows::Windows;
+use super::windows::{WindowTicket, Windows};
 use super::DbConfig;
 use crate::auth::{Principal, TokenCache};
 use crate::error::{ApiError, ErrorCode};
@@ -507,7 +507,7 @@ impl Handler<LeaveWindow> for Db {
 /// [`super::windows`]).
 impl Handler<Subscribe> for Db {
     type Result = ();
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
         let seq = self.seq;
         let result = self
             .windows
@@ -519,6 +519,7 @@ impl Handler<Subscribe> for Db {
                 seq,
             )
             .map(|data| (data, seq));
+        let (ok, topic) = (result.is_ok(), msg.topic.clone());
         msg.reply_to.do_send(Subscribed {
             reference: msg.reference,
             topic: msg.topic,
@@ -534,6 +535,7 @@ impl Handler<Subscribe> for Db {
                 })
                 .flatten()
                 .map(|t| t.name),
+            window: ok.then(|| WindowTicket::new(topic, ctx.address())),
         });
     }
 }

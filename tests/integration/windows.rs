@@ -351,3 +351,30 @@ async fn a_failed_call_leaves_the_window_as_it_was() {
     assert_eq!(seq, s);
     assert_eq!(state.entities, items);
 }
+
+/// The server keeps a window while someone holds it: after the last
+/// subscriber leaves, a resume gets a snapshot; while one holds it, a resume
+/// replays.
+#[tokio::test]
+async fn a_window_is_kept_while_held_and_dropped_after() {
+    let app = spawn_app();
+    let topic = "tasks?limit=2&order=created_at";
+    let mut a = app.ws().await;
+    let r = a.subscribe(topic).await;
+    let (epoch, since) = (
+        r["data"]["epoch"].as_str().unwrap().to_string(),
+        r["data"]["seq"].as_i64().unwrap(),
+    );
+    let created = app.create_task("one").await;
+    let mut b = app.ws().await;
+    let r = b.resume(topic, &epoch, since).await;
+    let events = r["data"]["events"].as_array().expect("a replay while held");
+    assert_eq!(events.len(), 1, "{r}");
+    assert_eq!(events[0]["data"], created);
+    for ws in [&mut a, &mut b] {
+        let u = ws.request(json!({"type": "unsubscribe", "topic": topic})).await;
+        assert_eq!(u["ok"], true);
+    }
+    let r = b.resume(topic, &epoch, since).await;
+    assert_eq!(r["data"]["snapshot"], json!([created]), "{r}");
+}
