@@ -5,9 +5,10 @@
 //! one hash and a map lookup, never a query.
 
 use rand::RngCore;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
@@ -17,12 +18,14 @@ crate::model::text_enum! {
     Role { Admin = "admin", Member = "member", Agent = "agent" }
 }
 
-/// Who is asking: the token's id, its role and, for an agent token, its agent.
+/// Who is asking: the token's id, its role, its name and, for an agent token,
+/// its agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub token_id: i64,
     pub role: Role,
     pub agent_id: Option<i64>,
+    pub name: Arc<str>,
 }
 
 impl Principal {
@@ -32,7 +35,33 @@ impl Principal {
             token_id: 0,
             role: Role::Admin,
             agent_id: None,
+            name: Arc::from("system"),
         }
+    }
+
+    pub fn is_system(&self) -> bool {
+        self.token_id == 0
+    }
+
+    /// The author of a change, as events carry it in `by`.
+    pub fn author(&self) -> Value {
+        if self.is_system() {
+            return json!({"kind": "system"});
+        }
+        let mut by = json!({"kind": self.role, "token_id": self.token_id, "name": &*self.name});
+        if let Some(agent_id) = self.agent_id {
+            by["agent_id"] = json!(agent_id);
+        }
+        by
+    }
+
+    /// Who the token is, as `hello` and `GET /api/me` tell it.
+    pub fn me(&self) -> Value {
+        let mut me = json!({"token_id": self.token_id, "name": &*self.name, "role": self.role});
+        if let Some(agent_id) = self.agent_id {
+            me["agent_id"] = json!(agent_id);
+        }
+        me
     }
 }
 
@@ -46,6 +75,12 @@ pub enum Action {
         assignee_id: Option<i64>,
     },
     DeleteTask,
+    /// Adding a note to a task currently assigned to `assignee_id`.
+    NoteTask {
+        assignee_id: Option<i64>,
+    },
+    /// Taking an unassigned task for one's own agent.
+    ClaimTask,
     CreateAgent,
     UpdateAgent {
         id: i64,
@@ -60,10 +95,17 @@ pub enum Action {
 /// The policy: the one place that decides whether a role may do an action.
 pub fn authorize(p: &Principal, action: Action) -> Result<(), ApiError> {
     let allowed = match (p.role, action) {
+        // Only an agent has an agent to assign.
+        (role, Action::ClaimTask) => role == Role::Agent,
         (Role::Admin, _) => true,
         (_, Action::Read) => true,
-        (Role::Member, Action::CreateTask | Action::UpdateTask { .. } | Action::DeleteTask) => true,
-        (Role::Agent, Action::UpdateTask { assignee_id }) => assignee_id.is_some() && assignee_id == p.agent_id,
+        (
+            Role::Member,
+            Action::CreateTask | Action::UpdateTask { .. } | Action::DeleteTask | Action::NoteTask { .. },
+        ) => true,
+        (Role::Agent, Action::UpdateTask { assignee_id } | Action::NoteTask { assignee_id }) => {
+            assignee_id.is_some() && assignee_id == p.agent_id
+        }
         (Role::Agent, Action::UpdateAgent { id } | Action::Heartbeat { id }) => p.agent_id == Some(id),
         _ => false,
     };
@@ -174,6 +216,16 @@ impl TokenCache {
         self.read().by_id.contains_key(&token_id)
     }
 
+    /// A live token of an agent, the oldest, as its principal.
+    pub fn agent_principal(&self, agent_id: i64) -> Option<Principal> {
+        self.read()
+            .by_id
+            .values()
+            .filter(|p| p.agent_id == Some(agent_id))
+            .min_by_key(|p| p.token_id)
+            .cloned()
+    }
+
     pub fn insert_session(&self, hash: String, token_id: i64, expires_at: String) {
         self.write().sessions.insert(hash, (token_id, expires_at));
     }
@@ -216,6 +268,7 @@ mod tests {
             token_id: 1,
             role,
             agent_id,
+            name: Arc::from("p"),
         }
     }
 
@@ -248,6 +301,13 @@ mod tests {
         assert!(authorize(&agent, Action::CreateTask).is_err());
         assert!(authorize(&agent, Action::DeleteTask).is_err());
         assert!(authorize(&agent, Action::Read).is_ok());
+        assert!(authorize(&member, Action::NoteTask { assignee_id: Some(7) }).is_ok());
+        assert!(authorize(&agent, Action::NoteTask { assignee_id: Some(7) }).is_ok());
+        assert!(authorize(&agent, Action::NoteTask { assignee_id: Some(8) }).is_err());
+        assert!(authorize(&agent, Action::NoteTask { assignee_id: None }).is_err());
+        assert!(authorize(&agent, Action::ClaimTask).is_ok());
+        assert!(authorize(&admin, Action::ClaimTask).is_err());
+        assert!(authorize(&member, Action::ClaimTask).is_err());
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// change-log scans); past it reads are answered `rate_limited`.
     #[arg(long, default_value_t = 50_000)]
     pub read_rows_per_sec: u32,
+    /// Seconds an `in_progress` task may go unchanged before the pages mark
+    /// it stuck (told to clients in `hello`).
+    #[arg(long, default_value_t = 1800)]
+    pub stuck_after: u64,
     /// The admin token to create on a database with no live admin token.
     #[arg(long, env = "TASKWIRE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -130,6 +134,8 @@ pub struct Config {
     /// Read-only connections for reads, each on its own thread.
     pub readers: usize,
     pub read_rows_per_sec: u32,
+    /// How long an `in_progress` task may go unchanged before pages call it stuck.
+    pub stuck_after: Duration,
 }
 
 impl Default for Config {
@@ -155,6 +161,7 @@ impl Default for Config {
             workers: 2,
             readers: 2,
             read_rows_per_sec: 50_000,
+            stuck_after: Duration::from_secs(1800),
         }
     }
 }
@@ -209,6 +216,7 @@ impl From<ServeArgs> for Config {
             calls_per_sec_per_token: a.calls_per_sec_per_token,
             workers: a.workers,
             read_rows_per_sec: a.read_rows_per_sec,
+            stuck_after: Duration::from_secs(a.stuck_after),
             ..base
         }
     }

@@ -3,13 +3,15 @@
 //! board inside the server, so a new user sees it live at once.
 //!
 //! The simulation writes through the same path as every client: each change is
-//! an [`execute`] of a protocol [`Call`] by [`Principal::system`], so it is
-//! committed, logged, sequenced and pushed like any other. Agents heartbeat
-//! every second or few, take the most urgent unassigned task, move it through
-//! `in_progress`, sometimes `blocked`, `review` and `done`, now and then report
-//! `error`, and one of them naps past the heartbeat timeout so the board shows
-//! an agent going `offline` and coming back. Updates carry `if_version`, so a
-//! person editing a task at the same time always wins.
+//! an [`execute`] of a protocol [`Call`], by the agent's own token (so the
+//! timeline names it) or, for seeding and reopening, by [`Principal::system`];
+//! it is committed, logged, sequenced and pushed like any other. Agents
+//! heartbeat every second or few, claim the most urgent unassigned task, move
+//! it through `in_progress` with progress notes, sometimes `blocked`, `review`
+//! and `done`, now and then report `error`, and one of them naps past the
+//! heartbeat timeout so the board shows an agent going `offline` and coming
+//! back. Updates carry `if_version`, so a person editing a task at the same
+//! time always wins.
 //!
 //! On a database that already has data, nothing is added; agents whose `meta`
 //! says `"demo": true` (from an earlier demo run) are simulated again.
@@ -22,11 +24,12 @@ use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::auth::Principal;
+use crate::auth::{Principal, TokenCache};
 use crate::db::{execute, Db, Query, Read, Reader};
 use crate::error::{ApiError, ErrorCode};
 use crate::protocol::{Call, Method};
 use crate::state::AppState;
+use std::sync::Arc;
 
 /// The simulated agents: name and what kind of worker it plays.
 const AGENTS: [(&str, &str); 5] = [
@@ -39,6 +42,18 @@ const AGENTS: [(&str, &str); 5] = [
 
 /// The agent that naps past the heartbeat timeout now and then.
 const NAPPER: &str = "nightly-runner";
+
+/// What a simulated agent says as it works.
+const NOTES: [&str; 8] = [
+    "Reproduced it locally; looking at the cause.",
+    "Found the cause: a missing check on the empty case.",
+    "First fix in place, tests running.",
+    "Tests pass on my machine; cleaning up.",
+    "Waiting on the fixture data, picking it up again soon.",
+    "Wrote the regression test first; it fails as expected.",
+    "Split the change in two to keep the review small.",
+    "Benchmarked before and after: no change in the hot path.",
+];
 
 /// Task titles for the seeded board.
 const TITLES: [&str; 36] = [
@@ -85,9 +100,10 @@ const TITLES: [&str; 36] = [
 pub fn start(app: &AppState) {
     let db = app.db.clone();
     let reader = app.reader.clone();
+    let tokens = app.tokens.clone();
     let timeout = app.config.db.heartbeat_timeout;
     actix::spawn(async move {
-        match simulate(db, reader, timeout).await {
+        match simulate(db, reader, tokens, timeout).await {
             Ok(()) => {}
             Err(e) if e.code == ErrorCode::Unavailable => log::debug!("demo: stopped ({e})"),
             Err(e) => log::warn!("demo: stopped: {e}"),
@@ -97,12 +113,16 @@ pub fn start(app: &AppState) {
 
 /// Runs one call as the server itself.
 async fn exec(db: &Addr<Db>, method: Method, params: Value) -> Result<Value, ApiError> {
+    exec_as(db, Principal::system(), method, params).await
+}
+
+async fn exec_as(db: &Addr<Db>, who: Principal, method: Method, params: Value) -> Result<Value, ApiError> {
     let call = Call {
         method,
         params,
         op_id: None,
     };
-    execute(db, Principal::system(), call).await?.value()
+    execute(db, who, call).await?.value()
 }
 
 /// Reads all tasks or all agents.
@@ -174,6 +194,8 @@ async fn seed(db: &Addr<Db>, reader: &Addr<Reader>, rng: &mut StdRng) -> Result<
 struct Sim {
     id: i64,
     name: String,
+    /// The agent's own token, as its calls are made.
+    who: Principal,
     next_at: Instant,
     /// Ticks of `error` left to report.
     error_left: u32,
@@ -182,7 +204,12 @@ struct Sim {
     next_nap: Instant,
 }
 
-async fn simulate(db: Addr<Db>, reader: Addr<Reader>, heartbeat_timeout: Duration) -> Result<(), ApiError> {
+async fn simulate(
+    db: Addr<Db>,
+    reader: Addr<Reader>,
+    tokens: Arc<TokenCache>,
+    heartbeat_timeout: Duration,
+) -> Result<(), ApiError> {
     let mut rng = StdRng::from_entropy();
     let agents = seed(&db, &reader, &mut rng).await?;
     if agents.is_empty() {
@@ -192,9 +219,11 @@ async fn simulate(db: Addr<Db>, reader: Addr<Reader>, heartbeat_timeout: Duratio
     let now = Instant::now();
     let mut sims: Vec<Sim> = agents
         .into_iter()
-        .map(|(id, name)| Sim {
+        .filter_map(|(id, name)| Some((id, name, tokens.agent_principal(id)?)))
+        .map(|(id, name, who)| Sim {
             id,
             name,
+            who,
             next_at: now + Duration::from_millis(rng.gen_range(200..1500)),
             error_left: 0,
             napping_until: None,
@@ -256,6 +285,7 @@ async fn step(
     claimed: &mut HashSet<i64>,
 ) -> Result<(), ApiError> {
     let id = sim.id;
+    let who = sim.who.clone();
     let mine = tasks
         .iter()
         .filter(|t| t["assignee_id"] == json!(id))
@@ -265,7 +295,7 @@ async fn step(
     if sim.error_left > 0 {
         sim.error_left -= 1;
         current = mine.and_then(|t| t["id"].as_i64());
-        return beat(db, id, "error", current).await;
+        return beat(db, &who, "error", current).await;
     }
     if rng.gen_bool(0.015) {
         sim.error_left = rng.gen_range(2..5);
@@ -299,10 +329,26 @@ async fn step(
             };
             current = Some(tid);
             if let Some(status) = next {
-                update(db, task, json!({"status": status})).await?;
+                let mut patch = json!({ "status": status });
+                if status == "done" {
+                    patch["progress"] = json!(100);
+                }
+                update(db, &who, task, patch).await?;
                 if status == "done" {
                     current = None;
                 }
+            } else if task["status"] == "in_progress" && rng.gen_bool(0.5) {
+                // Report progress, and now and then say something with it.
+                let progress = (task["progress"].as_i64().unwrap_or(0) + rng.gen_range(5..25)).min(95);
+                let mut params = json!({"id": tid, "progress": progress});
+                let method = if rng.gen_bool(0.4) {
+                    params["text"] = json!(NOTES.choose(rng).copied().unwrap_or("Working on it."));
+                    Method::TaskNote
+                } else {
+                    params = json!({"id": tid, "if_version": task["version"], "patch": {"progress": progress}});
+                    Method::TaskUpdate
+                };
+                exec_as(db, who.clone(), method, params).await?;
             }
         }
         None => {
@@ -316,7 +362,7 @@ async fn step(
             if let Some(task) = open.first() {
                 if rng.gen_bool(0.7) {
                     claimed.extend(task["id"].as_i64());
-                    update(db, task, json!({"assignee_id": id, "status": "in_progress"})).await?;
+                    exec_as(db, who.clone(), Method::TaskClaim, json!({"id": task["id"]})).await?;
                     current = task["id"].as_i64();
                 }
             }
@@ -329,19 +375,21 @@ async fn step(
                     .collect();
                 if let Some(task) = done.choose(rng) {
                     claimed.extend(task["id"].as_i64());
-                    update(db, task, json!({"status": "todo", "assignee_id": null})).await?;
+                    let patch = json!({"status": "todo", "assignee_id": null, "progress": null});
+                    update(db, &Principal::system(), task, patch).await?;
                 }
             }
         }
     }
     let status = if current.is_some() { "busy" } else { "idle" };
-    beat(db, id, status, current).await
+    beat(db, &who, status, current).await
 }
 
 /// Updates a task against the version the agent saw.
-async fn update(db: &Addr<Db>, task: &Value, patch: Value) -> Result<(), ApiError> {
-    exec(
+async fn update(db: &Addr<Db>, who: &Principal, task: &Value, patch: Value) -> Result<(), ApiError> {
+    exec_as(
         db,
+        who.clone(),
         Method::TaskUpdate,
         json!({"id": task["id"], "if_version": task["version"], "patch": patch}),
     )
@@ -349,9 +397,11 @@ async fn update(db: &Addr<Db>, task: &Value, patch: Value) -> Result<(), ApiErro
     .map(|_| ())
 }
 
-async fn beat(db: &Addr<Db>, id: i64, status: &str, current: Option<i64>) -> Result<(), ApiError> {
-    exec(
+async fn beat(db: &Addr<Db>, who: &Principal, status: &str, current: Option<i64>) -> Result<(), ApiError> {
+    let id = who.agent_id;
+    exec_as(
         db,
+        who.clone(),
         Method::AgentHeartbeat,
         json!({"id": id, "status": status, "current_task_id": current}),
     )

@@ -178,6 +178,8 @@ pub enum Seen {
     Entered,
     /// It matched before and does not now: the event carries its id.
     Left,
+    /// A note on a task (only its `task:N` topic hears of it).
+    Noted,
 }
 
 impl Seen {
@@ -187,6 +189,7 @@ impl Seen {
             ChangeKind::Created => Seen::Created,
             ChangeKind::Updated => Seen::Updated,
             ChangeKind::Deleted => Seen::Deleted,
+            ChangeKind::Noted => Seen::Noted,
         }
     }
 
@@ -197,6 +200,7 @@ impl Seen {
             Seen::Deleted => "deleted",
             Seen::Entered => "entered",
             Seen::Left => "left",
+            Seen::Noted => "noted",
         }
     }
 }
@@ -369,6 +373,8 @@ impl Filter {
         }
         let parse = |raw: &RawValue| serde_json::from_str::<Fields>(raw.get()).unwrap_or_default();
         match change.kind {
+            // Notes go to the task's own topic only.
+            ChangeKind::Noted => None,
             ChangeKind::Created => self.matches(&parse(&change.data)).then_some(Seen::Created),
             // A change without `before` (logged before it was kept) is sent:
             // a delete of an entity not held is harmless.
@@ -584,6 +590,8 @@ mod tests {
             changed: vec![],
             data: raw(&data),
             before: before.map(|b| raw(&b)),
+            by: None,
+            at: std::sync::Arc::from(""),
         }
     }
 

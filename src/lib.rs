@@ -16,6 +16,8 @@
 //! - [`db`]: the Db actor (the only writer, the sequencer), its rules and SQL.
 //! - [`demo`]: demo data and simulated agents for `serve --demo`.
 //! - [`admin`]: the `taskwire token` and `backup` commands, on the file.
+//! - [`mcp`]: `taskwire mcp`, the tools for AI agent hosts over MCP, a
+//!   client of a running server.
 //! - [`protocol`]: the wire contract in serde types (frames, topics, params).
 //! - [`filter`]: filtered collection topics: the filter, its canonical
 //!   spelling, and what a change is on such a topic.
@@ -34,6 +36,7 @@ pub mod demo;
 pub mod error;
 pub mod filter;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod peer;

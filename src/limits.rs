@@ -365,6 +365,7 @@ mod tests {
             token_id,
             role,
             agent_id: None,
+            name: std::sync::Arc::from("p"),
         }
     }
 

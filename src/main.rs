@@ -43,6 +43,16 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", default_value = "./data/taskwire.db", global = true)]
         db: String,
     },
+    /// Serve the taskwire tools to an AI agent host over MCP on stdin and
+    /// stdout, as a client of a running server (docs/agents.md#mcp).
+    Mcp {
+        /// The server's root URL.
+        #[arg(long, env = "TASKWIRE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The token the tools act with; an agent token makes it that agent.
+        #[arg(long, env = "TASKWIRE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,14 +92,22 @@ enum TokenAction {
 }
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    // `taskwire mcp` speaks MCP on stdout; its log (stderr) keeps to its own
+    // lines, not the SDK's line per message.
+    let filter = match command {
+        Some(Command::Mcp { .. }) => "info,rmcp=warn,tracing=warn",
+        _ => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
+    let result = match command {
         Some(Command::Serve(args)) => serve(args),
         None => serve(ServeArgs::default_from_env()),
         Some(Command::Token { action, db }) => token(action, &db),
         Some(Command::Backup { to, db }) => taskwire::admin::backup(&db, &to)
             .map(|()| println!("wrote a copy of {db} to {to}"))
             .map_err(|e| e.into()),
+        Some(Command::Mcp { url, token }) => taskwire::mcp::run(&url, &token),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

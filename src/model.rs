@@ -81,7 +81,7 @@ text_enum! {
 
 text_enum! {
     /// What a change did to its entity.
-    ChangeKind { Created = "created", Updated = "updated", Deleted = "deleted" }
+    ChangeKind { Created = "created", Updated = "updated", Deleted = "deleted", Noted = "noted" }
 }
 
 text_enum! {

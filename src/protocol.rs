@@ -15,6 +15,9 @@ use crate::error::ApiError;
 /// The largest integer `ref` a client may use: one JSON number within ±2^53.
 const MAX_REF: u64 = 1 << 53;
 
+/// The most activity entries a subscribe may ask for with a task's snapshot.
+pub const MAX_HISTORY: u32 = 200;
+
 /// What a client can subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -113,10 +116,14 @@ impl Topic {
     pub fn sees(&self, change: &Change) -> Option<Seen> {
         match self {
             Topic::Filtered(f) => f.event_of(change),
-            _ => self
-                .matches(change.entity, change.entity_id)
-                .then(|| Seen::of(change.kind)),
+            _ => self.receives(change).then(|| Seen::of(change.kind)),
         }
+    }
+
+    /// True if this topic receives `change`: a change of its entities, but
+    /// notes only on the single task's topic (the overview stays light).
+    pub fn receives(&self, change: &Change) -> bool {
+        self.matches(change.entity, change.entity_id) && (change.kind != ChangeKind::Noted || self.filter().1.is_some())
     }
 
     /// The kind of topic, for metrics: `tasks`, `task`, `agents` or `agent`.
@@ -181,6 +188,8 @@ pub enum Request {
     Subscribe {
         topic: Topic,
         resume: Option<Position>,
+        /// How many of a task's newest activity entries to send with its snapshot.
+        history: u32,
         presence: bool,
     },
     Unsubscribe {
@@ -215,6 +224,8 @@ pub enum Method {
     AgentUpdate,
     AgentDelete,
     AgentHeartbeat,
+    TaskNote,
+    TaskClaim,
 }
 
 impl Method {
@@ -227,6 +238,8 @@ impl Method {
             "agent.update" => Method::AgentUpdate,
             "agent.delete" => Method::AgentDelete,
             "agent.heartbeat" => Method::AgentHeartbeat,
+            "task.note" => Method::TaskNote,
+            "task.claim" => Method::TaskClaim,
             _ => return None,
         })
     }
@@ -239,6 +252,8 @@ impl Method {
             Method::AgentUpdate => "agent.update",
             Method::AgentDelete => "agent.delete",
             Method::AgentHeartbeat => "agent.heartbeat",
+            Method::TaskNote => "task.note",
+            Method::TaskClaim => "task.claim",
         }
     }
 }
@@ -333,10 +348,19 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
                 #[serde(default, deserialize_with = "present")]
                 since: Option<u64>,
                 #[serde(default, deserialize_with = "present")]
+                history: Option<u32>,
+                #[serde(default, deserialize_with = "present")]
                 presence: Option<bool>,
             }
             let f: F = from_value(frame)?;
             let topic = Topic::parse(&f.topic)?;
+            let history = f.history.unwrap_or(0);
+            if history > MAX_HISTORY {
+                return Err(ApiError::invalid(format!("`history` is at most {MAX_HISTORY}")));
+            }
+            if history > 0 && !matches!(topic, Topic::Task(_)) {
+                return Err(ApiError::invalid("`history` is only for `task:N` topics"));
+            }
             let since = f
                 .since
                 .map(i64::try_from)
@@ -345,6 +369,7 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
             Ok(Request::Subscribe {
                 topic,
                 resume: since.map(|since| Position { epoch: f.epoch, since }),
+                history,
                 presence: f.presence.unwrap_or(false),
             })
         }
@@ -454,6 +479,7 @@ pub struct TaskCreate {
     pub status: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub priority: Option<i64>,
+    pub progress: Option<i64>,
     pub assignee_id: Option<i64>,
 }
 
@@ -469,6 +495,8 @@ pub struct TaskPatch {
     pub status: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub priority: Option<i64>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub progress: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
     pub assignee_id: Option<Option<i64>>,
 }
@@ -519,6 +547,25 @@ pub struct Delete {
     pub if_version: Option<i64>,
 }
 
+/// Params of `task.note`. `text` is optional here so that its absence is an
+/// `invalid`, like a missing title.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskNote {
+    pub id: i64,
+    #[serde(default, deserialize_with = "present")]
+    pub text: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub progress: Option<Option<i64>>,
+}
+
+/// Params of `task.claim`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    pub id: i64,
+}
+
 /// Params of `agent.heartbeat`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -541,7 +588,13 @@ pub struct Hello<'a> {
     pub seq: i64,
     pub heartbeat_ms: u64,
     pub agent_timeout_ms: u64,
+    /// How long an `in_progress` task may go unchanged before pages call it stuck.
+    pub stuck_after_ms: u64,
     pub role: &'static str,
+    pub token_id: i64,
+    pub name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<i64>,
 }
 
 /// The server's name and version as `hello` shows it.
@@ -613,12 +666,16 @@ pub struct Change {
     pub kind: ChangeKind,
     pub changed: Vec<String>,
     /// The entity's JSON, serialized once on the writer's thread and shared
-    /// by the reply, the change log, the resume memory and every event.
+    /// by the reply, the change log, the resume memory and every event. A
+    /// note's data is the note.
     pub data: Arc<RawValue>,
-    /// The previous values of the fields in `changed` (of every field, for
-    /// a delete); none for a create. Filtered topics read it to tell
-    /// `entered` and `left`; it is not sent.
+    /// Who made it ([`crate::auth::Principal::author`]); none on changes
+    /// committed before authors were recorded.
+    pub by: Option<Arc<RawValue>>,
+    /// An update's previous values of the fields in `changed`; for a delete,
+    /// the whole entity (filtered topics read it; it is not sent).
     pub before: Option<Arc<RawValue>>,
+    pub at: Arc<str>,
 }
 
 /// An event frame, serialized straight from a borrowed change.
@@ -630,6 +687,11 @@ pub struct EventFrame<'a> {
     event: String,
     changed: &'a [String],
     data: Cow<'a, RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<&'a RawValue>,
+    at: &'a str,
 }
 
 impl Change {
@@ -655,7 +717,30 @@ impl Change {
             event: format!("{}.{}", self.entity.as_str(), seen.as_str()),
             changed: &self.changed,
             data,
+            // Sent on updates only (a delete's is for filtered topics).
+            before: (seen == Seen::Updated).then_some(self.before.as_deref()).flatten(),
+            by: self.by.as_deref(),
+            at: &self.at,
         }
+    }
+
+    /// The text of an event this change makes on a window (see
+    /// `crate::db::windows`): `event` about the entity `data`, which may be
+    /// another task the change let in or pushed out (then `changed` is
+    /// empty).
+    pub fn window_event(&self, topic: &Topic, event: &str, changed: &[String], data: &RawValue) -> String {
+        let frame = EventFrame {
+            r#type: "event",
+            topic: topic.to_string(),
+            seq: self.seq,
+            event: event.to_string(),
+            changed,
+            data: Cow::Borrowed(data),
+            before: (event == "task.updated").then_some(self.before.as_deref()).flatten(),
+            by: self.by.as_deref(),
+            at: &self.at,
+        };
+        serde_json::to_string(&frame).expect("an event serializes")
     }
 
     /// The event frame of this change on `topic`, as the text sent to
@@ -664,20 +749,6 @@ impl Change {
         let seen = topic.sees(self)?;
         Some(serde_json::to_string(&self.frame_as(topic, seen)).expect("an event serializes"))
     }
-}
-
-/// An event frame's text from its parts: a window's events, which the
-/// writer makes (see `crate::db::windows`).
-pub fn event_text_of(topic: &Topic, seq: i64, event: &str, changed: &[String], data: &RawValue) -> String {
-    let frame = EventFrame {
-        r#type: "event",
-        topic: topic.to_string(),
-        seq,
-        event: event.to_string(),
-        changed,
-        data: Cow::Borrowed(data),
-    };
-    serde_json::to_string(&frame).expect("an event serializes")
 }
 
 /// The event frame of a heartbeat on `topic` (no `seq`: it is not a change).
@@ -809,6 +880,7 @@ mod tests {
                     epoch: Some("e".into()),
                     since: 1200
                 }),
+                history: 0,
                 presence: false,
             }
         );
@@ -833,11 +905,14 @@ mod tests {
             kind: ChangeKind::Updated,
             changed: vec!["status".into()],
             data: raw(&json!({"id": 3, "status": "done"})),
-            before: None,
+            by: Some(raw(&json!({"kind": "system"}))),
+            before: Some(raw(&json!({"status": "todo"}))),
+            at: Arc::from("2026-12-09T10:00:00.000Z"),
         };
         for topic in [Topic::Tasks, Topic::Task(3)] {
             let expected = json!({"type": "event", "topic": topic.to_string(), "seq": 7, "event": "task.updated",
-                "changed": ["status"], "data": {"id": 3, "status": "done"}});
+                "changed": ["status"], "data": {"id": 3, "status": "done"}, "before": {"status": "todo"},
+                "by": {"kind": "system"}, "at": "2026-12-09T10:00:00.000Z"});
             let text: Value = serde_json::from_str(&c.event_text(&topic).unwrap()).unwrap();
             assert_eq!(text, expected);
         }

@@ -130,6 +130,15 @@ impl Batch {
         })
     }
 
+    /// True unless the item is a change `topic` does not receive (a note, on
+    /// the collection topic).
+    fn goes_to(&self, i: usize, topic: &Topic) -> bool {
+        match &self.items[i] {
+            Published::Change(c) => topic.receives(c),
+            Published::Heartbeat { .. } | Published::Window(_) => true,
+        }
+    }
+
     /// The item's frame on its `j`th topic, encoded on first use.
     fn frame(&self, i: usize, j: usize, topic: &Topic) -> &Bytes {
         self.frames[i][j].get_or_init(|| match &self.items[i] {
@@ -382,6 +391,9 @@ impl Shard {
                 let Some(subs) = self.topics.get(topic) else {
                     continue;
                 };
+                if !batch.goes_to(i, topic) {
+                    continue;
+                }
                 deliver(subs, topic, seq, batch.frame(i, j, topic));
             }
         }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::future::{ready, Ready};
 
 use crate::auth::{self, Principal};
+use crate::db::queries::ActivityOf;
 use crate::db::{
     self, Committed, CreateLoginCode, CreateToken, ListTokens, Login, Logout, Query, Read, ReadChanges,
     RedeemLoginCode, RevokeToken,
@@ -19,7 +20,7 @@ use crate::db::{
 use crate::error::ApiError;
 use crate::filter::{Filter, SortKey};
 use crate::model::Entity;
-use crate::protocol::{check_op_id, Call, Method, Topic};
+use crate::protocol::{check_op_id, Call, Method, Topic, MAX_HISTORY};
 use crate::state::AppState;
 
 /// Registers every route.
@@ -44,6 +45,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/tasks/{id}", web::get().to(get_task))
                 .route("/tasks/{id}", web::patch().to(update_task))
                 .route("/tasks/{id}", web::delete().to(delete_task))
+                .route("/tasks/{id}/notes", web::post().to(note_task))
+                .route("/tasks/{id}/claim", web::post().to(claim_task))
+                .route("/tasks/{id}/activity", web::get().to(task_activity))
+                .route("/agents/{id}/activity", web::get().to(agent_activity))
+                .route("/me", web::get().to(me))
                 .route("/agents", web::get().to(list_agents))
                 .route("/agents", web::post().to(create_agent))
                 .route("/agents/{id}", web::get().to(get_agent))
@@ -83,6 +89,34 @@ impl FromRequest for Principal {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let app = req.app_data::<web::Data<AppState>>().expect("app state is registered");
         ready(bearer(app, req.headers()).and_then(|p| app.rest_limits.check(&p).map(|()| p)))
+    }
+}
+
+/// The reader of an activity route: a bearer token, or the session cookie of a
+/// page of this same origin (`Sec-Fetch-Site: same-origin`), so the task and
+/// agent pages can page back through activity. Only these read-only GETs take
+/// the cookie: a cross-site request cannot send it (`SameSite=Strict`) nor read
+/// the answer (no CORS).
+struct PageReader(Principal);
+
+impl FromRequest for PageReader {
+    type Error = ApiError;
+    type Future = Ready<Result<PageReader, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let app = req.app_data::<web::Data<AppState>>().expect("app state is registered");
+        let same_origin = req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"same-origin");
+        let who = match req.cookie(SESSION_COOKIE) {
+            Some(c) if same_origin && !req.headers().contains_key(header::AUTHORIZATION) => app
+                .tokens
+                .verify_session(c.value())
+                .ok_or_else(|| ApiError::unauthorized("the session has ended; log in again")),
+            _ => bearer(app, req.headers()),
+        };
+        ready(who.and_then(|p| app.rest_limits.check(&p).map(|()| PageReader(p))))
     }
 }
 
@@ -184,14 +218,14 @@ fn forwarded_proto(headers: &HeaderMap) -> Option<String> {
     from_forwarded.or_else(|| last(header::HeaderName::from_static("x-forwarded-proto")).map(String::from))
 }
 
-/// Only the list routes take query parameters; anywhere else one is an
-/// unknown field.
+/// Only the list and activity routes take query parameters; anywhere else one
+/// is an unknown field.
 async fn reject_stray_query(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let takes_query = req.method() == actix_web::http::Method::GET
-        && matches!(req.path(), "/api/tasks" | "/api/agents" | "/api/changes");
+        && (matches!(req.path(), "/api/tasks" | "/api/agents" | "/api/changes") || req.path().ends_with("/activity"));
     if !takes_query && !req.query_string().is_empty() {
         return Err(ApiError::bad_request("this route takes no query parameters").into());
     }
@@ -770,6 +804,91 @@ async fn heartbeat(
     params.insert("id".into(), json!(id));
     let c = execute(&app, &req, who, Method::AgentHeartbeat, Value::Object(params)).await?;
     Ok(written(HttpResponse::NoContent(), c.seq).finish())
+}
+
+async fn note_task(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let id = path_id(&id)?;
+    let mut params = body(&app, payload, false).await?;
+    params.insert("id".into(), json!(id));
+    let c = execute(&app, &req, who, Method::TaskNote, Value::Object(params)).await?;
+    Ok(written(HttpResponse::Created(), c.seq).json(c.value()?))
+}
+
+async fn claim_task(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    who: Principal,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Res {
+    let id = path_id(&id)?;
+    let mut params = body(&app, payload, true).await?;
+    if !params.is_empty() {
+        return Err(ApiError::bad_request("a claim takes no body"));
+    }
+    params.insert("id".into(), json!(id));
+    let c = execute(&app, &req, who, Method::TaskClaim, Value::Object(params)).await?;
+    let data = c.value()?;
+    Ok(written(HttpResponse::Ok(), c.seq)
+        .insert_header(etag(&data["version"]))
+        .json(data))
+}
+
+async fn activity(app: &AppState, who: Principal, of: ActivityOf, query: HashMap<String, String>) -> Res {
+    let mut before = i64::MAX;
+    let mut limit = 50;
+    for (k, v) in query {
+        match k.as_str() {
+            "before" => {
+                before = v
+                    .parse()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| ApiError::bad_request("before must be a seq"))?
+            }
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=MAX_HISTORY as i64).contains(l))
+                    .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_HISTORY}")))?
+            }
+            other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let query = Query::Activity { of, before, limit };
+    Ok(HttpResponse::Ok().json(ask(&app.reader, Read { query, by: who }).await?))
+}
+
+async fn task_activity(
+    app: web::Data<AppState>,
+    PageReader(who): PageReader,
+    id: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> Res {
+    let of = ActivityOf::Task(path_id(&id)?);
+    activity(&app, who, of, query.into_inner()).await
+}
+
+async fn agent_activity(
+    app: web::Data<AppState>,
+    PageReader(who): PageReader,
+    id: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> Res {
+    let of = ActivityOf::Agent(path_id(&id)?);
+    activity(&app, who, of, query.into_inner()).await
+}
+
+/// Who the request's token is: what `hello` tells a socket.
+async fn me(who: Principal) -> Res {
+    Ok(HttpResponse::Ok().json(who.me()))
 }
 
 async fn changes(app: web::Data<AppState>, who: Principal, query: web::Query<HashMap<String, String>>) -> Res {

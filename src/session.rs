@@ -197,6 +197,7 @@ impl Session {
             Request::Subscribe {
                 topic,
                 resume,
+                history,
                 presence,
             } => {
                 if self.peer.gave_up() || self.peer.is_behind() {
@@ -228,6 +229,7 @@ impl Session {
                     topic,
                     generation: self.generation,
                     resume,
+                    history,
                     principal: self.principal.clone(),
                     reply_to: ctx.address().recipient(),
                     presence,
@@ -325,7 +327,11 @@ impl Actor for Session {
             seq: self.app.head.seq(),
             heartbeat_ms: config.heartbeat_interval.as_millis() as u64,
             agent_timeout_ms: config.db.heartbeat_timeout.as_millis() as u64,
+            stuck_after_ms: config.stuck_after.as_millis() as u64,
             role: self.principal.role.as_str(),
+            token_id: self.principal.token_id,
+            name: &self.principal.name,
+            agent_id: self.principal.agent_id,
         };
         let hello = serde_json::to_string(&hello).expect("hello serializes");
         let interval = config.heartbeat_interval;

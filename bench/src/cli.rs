@@ -113,6 +113,14 @@ pub enum Scenario {
         #[arg(short = 'm', long, default_value_t = 100)]
         writes: usize,
     },
+    /// One task with N activity entries, then O page opens: a fresh socket
+    /// subscribing to `task:{id}` with `history: 200`, timed to its reply.
+    History {
+        #[arg(short = 'n', long, default_value_t = 100_000)]
+        entries: usize,
+        #[arg(short = 'o', long, default_value_t = 200)]
+        opens: usize,
+    },
     /// A paced writer's ack latency, idle and then while a member token floods
     /// the readers (change-log pages over HTTP, far resumes over sockets).
     Readflood {
@@ -257,6 +265,11 @@ pub fn check_bounds(s: &Scenario, c: &Common) -> Res<()> {
             sockets(*clients, "--clients")?;
             if *writes == 0 || *writes > 100_000 {
                 return Err("--writes must be 1..=100000".into());
+            }
+        }
+        Scenario::History { entries, opens } => {
+            if *entries == 0 || *entries > 10_000_000 || *opens == 0 || *opens > 100_000 {
+                return Err("--entries must be 1..=10000000 and --opens 1..=100000".into());
             }
         }
         Scenario::Readflood {

@@ -125,6 +125,7 @@ async fn run(c: Common, s: Scenario) -> Res<(Value, Rows)> {
             raise_nofile(clients + 1)?;
             scenarios::resume::run(&c, clients, writes).await
         }
+        Scenario::History { entries, opens } => scenarios::history::run(&c, entries, opens).await,
         Scenario::Readflood {
             tasks,
             seconds,

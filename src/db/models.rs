@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use super::schema::{agents, changes, login_codes, ops, tasks, tokens};
+use super::schema::{activity, agents, changes, login_codes, ops, tasks, tokens};
 use crate::auth::Role;
 use crate::model::{AgentStatus, ChangeKind, Entity, TaskStatus};
 
@@ -20,6 +20,7 @@ pub struct Task {
     pub description: String,
     pub status: TaskStatus,
     pub priority: i32,
+    pub progress: Option<i32>,
     pub assignee_id: Option<i64>,
     pub version: i64,
     pub created_at: String,
@@ -29,12 +30,13 @@ pub struct Task {
 impl Task {
     /// The fields a create reports as changed: all but `version` and
     /// `updated_at`, sorted by name as `changed_fields` lists them.
-    pub const FIELDS: [&'static str; 7] = [
+    pub const FIELDS: [&'static str; 8] = [
         "assignee_id",
         "created_at",
         "description",
         "id",
         "priority",
+        "progress",
         "status",
         "title",
     ];
@@ -48,24 +50,22 @@ impl Task {
         Arc::from(serde_json::value::to_raw_value(self).expect("a task serializes"))
     }
 
-    /// The values of `fields` (a change's `before`), without serializing
-    /// the whole task (its description may be long).
-    pub fn values_of(&self, fields: &[String]) -> Arc<RawValue> {
-        let mut out = serde_json::Map::new();
-        for f in fields {
-            let v = match f.as_str() {
-                "assignee_id" => json!(self.assignee_id),
-                "created_at" => json!(self.created_at),
-                "description" => json!(self.description),
-                "id" => json!(self.id),
-                "priority" => json!(self.priority),
-                "status" => json!(self.status),
-                "title" => json!(self.title),
-                _ => continue,
-            };
-            out.insert(f.clone(), v);
-        }
-        Arc::from(serde_json::value::to_raw_value(&out).expect("values serialize"))
+    /// The values of `fields` as the task's JSON has them: an update's
+    /// `before`, without serializing the whole task (its description may be
+    /// long).
+    pub fn values_of(&self, fields: &[String]) -> Value {
+        let value = |f: &str| match f {
+            "assignee_id" => json!(self.assignee_id),
+            "created_at" => json!(self.created_at),
+            "description" => json!(self.description),
+            "id" => json!(self.id),
+            "priority" => json!(self.priority),
+            "progress" => json!(self.progress),
+            "status" => json!(self.status),
+            "title" => json!(self.title),
+            _ => Value::Null,
+        };
+        Value::Object(fields.iter().map(|f| (f.clone(), value(f))).collect())
     }
 
     /// The fields that differ in `next`, sorted by name; `version` and
@@ -77,6 +77,7 @@ impl Task {
             self.description != next.description,
             self.id != next.id,
             self.priority != next.priority,
+            self.progress != next.progress,
             self.status != next.status,
             self.title != next.title,
         ];
@@ -97,6 +98,7 @@ pub struct NewTask<'a> {
     pub description: &'a str,
     pub status: TaskStatus,
     pub priority: i32,
+    pub progress: Option<i32>,
     pub assignee_id: Option<i64>,
     pub version: i64,
     pub created_at: &'a str,
@@ -168,14 +170,17 @@ pub struct ChangeRow {
     pub changed: String,
     pub data: String,
     pub at: String,
-    pub before: Option<String>,
+    /// Who made it ([`crate::protocol::by`]); none before authors were recorded.
+    pub author: Option<String>,
+    /// The previous values of the changed fields, for an update.
+    pub prior: Option<String>,
 }
 
 /// A change-log row to append, borrowing what the change already holds.
+/// `None` is bound as NULL, so the statement's text is always the same and
+/// stays prepared.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = changes)]
-// One statement for both cases (it is a cached statement): a `None` binds NULL.
-#[diesel(treat_none_as_default_value = false)]
+#[diesel(table_name = changes, treat_none_as_default_value = false)]
 pub struct NewChange<'a> {
     pub seq: i64,
     pub entity: Entity,
@@ -184,7 +189,38 @@ pub struct NewChange<'a> {
     pub changed: &'a str,
     pub data: &'a str,
     pub at: &'a str,
-    pub before: Option<&'a str>,
+    pub author: Option<&'a str>,
+    pub prior: Option<&'a str>,
+}
+
+/// An entry of a task's activity: a change of the task or a note on it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = activity)]
+pub struct ActivityRow {
+    pub seq: i64,
+    pub task_id: i64,
+    pub agent_id: Option<i64>,
+    pub kind: ChangeKind,
+    pub changed: String,
+    pub prior: Option<String>,
+    pub data: String,
+    pub author: Option<String>,
+    pub at: String,
+}
+
+/// An activity entry to append, borrowing what its change already holds.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = activity, treat_none_as_default_value = false)]
+pub struct NewActivity<'a> {
+    pub seq: i64,
+    pub task_id: i64,
+    pub agent_id: Option<i64>,
+    pub kind: ChangeKind,
+    pub changed: &'a str,
+    pub prior: Option<&'a str>,
+    pub data: &'a str,
+    pub author: Option<&'a str>,
+    pub at: &'a str,
 }
 
 /// A remembered op_id and the reply it got.

@@ -10,9 +10,9 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::models::*;
 use super::open::OpenError;
-use super::schema::{agents, changes, login_codes, meta, ops, tasks, tokens, web_sessions};
+use super::schema::{activity, agents, changes, login_codes, meta, ops, tasks, tokens, web_sessions};
 use crate::filter::{Assignee, Filter, KeyValue, SortKey};
-use crate::model::Entity;
+use crate::model::{ChangeKind, Entity};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -120,6 +120,7 @@ pub fn roll_back_savepoint(conn: &mut SqliteConnection) -> QueryResult<()> {
 
 /// Cache keys of the statements kept prepared.
 struct AppendChangeSql;
+struct AppendActivitySql;
 struct SaveTaskSql;
 struct SaveTaskWithAssigneeSql;
 struct SaveAgentSql;
@@ -403,6 +404,7 @@ pub fn save_task(conn: &mut SqliteConnection, task: &Task, assignee_changed: boo
         tasks::description.eq(&task.description),
         tasks::status.eq(&task.status),
         tasks::priority.eq(task.priority),
+        tasks::progress.eq(task.progress),
         tasks::version.eq(task.version),
         tasks::updated_at.eq(&task.updated_at),
     );
@@ -510,6 +512,49 @@ pub fn append_change(conn: &mut SqliteConnection, row: &NewChange) -> QueryResul
         .map(drop)
 }
 
+// ---- activity ----
+
+pub fn append_activity(conn: &mut SqliteConnection, row: &NewActivity) -> QueryResult<()> {
+    cached_as::<AppendActivitySql, _>(diesel::insert_into(activity::table).values(row))
+        .execute(conn)
+        .map(drop)
+}
+
+pub fn delete_activity(conn: &mut SqliteConnection, task_id: i64) -> QueryResult<()> {
+    diesel::delete(activity::table.filter(activity::task_id.eq(task_id)))
+        .execute(conn)
+        .map(drop)
+}
+
+/// Whose activity: one task's, or what one agent did across tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActivityOf {
+    Task(i64),
+    Agent(i64),
+}
+
+/// Activity entries with seq below `before` and at most `upto`, newest first,
+/// at most `limit`.
+pub fn activity(
+    conn: &mut SqliteConnection,
+    of: ActivityOf,
+    before: i64,
+    upto: i64,
+    limit: i64,
+) -> QueryResult<Vec<ActivityRow>> {
+    let q = activity::table
+        .filter(activity::seq.lt(before))
+        .filter(activity::seq.le(upto))
+        .select(ActivityRow::as_select())
+        .order(activity::seq.desc())
+        .limit(limit)
+        .into_boxed();
+    match of {
+        ActivityOf::Task(id) => q.filter(activity::task_id.eq(id)).load(conn),
+        ActivityOf::Agent(id) => q.filter(activity::agent_id.eq(id)).load(conn),
+    }
+}
+
 pub fn max_seq(conn: &mut SqliteConnection) -> QueryResult<Option<i64>> {
     changes::table.select(diesel::dsl::max(changes::seq)).first(conn)
 }
@@ -534,8 +579,10 @@ pub fn changes_since(
         .into_boxed();
     if let Some((entity, id)) = filter {
         q = q.filter(changes::entity.eq(entity.as_str()));
-        if let Some(id) = id {
-            q = q.filter(changes::entity_id.eq(id));
+        match id {
+            Some(id) => q = q.filter(changes::entity_id.eq(id)),
+            // Notes are only on their task's own topic.
+            None => q = q.filter(changes::kind.ne(ChangeKind::Noted.as_str())),
         }
     }
     q.load(conn)
@@ -808,11 +855,55 @@ mod tests {
                 changed: "[]",
                 data: "{}",
                 at: "t3",
-                before: None,
+                author: None,
+                prior: None,
             },
         )
         .unwrap();
         assert_eq!(max_seq(&mut conn).unwrap(), Some(10));
+    }
+
+    /// A database made before authored changes keeps its tasks, change log,
+    /// tokens and epoch through their migration; what the log still holds of
+    /// existing tasks becomes their activity, with no author.
+    #[test]
+    fn the_activity_migration_keeps_everything_and_fills_the_activity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        for _ in 0..4 {
+            conn.run_next_migration(MIGRATIONS).unwrap();
+        }
+        conn.batch_execute(
+            "INSERT INTO meta (key, value) VALUES ('epoch', 'e-old');
+             INSERT INTO tasks (id, title, description, status, priority, assignee_id, version, created_at, updated_at)
+                 VALUES (1, 'kept', '', 'todo', 1, NULL, 2, 't1', 't2');
+             INSERT INTO tokens (hash, role, name, agent_id, created_at) VALUES ('h1', 'admin', 'root', NULL, 't0');
+             INSERT INTO changes (seq, entity, entity_id, kind, changed, data, at) VALUES
+                 (1, 'task', 1, 'created', '[\"title\"]', '{\"id\":1,\"title\":\"k\"}', 't1'),
+                 (2, 'task', 9, 'created', '[\"title\"]', '{\"id\":9}', 't1'),
+                 (3, 'task', 9, 'deleted', '[]', '{\"id\":9}', 't1'),
+                 (4, 'task', 1, 'updated', '[\"title\"]', '{\"id\":1,\"title\":\"kept\"}', 't2'),
+                 (5, 'agent', 2, 'created', '[]', '{\"id\":2}', 't2');",
+        )
+        .unwrap();
+        drop(conn);
+
+        let mut conn = open(path.to_str().unwrap()).unwrap();
+        assert_eq!(get_meta(&mut conn, "epoch").unwrap().as_deref(), Some("e-old"));
+        assert_eq!(list_tokens(&mut conn).unwrap()[0].name, "root");
+        let task = find_task(&mut conn, 1).unwrap().unwrap();
+        assert_eq!((task.title.as_str(), task.version, task.progress), ("kept", 2, None));
+        let log = changes_since(&mut conn, 0, i64::MAX, None, 10).unwrap();
+        assert_eq!(log.len(), 5);
+        assert!(log.iter().all(|c| c.author.is_none() && c.prior.is_none()));
+        let entries = activity(&mut conn, ActivityOf::Task(1), i64::MAX, i64::MAX, 10).unwrap();
+        let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![4, 1], "newest first, only the live task's own");
+        assert!(entries.iter().all(|e| e.author.is_none()));
+        assert!(activity(&mut conn, ActivityOf::Task(9), i64::MAX, i64::MAX, 10)
+            .unwrap()
+            .is_empty());
     }
 
     /// A database made before login codes keeps its tokens and browser
@@ -889,6 +980,7 @@ mod tests {
                 description: "",
                 status: crate::model::TaskStatus::Todo,
                 priority: 0,
+                progress: None,
                 assignee_id: None,
                 version: 1,
                 created_at: "t",

@@ -97,6 +97,7 @@ impl Handler<Subscribe> for Reader {
                 &self.config,
                 &msg.topic,
                 msg.resume.as_ref(),
+                msg.history,
             )?;
             self.budget.charge(&msg.principal, rows);
             Ok((data, seq))

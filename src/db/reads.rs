@@ -10,16 +10,16 @@ use serde::Serialize;
 use serde_json::value::{to_raw_value, RawValue};
 use serde_json::Value;
 
-use super::models::{Agent, Task};
-use super::queries as q;
+use super::models::{ActivityRow, Agent, Task};
+use super::queries::{self as q, ActivityOf};
 use super::rules::change_of_row;
 use super::shared::Shared;
 use super::DbConfig;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::filter::{Filter, SortKey};
-use crate::model::Entity;
-use crate::protocol::{EventFrame, Topic};
+use crate::model::{ChangeKind, Entity};
+use crate::protocol::{Change, EventFrame, Seen, Topic};
 
 /// Where a read transaction stands: its last change, and the newest change
 /// pruned from the log.
@@ -68,6 +68,13 @@ pub enum Query {
     /// Agents by id, optionally those a filter matches.
     Agents(Option<Filter>),
     Agent(i64),
+    /// A page of a task's or an agent's activity, newest first: entries with
+    /// a seq below `before`.
+    Activity {
+        of: ActivityOf,
+        before: i64,
+        limit: i64,
+    },
 }
 
 /// A REST read, by a principal whose read budget it is charged to.
@@ -88,6 +95,65 @@ pub enum ReadAnswer {
     Task(Task),
     Agents(Listing<Agent>),
     Agent(Agent),
+    Activity(ActivityPage),
+}
+
+/// An activity entry: a change of a task or a note on it, as history lists
+/// and REST pages show it. Its fields are an event's, plus `task_id`.
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    seq: i64,
+    event: String,
+    task_id: i64,
+    changed: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before: Option<Box<RawValue>>,
+    data: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<Box<RawValue>>,
+    at: String,
+}
+
+impl TryFrom<ActivityRow> for Entry {
+    type Error = ApiError;
+    fn try_from(row: ActivityRow) -> Result<Entry, ApiError> {
+        let text = |t: String| RawValue::from_string(t).map_err(ApiError::internal);
+        Ok(Entry {
+            seq: row.seq,
+            event: format!("{}.{}", Entity::Task.as_str(), row.kind),
+            task_id: row.task_id,
+            changed: text(row.changed)?,
+            before: row.prior.map(text).transpose()?,
+            data: text(row.data)?,
+            by: row.author.map(text).transpose()?,
+            at: row.at,
+        })
+    }
+}
+
+/// A page of activity, newest first; `next_before` continues it, `null` at
+/// the end.
+#[derive(Debug, Serialize)]
+pub struct ActivityPage {
+    pub epoch: String,
+    pub seq: i64,
+    pub items: Vec<Entry>,
+    pub next_before: Option<i64>,
+}
+
+/// Activity entries of `of` with seq below `before` and at most `upto`,
+/// newest first.
+pub fn activity(
+    conn: &mut SqliteConnection,
+    of: ActivityOf,
+    before: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<Entry>, ApiError> {
+    q::activity(conn, of, before, upto, limit)?
+        .into_iter()
+        .map(Entry::try_from)
+        .collect()
 }
 
 impl ReadAnswer {
@@ -96,7 +162,7 @@ impl ReadAnswer {
         match self {
             ReadAnswer::Task(t) => Some(t.version),
             ReadAnswer::Agent(a) => Some(a.version),
-            ReadAnswer::Page(_) | ReadAnswer::Agents(_) => None,
+            ReadAnswer::Page(_) | ReadAnswer::Agents(_) | ReadAnswer::Activity(_) => None,
         }
     }
 
@@ -105,6 +171,7 @@ impl ReadAnswer {
         match self {
             ReadAnswer::Page(l) => l.items.len(),
             ReadAnswer::Agents(l) => l.items.len(),
+            ReadAnswer::Activity(p) => p.items.len(),
             ReadAnswer::Task(_) | ReadAnswer::Agent(_) => 1,
         }
     }
@@ -196,6 +263,30 @@ pub fn read(conn: &mut SqliteConnection, shared: &Shared, query: Query) -> Resul
             Query::Agent(id) => ReadAnswer::Agent(
                 agent(conn, shared, id)?.ok_or_else(|| ApiError::not_found(format!("agent {id} not found")))?,
             ),
+            Query::Activity { of, before, limit } => {
+                let exists = match of {
+                    ActivityOf::Task(id) => q::find_task(conn, id)?.is_some(),
+                    ActivityOf::Agent(id) => q::find_agent(conn, id)?.is_some(),
+                };
+                if !exists {
+                    let (kind, id) = match of {
+                        ActivityOf::Task(id) => ("task", id),
+                        ActivityOf::Agent(id) => ("agent", id),
+                    };
+                    return Err(ApiError::not_found(format!("{kind} {id} not found")));
+                }
+                let (epoch, seq) = listing(conn)?;
+                let items = activity(conn, of, before, seq, limit)?;
+                let next_before = (items.len() as i64 == limit)
+                    .then(|| items.last().map(|e| e.seq))
+                    .flatten();
+                ReadAnswer::Activity(ActivityPage {
+                    epoch,
+                    seq,
+                    items,
+                    next_before,
+                })
+            }
         })
     })
 }
@@ -231,13 +322,16 @@ pub fn changes(
             .into_iter()
             .map(change_of_row)
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let events: Vec<_> = changes
+        let topics: Vec<(&Change, Topic, Seen)> = changes
             .iter()
             .filter_map(|c| match &msg.topic {
-                Some(topic) => topic.sees(c).map(|seen| c.frame_as(topic, seen)),
-                None => Some(c.frame(Topic::collection(c.entity))),
+                Some(t) => t.sees(c).map(|seen| (c, t.clone(), seen)),
+                // A note is only ever on its task's own topic.
+                None if c.kind == ChangeKind::Noted => Some((c, Topic::Task(c.entity_id), Seen::of(c.kind))),
+                None => Some((c, Topic::collection(c.entity).clone(), Seen::of(c.kind))),
             })
             .collect();
+        let events: Vec<_> = topics.iter().map(|(c, t, seen)| c.frame_as(t, *seen)).collect();
         let page = ChangesPage {
             epoch: &shared.head.epoch,
             seq: upto,

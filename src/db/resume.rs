@@ -13,7 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::queries as q;
-use super::reads::{snapshot, Position as At};
+use super::queries::ActivityOf;
+use super::reads::{activity, snapshot, Entry, Position as At};
 use super::rules::change_of_row;
 use super::shared::Shared;
 use super::DbConfig;
@@ -49,6 +50,8 @@ pub struct Subscribe {
     /// The session's number for this subscribe, echoed in the answer.
     pub generation: u64,
     pub resume: Option<Position>,
+    /// Activity entries to send with a snapshot of `task:N`.
+    pub history: u32,
     pub principal: Principal,
     pub reply_to: Recipient<Subscribed>,
     /// Whether the reply lists the topic's presence (echoed).
@@ -93,7 +96,7 @@ impl RecentChanges {
                 .iter()
                 .skip((since + 1 - first.seq) as usize)
                 .take_while(|c| c.seq <= upto)
-                .filter(|c| topic.matches(c.entity, c.entity_id))
+                .filter(|c| topic.receives(c))
                 .take(limit)
                 .cloned()
                 .collect()
@@ -101,23 +104,27 @@ impl RecentChanges {
     }
 }
 
+/// What a subscribe reply depends on: the topic, the resume position (of this
+/// database) and the history asked for.
+type ReplyKey = (Topic, Option<i64>, u32);
+
 /// Subscribe replies at one position, by topic and resume position: clients
 /// that (re)subscribe alike at the same position, as after a restart, share
 /// one reply, read and serialized once.
 #[derive(Default)]
 pub struct ReplyCache {
     seq: i64,
-    replies: HashMap<(Topic, Option<i64>), Arc<RawValue>>,
+    replies: HashMap<ReplyKey, Arc<RawValue>>,
 }
 
 impl ReplyCache {
     const MAX: usize = 256;
 
-    fn get(&mut self, seq: i64, key: &(Topic, Option<i64>)) -> Option<Arc<RawValue>> {
+    fn get(&mut self, seq: i64, key: &ReplyKey) -> Option<Arc<RawValue>> {
         (self.seq == seq).then(|| self.replies.get(key).cloned()).flatten()
     }
 
-    fn insert(&mut self, seq: i64, key: (Topic, Option<i64>), reply: Arc<RawValue>) {
+    fn insert(&mut self, seq: i64, key: ReplyKey, reply: Arc<RawValue>) {
         if self.seq != seq || self.replies.len() >= Self::MAX {
             self.replies.clear();
             self.seq = seq;
@@ -136,6 +143,8 @@ struct SubscribeReply<'a> {
     events: Option<&'a [EventFrame<'a>]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<&'a [Entry]>,
 }
 
 /// A subscribe's reply, read in one transaction, and the rows it read (for
@@ -146,10 +155,11 @@ pub fn reply(
     config: &DbConfig,
     topic: &Topic,
     resume: Option<&Position>,
+    history: u32,
 ) -> Result<(Arc<RawValue>, i64, usize), ApiError> {
     let epoch = shared.head.epoch.as_str();
     let same_db = resume.is_some_and(|p| p.epoch.as_deref() == Some(epoch));
-    let key = (topic.clone(), resume.filter(|_| same_db).map(|p| p.since));
+    let key = (topic.clone(), resume.filter(|_| same_db).map(|p| p.since), history);
     conn.transaction(|conn| {
         let at = At::read(conn)?;
         if let Some(cached) = shared.replies.lock().expect("replies poisoned").get(at.seq, &key) {
@@ -170,13 +180,21 @@ pub fn reply(
                     .iter()
                     .filter_map(|c| topic.sees(c).map(|seen| c.frame_as(topic, seen)))
                     .collect();
-                text(topic, epoch, at.seq, Some(&events), None)?
+                text(topic, epoch, at.seq, Some(&events), None, None)?
             }
             None => {
                 let snapshot = snapshot(conn, shared, topic)?
                     .ok_or_else(|| ApiError::not_found(format!("{topic} does not exist")))?;
                 rows += snapshot.as_array().map_or(1, Vec::len);
-                text(topic, epoch, at.seq, None, Some(&snapshot))?
+                let history = match (topic, history) {
+                    (Topic::Task(id), n) if n > 0 => {
+                        let entries = activity(conn, ActivityOf::Task(*id), i64::MAX, at.seq, n.into())?;
+                        rows += entries.len();
+                        Some(entries)
+                    }
+                    _ => None,
+                };
+                text(topic, epoch, at.seq, None, Some(&snapshot), history.as_deref())?
             }
         };
         let text: Arc<RawValue> = Arc::from(text);
@@ -195,6 +213,7 @@ fn text(
     seq: i64,
     events: Option<&[EventFrame<'_>]>,
     snapshot: Option<&Value>,
+    history: Option<&[Entry]>,
 ) -> Result<Box<RawValue>, ApiError> {
     let reply = SubscribeReply {
         topic: topic.to_string(),
@@ -202,6 +221,7 @@ fn text(
         seq,
         events,
         snapshot,
+        history,
     };
     to_raw_value(&reply).map_err(ApiError::internal)
 }

@@ -1,6 +1,20 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    activity (seq) {
+        seq -> BigInt,
+        task_id -> BigInt,
+        agent_id -> Nullable<BigInt>,
+        kind -> Text,
+        changed -> Text,
+        prior -> Nullable<Text>,
+        data -> Text,
+        author -> Nullable<Text>,
+        at -> Text,
+    }
+}
+
+diesel::table! {
     agents (id) {
         id -> BigInt,
         name -> Text,
@@ -24,7 +38,8 @@ diesel::table! {
         changed -> Text,
         data -> Text,
         at -> Text,
-        before -> Nullable<Text>,
+        author -> Nullable<Text>,
+        prior -> Nullable<Text>,
     }
 }
 
@@ -67,6 +82,7 @@ diesel::table! {
         version -> BigInt,
         created_at -> Text,
         updated_at -> Text,
+        progress -> Nullable<Integer>,
     }
 }
 
@@ -93,4 +109,14 @@ diesel::table! {
 
 diesel::joinable!(tasks -> agents (assignee_id));
 
-diesel::allow_tables_to_appear_in_same_query!(agents, changes, login_codes, meta, ops, tasks, tokens, web_sessions,);
+diesel::allow_tables_to_appear_in_same_query!(
+    activity,
+    agents,
+    changes,
+    login_codes,
+    meta,
+    ops,
+    tasks,
+    tokens,
+    web_sessions,
+);

@@ -173,6 +173,7 @@ pub fn load_tokens(conn: &mut SqliteConnection, cache: &TokenCache) -> QueryResu
                 token_id: t.id,
                 role: t.role,
                 agent_id: t.agent_id,
+                name: std::sync::Arc::from(t.name.as_str()),
             };
             (t.hash, p)
         })

@@ -31,7 +31,7 @@ use super::queries as q;
 use crate::error::ApiError;
 use crate::filter::{Filter, SortKey, Window};
 use crate::model::{ChangeKind, Entity};
-use crate::protocol::{event_text_of, raw, Change, Position, Topic};
+use crate::protocol::{raw, Change, Position, Topic};
 
 /// Event groups kept per window for resumes (one group per change).
 const RECENT: usize = 1024;
@@ -165,7 +165,7 @@ impl Win {
         let is_in = self.rows.iter().any(|r| r.key.id == x);
         let gone = raw(&serde_json::json!({ "id": x }));
         let frame = |event: &str, changed: &[String], data: &RawValue| -> Result<Arc<RawValue>, ApiError> {
-            let text = event_text_of(topic, c.seq, event, changed, data);
+            let text = c.window_event(topic, event, changed, data);
             Ok(Arc::from(RawValue::from_string(text).map_err(ApiError::internal)?))
         };
         let mut frames = Vec::new();

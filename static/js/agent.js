@@ -1,7 +1,11 @@
-// The agent page: one agent over `agent:{id}` (status, meta, heartbeats) and
-// the tasks assigned to it, from `tasks` filtered here (no HTTP after load).
+// The agent page: one agent over `agent:{id}` (status, meta, heartbeats), the
+// tasks assigned to it from `tasks`, and what it did and said across tasks:
+// a first page of its activity over REST, then kept live from its changes on
+// `tasks` (`by.agent_id`) and its notes on `task:M` of each task assigned to it.
 
+import { entryFromEvent, isTimelineEntry } from './activity.js';
 import { Client } from './client.js';
+import { PAGE, fetchActivity, mountTimeline } from './timeline.js';
 import {
   PRIORITY_LABELS,
   TASK_STATUSES,
@@ -30,6 +34,8 @@ const notice = $('notice');
 let agent = null;
 let deleted = false;
 const tasks = new Map();
+/** Every agent by id, for names in the activity. */
+const agents = new Map();
 
 function showNotice(text, kind = 'warn') {
   notice.className = `notice ${kind}`;
@@ -117,12 +123,92 @@ function renderTasks() {
 function render() {
   renderAgent();
   renderTasks();
+  followAssigned();
+}
+
+// ---- what it did and said ----
+
+/** The task an entry is about, by its title, linked. */
+function taskRef(entry) {
+  const tid = entry.task_id ?? (entry.data && (entry.data.task_id ?? entry.data.id));
+  const t = tasks.get(tid);
+  const title = t ? t.title : entry.data && entry.data.title ? entry.data.title : `task ${tid}`;
+  return [el('a', { class: 'task-ref', href: `/tasks/${tid}` }, title), ': '];
+}
+
+const activity = mountTimeline({
+  client,
+  agents,
+  list: $('activity'),
+  older: $('activity-older'),
+  state: $('activity-state'),
+  live: $('activity-live'),
+  fetchOlder: (before) => fetchActivity(`/api/agents/${id}/activity`, before),
+  lead: taskRef,
+  empty: 'This agent has not changed a task or written a note yet.',
+});
+
+let seeded = false;
+/** Live entries that came before the first page: added once it is in. */
+const early = [];
+
+function byThisAgent(entry) {
+  return !!entry.by && entry.by.agent_id === id && isTimelineEntry(entry);
+}
+
+function addEntry(entry, fresh) {
+  if (!byThisAgent(entry)) return;
+  if (seeded) activity.add(entry, { fresh });
+  else early.push(entry);
+}
+
+/** The first page; after the `tasks` snapshot, so no live change falls between. */
+async function loadActivity() {
+  try {
+    const page = await fetchActivity(`/api/agents/${id}/activity`, null);
+    activity.seed(page.items, page.next_before);
+  } catch (err) {
+    activity.seed([], null);
+    setText($('activity-state'), `Could not load the activity: ${errorText(err)}`);
+  }
+  seeded = true;
+  for (const e of early.splice(0)) activity.add(e);
+}
+
+/** `task:M` subscriptions for the tasks assigned to this agent (its notes come there). */
+const followed = new Set();
+
+function followAssigned() {
+  const mine = new Set([...tasks.values()].filter((t) => t.assignee_id === id).map((t) => t.id));
+  for (const tid of mine) {
+    if (followed.has(tid)) continue;
+    followed.add(tid);
+    client.subscribe(
+      `task:${tid}`,
+      {
+        // The history holds notes written before the subscribe (and after the first page).
+        snapshot: (_task, info) => (info.history || []).forEach((e) => addEntry(e, false)),
+        event: (ev, { replayed }) => {
+          if (ev.event === 'task.noted') addEntry(entryFromEvent(ev), !replayed);
+        },
+        error: () => followed.delete(tid),
+      },
+      null,
+      { history: PAGE },
+    );
+  }
+  for (const tid of followed) {
+    if (mine.has(tid)) continue;
+    followed.delete(tid);
+    client.unsubscribe(`task:${tid}`);
+  }
 }
 
 if (id === null) {
   showNotice('This address names no agent. Go back to the board.', 'gone');
   setText($('agent-title'), 'No such agent');
   view.removeAttribute('aria-busy');
+  $('activity').removeAttribute('aria-busy');
 } else {
   client.subscribe(`agent:${id}`, {
     snapshot(a) {
@@ -163,13 +249,28 @@ if (id === null) {
       tasks.clear();
       for (const t of list) tasks.set(t.id, t);
       render();
+      if (!seeded) loadActivity();
     },
-    event(ev) {
+    event(ev, { replayed }) {
       if (ev.event === 'task.deleted') tasks.delete(ev.data.id);
       else tasks.set(ev.data.id, ev.data);
+      addEntry(entryFromEvent(ev), !replayed);
       render();
     },
     error: (err) => showNotice(`Could not load the tasks: ${errorText(err)}`, 'error'),
+  });
+  client.subscribe('agents', {
+    snapshot(list) {
+      agents.clear();
+      for (const a of list) agents.set(a.id, a);
+      activity.render();
+    },
+    event(ev) {
+      if (ev.event === 'agent.heartbeat') return;
+      if (ev.event === 'agent.deleted') agents.delete(ev.data.id);
+      else agents.set(ev.data.id, ev.data);
+      activity.render();
+    },
   });
   startTicking(client);
   client.connect();

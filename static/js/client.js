@@ -421,14 +421,17 @@ export class Client {
    * subscription is then over.
    *
    * `position` (`{epoch, since}`) resumes from a position saved earlier.
+   * `fields` are extra fields of every subscribe frame, e.g. `{history: 50}`
+   * on `task:{id}`; the snapshot's `info.history` then holds the entries.
    * Returns `{topic, position(), unsubscribe()}`.
    */
-  subscribe(topic, handlers = {}, position = null) {
+  subscribe(topic, handlers = {}, position = null, fields = {}) {
     if (this._closed) throw new Error('taskwire: client is closed');
     if (this._subs.has(topic)) throw new Error(`taskwire: already subscribed to ${topic}`);
     const sub = {
       topic,
       handlers,
+      fields,
       epoch: position ? position.epoch : null,
       seq: position && typeof position.since === 'number' ? position.since : null,
       ref: null,
@@ -467,7 +470,7 @@ export class Client {
 
   _sendSub(sub) {
     const ref = this._ref();
-    const frame = { type: 'subscribe', ref, topic: sub.topic };
+    const frame = { ...sub.fields, type: 'subscribe', ref, topic: sub.topic };
     if (sub.seq !== null && sub.epoch) {
       frame.epoch = sub.epoch;
       frame.since = sub.seq;
@@ -498,7 +501,7 @@ export class Client {
     }
     const d = f.data || {};
     if (Object.prototype.hasOwnProperty.call(d, 'snapshot')) {
-      const info = { topic: sub.topic, epoch: d.epoch, seq: d.seq, resync: sub.seq !== null };
+      const info = { topic: sub.topic, epoch: d.epoch, seq: d.seq, resync: sub.seq !== null, history: d.history };
       sub.epoch = d.epoch;
       sub.seq = d.seq;
       sub.active = true;

@@ -1,5 +1,7 @@
 // The overview page: the task board and the agents panel, live over one socket
-// subscribed to `tasks` and `agents`.
+// subscribed to `tasks` and `agents`. A card that changes glows for a moment;
+// stuck work (in progress, but its agent is offline or nothing moved for the
+// server's `stuck_after_ms`) says so.
 
 import { Client } from './client.js';
 import {
@@ -7,11 +9,13 @@ import {
   agoElement,
   el,
   errorText,
+  flash,
   mountConnection,
   setChildren,
   setText,
   startTicking,
   statusMark,
+  stuckReason,
   tickTimes,
 } from './ui.js';
 
@@ -23,6 +27,8 @@ const tasks = new Map();
 const agents = new Map();
 const cardEls = new Map();
 const agentEls = new Map();
+/** Tasks changed by live events since the last render: their cards flash. */
+const changedIds = new Set();
 
 const board = document.getElementById('board');
 const columns = new Map(
@@ -47,11 +53,13 @@ function renderCard(task) {
     cardEls.set(task.id, li);
   }
   const assignee = agentName(task.assignee_id);
-  const key = JSON.stringify([task.version, task.title, task.priority, task.status, assignee]);
+  const stuckAfter = client.hello ? client.hello.stuck_after_ms || 0 : 0;
+  const stuck = stuckReason(task, agents, stuckAfter, client.serverNow());
+  const key = JSON.stringify([task.version, task.title, task.priority, task.status, assignee, task.progress, stuck]);
   if (li.dataset.key === key) return li;
   li.dataset.key = key;
   li.dataset.status = task.status;
-  li.className = `card prio-${task.priority}`;
+  li.className = `card prio-${task.priority}${stuck ? ' stuck' : ''}`;
   setChildren(
     li,
     el('a', { class: 'card-title', href: `/tasks/${task.id}` }, task.title),
@@ -61,9 +69,17 @@ function renderCard(task) {
       el('span', { class: 'tid' }, `#${task.id}`),
       el('span', { class: 'prio', title: 'priority' }, `P${task.priority}`),
       assignee
-        ? el('span', { class: 'assignee' }, el('span', { class: 'visually-hidden' }, 'assigned to '), assignee)
+        ? el(
+            'a',
+            { class: 'assignee', href: `/agents/${task.assignee_id}` },
+            el('span', { class: 'visually-hidden' }, 'assigned to '),
+            assignee,
+          )
         : el('span', { class: 'assignee none' }, 'unassigned'),
+      typeof task.progress === 'number' ? el('span', { class: 'progress-text' }, `${task.progress}%`) : null,
+      agoElement(task.updated_at, 'changed'),
     ),
+    stuck ? el('p', { class: 'stuck-mark' }, `Stuck: ${stuck}`) : null,
   );
   return li;
 }
@@ -91,6 +107,9 @@ function renderBoard() {
   }
   setText(document.getElementById('task-count'), tasks.size);
   board.removeAttribute('aria-busy');
+  for (const tid of changedIds) flash(cardEls.get(tid));
+  changedIds.clear();
+  tickTimes(client, board);
 }
 
 function renderAgent(agent) {
@@ -179,8 +198,9 @@ client.subscribe('tasks', {
     for (const t of list) tasks.set(t.id, t);
     schedule();
   },
-  event(ev) {
+  event(ev, { replayed }) {
     applyEntity(tasks, ev);
+    if (!replayed && ev.event === 'task.updated') changedIds.add(ev.data.id);
     schedule();
   },
   error: (err) => showError('tasks', err),
@@ -234,5 +254,8 @@ form.addEventListener('submit', async (e) => {
   }
 });
 
+// Time alone makes a task stuck, and hello says after how long.
+client.on('hello', schedule);
+setInterval(schedule, 5000);
 startTicking(client);
 client.connect();

@@ -205,3 +205,38 @@ export function mountConnection(client, root) {
   setInterval(render, 500);
   render();
 }
+
+/** "45 s", "30 min", "2 h", "3 d": a length of time. */
+export function durationText(ms) {
+  return agoText(ms).replace(/ ago$/, '').replace('just now', '0 s');
+}
+
+/**
+ * Why an `in_progress` task counts as stuck, or null: its assignee is offline,
+ * or it has not changed for longer than the server's `stuck_after_ms`. The
+ * reason names the threshold, not the exact age, so it does not change every
+ * second.
+ */
+export function stuckReason(task, agents, stuckAfterMs, now) {
+  if (!task || task.status !== 'in_progress') return null;
+  const a = task.assignee_id === null ? null : agents.get(task.assignee_id);
+  if (a && a.status === 'offline') return `${a.name} is offline`;
+  if (stuckAfterMs > 0 && now - Date.parse(task.updated_at) > stuckAfterMs) {
+    return `unchanged for over ${durationText(stuckAfterMs)}`;
+  }
+  return null;
+}
+
+/**
+ * Marks `node` as just changed for a moment (class `flash`). The stylesheet
+ * animates it, or, under `prefers-reduced-motion`, shows a still outline.
+ */
+export function flash(node) {
+  if (!node) return;
+  node.classList.remove('flash');
+  // Reading the layout restarts the animation when the node flashes again.
+  void node.offsetWidth;
+  node.classList.add('flash');
+  clearTimeout(node._flashTimer);
+  node._flashTimer = setTimeout(() => node.classList.remove('flash'), 2000);
+}

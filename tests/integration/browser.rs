@@ -1231,7 +1231,8 @@ async fn the_client_resends_once_resumes_and_notices_dead_sockets() {
 
 /// Demo mode needs no browser, so this test runs in every `cargo test`: an
 /// empty database gets tasks and agents, the agents heartbeat and move tasks
-/// through the same write path as clients, and a restart on the same file adds
+/// through the same write path as clients, by their own tokens (so the
+/// timeline names them), and a restart on the same file adds
 /// nothing but keeps the agents working.
 #[tokio::test]
 async fn demo_mode_fills_the_board_and_moves_it() {
@@ -1272,7 +1273,7 @@ async fn demo_mode_fills_the_board_and_moves_it() {
     while moved < 2 || beats < 3 {
         let ev = ws.next_event().await;
         match ev["event"].as_str() {
-            Some("task.updated") => moved += 1,
+            Some("task.updated") if ev["by"]["kind"] == "agent" => moved += 1,
             Some("agent.heartbeat") => beats += 1,
             _ => {}
         }
@@ -1297,3 +1298,5 @@ async fn demo_mode_fills_the_board_and_moves_it() {
     let agents_after = rest(app.get("/api/agents")).await;
     assert_eq!(agents_after["items"].as_array().unwrap().len(), agents.len());
 }
+
+mod activity;

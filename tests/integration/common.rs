@@ -321,6 +321,17 @@ impl Ws {
     }
 }
 
+/// An event made by the test's admin token, without its `by` and `at`
+/// (checked here), to compare with the rest of the frame.
+pub fn authored_by_admin(ev: &Value) -> Value {
+    let mut ev = ev.clone();
+    let by = ev.as_object_mut().unwrap().remove("by").expect("an event has `by`");
+    assert_eq!(by["kind"], "admin", "{by}");
+    let at = ev.as_object_mut().unwrap().remove("at").expect("an event has `at`");
+    assert!(at.as_str().is_some_and(|a| a.ends_with('Z')), "{at}");
+    ev
+}
+
 // ---- helpers added for the issue 2 tests ----
 
 impl TestApp {

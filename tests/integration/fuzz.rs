@@ -351,6 +351,7 @@ fn arb_call() -> impl Strategy<Value = (Call, Principal)> {
                 token_id: 1,
                 role,
                 agent_id: (role == Role::Agent).then_some(agent),
+                name: "fuzz".into(),
             };
             (call, who)
         })

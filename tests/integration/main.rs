@@ -9,6 +9,7 @@ mod child;
 mod common;
 mod shared;
 
+mod activity;
 mod admin_cli;
 mod agent_sockets;
 mod atomic;
@@ -23,8 +24,10 @@ mod filtered;
 mod fuzz;
 mod hostile;
 mod liveness;
+mod mcp;
 mod not_ours;
 mod presence;
+mod python_client;
 mod readonly;
 mod reads;
 mod rest_api;

@@ -290,7 +290,14 @@ async fn a_file_size_limit_refuses_writes_without_killing_the_server() {
     assert_rest_write_refused(refused).await;
     // Still refusing, still alive, still answering reads.
     let mut ws = server.ws().await;
-    let r = ws.call("task.create", json!({"title": "refused"}), None).await.unwrap();
+    let r = ws
+        .call(
+            "task.create",
+            json!({"title": "refused", "description": description}),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(r["error"]["code"], "unavailable", "{r}");
     let list = server.get_json("/api/tasks").await;
     assert_eq!(list["items"].as_array().unwrap().len(), written, "{list}");

@@ -78,6 +78,7 @@ async fn rest_task_writes_reach_socket_subscribers() {
             "description",
             "id",
             "priority",
+            "progress",
             "status",
             "title"
         ]
@@ -125,7 +126,7 @@ async fn rest_task_writes_reach_socket_subscribers() {
     let frames = by_topic(ws.events_until(&topic, 4).await);
     for t in ["tasks", topic.as_str()] {
         assert_eq!(
-            frames[t],
+            frames[t].iter().map(authored_by_admin).collect::<Vec<_>>(),
             vec![json!({"type": "event", "topic": t, "seq": 4, "event": "task.deleted",
                         "changed": [], "data": {"id": id}})]
         );
@@ -247,7 +248,7 @@ async fn deleting_an_agent_unassigns_its_tasks_then_deletes_it() {
     assert_eq!(frames[&t1_topic][0]["data"], tasks[0]["data"]);
     for t in ["agents", agent_topic.as_str()] {
         assert_eq!(
-            frames[t],
+            frames[t].iter().map(authored_by_admin).collect::<Vec<_>>(),
             vec![json!({"type": "event", "topic": t, "seq": 8, "event": "agent.deleted",
                         "changed": [], "data": {"id": aid}})]
         );

@@ -2590,3 +2590,71 @@ async fn the_first_start_prints_a_one_time_login_link() {
     // Nothing but that one line ever showed the code.
     assert_eq!(first_err.matches(code).count(), 1, "{first_err}");
 }
+
+/// The activity routes, and only they, take the session cookie, and only from
+/// a page of the server's own origin (`Sec-Fetch-Site: same-origin`, which a
+/// browser sets and a page cannot): the pages page back through activity.
+#[tokio::test]
+async fn activity_routes_take_the_cookie_from_the_same_origin_only() {
+    let app = spawn_app();
+    let t = target(&app);
+    let (_, member) = t.new_token("member").await;
+    let cookie = t.login(&member).await;
+    let c = format!("taskwire_session={cookie}");
+    let task = t
+        .admin_ok("POST", "/api/tasks", Some(&json!({"title": "read me"})), 201)
+        .await;
+    let tid = task["id"].as_i64().unwrap();
+    let agent = t
+        .admin_ok("POST", "/api/agents", Some(&json!({"name": "a-1"})), 201)
+        .await;
+    let aid = agent["id"].as_i64().unwrap();
+
+    for path in [
+        format!("/api/tasks/{tid}/activity"),
+        format!("/api/agents/{aid}/activity"),
+    ] {
+        let r = t
+            .send(
+                "GET",
+                &path,
+                None,
+                &[("Cookie", &c), ("Sec-Fetch-Site", "same-origin")],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(r.body["items"].is_array(), "{path}: {}", r.body);
+        for site in [None, Some("same-site"), Some("cross-site"), Some("none")] {
+            let mut headers = vec![("Cookie", c.as_str())];
+            if let Some(s) = site {
+                headers.push(("Sec-Fetch-Site", s));
+            }
+            let r = t.send("GET", &path, None, &headers, None).await;
+            assert_eq!(r.status, 401, "{path} with Sec-Fetch-Site {site:?}: {}", r.body);
+        }
+        let r = t
+            .send(
+                "GET",
+                &path,
+                None,
+                &[("Cookie", &format!("{c}0")), ("Sec-Fetch-Site", "same-origin")],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 401, "{path} with a forged cookie: {}", r.body);
+    }
+    // Every other route still refuses it.
+    for path in ["/api/tasks", &format!("/api/tasks/{tid}"), "/api/me", "/api/changes"] {
+        let r = t
+            .send(
+                "GET",
+                path,
+                None,
+                &[("Cookie", &c), ("Sec-Fetch-Site", "same-origin")],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 401, "{path} accepted the cookie: {}", r.body);
+    }
+}

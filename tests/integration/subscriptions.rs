@@ -23,9 +23,12 @@ async fn hello_has_the_contracts_fields() {
             "agent_timeout_ms",
             "epoch",
             "heartbeat_ms",
+            "name",
             "role",
             "seq",
             "server",
+            "stuck_after_ms",
+            "token_id",
             "type"
         ],
         "{h}"
@@ -33,7 +36,8 @@ async fn hello_has_the_contracts_fields() {
     assert_eq!(
         *h,
         json!({"type": "hello", "server": concat!("taskwire/", env!("CARGO_PKG_VERSION")), "epoch": epoch, "seq": 2,
-               "heartbeat_ms": 10000, "agent_timeout_ms": 30000, "role": "admin"})
+               "heartbeat_ms": 10000, "agent_timeout_ms": 30000, "stuck_after_ms": 1_800_000, "role": "admin",
+               "token_id": 1, "name": "admin"})
     );
 
     let app = spawn_app_with(|c| {

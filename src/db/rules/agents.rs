@@ -4,7 +4,7 @@
 use diesel::sqlite::SqliteConnection;
 use serde_json::{json, Map, Value};
 
-use super::{all_fields, before_of, changed_fields, check_id, check_version, Outcome, WriteCtx};
+use super::{all_fields, before_values, changed_fields, check_id, check_version, Outcome, WriteCtx};
 use crate::auth::{self, authorize, Action, Principal, Role};
 use crate::db::models::{Agent, NewAgent, NewToken};
 use crate::db::queries as q;
@@ -100,7 +100,8 @@ pub fn create(
         (Entity::Agent, agent.id),
         ChangeKind::Created,
         all_fields(&data),
-        (raw(&data), None),
+        raw(&data),
+        None,
     )?;
     let mut reply = data;
     reply["token"] = json!(token);
@@ -112,6 +113,7 @@ pub fn create(
             token_id: row.id,
             role: Role::Agent,
             agent_id: Some(agent.id),
+            name: std::sync::Arc::from(name.as_str()),
         },
     ));
     Ok(out)
@@ -174,14 +176,15 @@ fn save(conn: &mut SqliteConnection, ctx: &mut WriteCtx, before: Agent, mut next
     data["updated_at"] = json!(next.updated_at);
     let mut out = Outcome::default();
     let data = raw(&data);
-    let before = before_of(&before_json, &changed);
+    let previous = before_values(&before_json, &changed);
     ctx.record(
         conn,
         &mut out,
         (Entity::Agent, next.id),
         ChangeKind::Updated,
         changed,
-        (data.clone(), Some(before)),
+        data.clone(),
+        Some(previous),
     )?;
     out.data = data;
     Ok(out)
@@ -198,6 +201,7 @@ pub fn delete(
     check_version(Entity::Agent, agent.id, agent.version, d.if_version)?;
     let mut out = Outcome::default();
     for task in q::tasks_assigned_to(conn, agent.id)? {
+        let previous = raw(&json!({ "assignee_id": task.assignee_id }));
         let mut next = task;
         next.assignee_id = None;
         next.version += 1;
@@ -210,7 +214,8 @@ pub fn delete(
             (Entity::Task, next.id),
             ChangeKind::Updated,
             vec!["assignee_id".into()],
-            (next.to_raw(), Some(raw(&json!({ "assignee_id": agent.id })))),
+            next.to_raw(),
+            Some(previous),
         )?;
     }
     out.revoked_tokens = q::revoke_agent_tokens(conn, agent.id, &ctx.now)?;
@@ -277,6 +282,7 @@ pub fn mark_offline(conn: &mut SqliteConnection, ctx: &mut WriteCtx, agent_id: i
         // It heartbeated in this very batch, after the sweep chose it.
         return Ok(Outcome::default());
     }
+    ctx.act_as(&Principal::system());
     let Some(agent) = q::find_agent(conn, agent_id)? else {
         return Ok(Outcome::default());
     };

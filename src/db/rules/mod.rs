@@ -6,6 +6,7 @@
 //! the writer's memory, and the rest of its batch commits.
 
 pub mod agents;
+pub mod notes;
 pub mod tasks;
 pub mod tokens;
 
@@ -38,6 +39,9 @@ pub struct WriteCtx<'a> {
     pub live: &'a mut Liveness,
     pub tasks: &'a mut TaskRows,
     pub now: String,
+    /// The author of the call being run, as `by` shows it, and its agent.
+    pub by: Arc<RawValue>,
+    pub by_agent: Option<i64>,
     /// Test-only: see [`super::DbConfig::fail_op_id`].
     pub fail_op_id: Option<&'a str>,
     /// The window topics held, computed at each change.
@@ -51,10 +55,29 @@ impl<'a> WriteCtx<'a> {
             live,
             tasks,
             now: now(),
+            by: system_author(),
+            by_agent: None,
             fail_op_id: None,
             windows: None,
         }
     }
+
+    /// Makes the next changes authored by `who`.
+    pub fn act_as(&mut self, who: &Principal) {
+        self.by = if who.is_system() {
+            system_author()
+        } else {
+            crate::protocol::raw(&who.author())
+        };
+        self.by_agent = who.agent_id;
+    }
+}
+
+/// `{"kind":"system"}`, the author of the server's own changes: one shared copy.
+fn system_author() -> Arc<RawValue> {
+    static SYSTEM: std::sync::LazyLock<Arc<RawValue>> =
+        std::sync::LazyLock::new(|| crate::protocol::raw(&Principal::system().author()));
+    SYSTEM.clone()
 }
 
 /// What a committed call produced.
@@ -94,8 +117,10 @@ impl Default for Outcome {
 }
 
 impl WriteCtx<'_> {
-    /// Appends a change to the log with the next seq: the entity after it
-    /// (`data`) and the previous values of the fields it changed (`before`).
+    /// Appends a change to the log with the next seq, authored by the call's
+    /// principal; a change of a task, or a note, also to the task's activity.
+    /// `before` holds an update's previous values of the `changed` fields.
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
         conn: &mut SqliteConnection,
@@ -103,7 +128,8 @@ impl WriteCtx<'_> {
         (entity, entity_id): (Entity, i64),
         kind: ChangeKind,
         changed: Vec<String>,
-        (data, before): (Arc<RawValue>, Option<Arc<RawValue>>),
+        data: Arc<RawValue>,
+        before: Option<Arc<RawValue>>,
     ) -> Result<(), ApiError> {
         *self.seq += 1;
         let changed_text = serde_json::to_string(&changed).map_err(ApiError::internal)?;
@@ -115,9 +141,26 @@ impl WriteCtx<'_> {
             changed: &changed_text,
             data: data.get(),
             at: &self.now,
-            before: before.as_deref().map(RawValue::get),
+            author: Some(self.by.get()),
+            prior: before.as_deref().map(RawValue::get),
         };
         q::append_change(conn, &row)?;
+        if entity == Entity::Task && kind != ChangeKind::Deleted {
+            q::append_activity(
+                conn,
+                &NewActivity {
+                    seq: row.seq,
+                    task_id: entity_id,
+                    agent_id: self.by_agent,
+                    kind,
+                    changed: row.changed,
+                    prior: row.prior,
+                    data: row.data,
+                    author: row.author,
+                    at: row.at,
+                },
+            )?;
+        }
         out.seq = Some(*self.seq);
         let change = Change {
             seq: *self.seq,
@@ -126,7 +169,9 @@ impl WriteCtx<'_> {
             kind,
             changed,
             data,
+            by: Some(self.by.clone()),
             before,
+            at: Arc::from(self.now.as_str()),
         };
         // Windows ask the file as this change left it: now, not later.
         if let Some(windows) = self.windows.as_deref_mut().filter(|w| !w.is_empty()) {
@@ -148,14 +193,7 @@ impl WriteCtx<'_> {
         before: Arc<RawValue>,
     ) -> Result<(), ApiError> {
         let data = crate::protocol::raw(&json!({ "id": id }));
-        self.record(
-            conn,
-            out,
-            (entity, id),
-            ChangeKind::Deleted,
-            vec![],
-            (data, Some(before)),
-        )
+        self.record(conn, out, (entity, id), ChangeKind::Deleted, vec![], data, Some(before))
     }
 }
 
@@ -207,6 +245,7 @@ pub fn execute(
     principal: &Principal,
     call: &Call,
 ) -> Result<Outcome, ApiError> {
+    ctx.act_as(principal);
     let Some(op_id) = &call.op_id else {
         return dispatch(conn, ctx, principal, call);
     };
@@ -267,6 +306,8 @@ fn dispatch(
         Method::AgentUpdate => agents::update(conn, ctx, principal, from_ref(params)?),
         Method::AgentDelete => agents::delete(conn, ctx, principal, from_ref(params)?),
         Method::AgentHeartbeat => agents::heartbeat(conn, ctx, principal, from_ref(params)?),
+        Method::TaskNote => notes::note(conn, ctx, principal, from_ref(params)?),
+        Method::TaskClaim => tasks::claim(conn, ctx, principal, from_ref(params)?),
     }
 }
 
@@ -299,17 +340,17 @@ fn changed_fields(before: &Value, after: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The values in `before` of the fields in `changed`: a change's `before`.
-fn before_of(before: &Value, changed: &[String]) -> Arc<RawValue> {
-    let picked: serde_json::Map<String, Value> = changed
-        .iter()
-        .filter_map(|f| before.get(f).map(|v| (f.clone(), v.clone())))
-        .collect();
-    crate::protocol::raw(&Value::Object(picked))
-}
-
 fn all_fields(data: &Value) -> Vec<String> {
     changed_fields(&json!({}), data)
+}
+
+/// The values of the `changed` fields in an entity's JSON before a change.
+fn before_values(before: &Value, changed: &[String]) -> Arc<RawValue> {
+    let values: serde_json::Map<String, Value> = changed
+        .iter()
+        .map(|f| (f.clone(), before.get(f).cloned().unwrap_or(Value::Null)))
+        .collect();
+    crate::protocol::raw(&Value::Object(values))
 }
 
 /// A change-log row as the change it records.
@@ -321,10 +362,13 @@ pub fn change_of_row(row: ChangeRow) -> Result<Change, ApiError> {
         kind: row.kind,
         changed: serde_json::from_str(&row.changed).map_err(ApiError::internal)?,
         data: Arc::from(RawValue::from_string(row.data).map_err(ApiError::internal)?),
-        before: row
-            .before
-            .map(|b| RawValue::from_string(b).map(Arc::from))
-            .transpose()
-            .map_err(ApiError::internal)?,
+        by: row.author.map(raw_text).transpose()?,
+        before: row.prior.map(raw_text).transpose()?,
+        at: Arc::from(row.at),
     })
+}
+
+/// Stored JSON text as it goes out again.
+pub fn raw_text(text: String) -> Result<Arc<RawValue>, ApiError> {
+    Ok(Arc::from(RawValue::from_string(text).map_err(ApiError::internal)?))
 }

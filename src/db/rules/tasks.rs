@@ -1,7 +1,6 @@
-//! `task.create`, `task.update`, `task.delete`.
+//! `task.create`, `task.update`, `task.delete`, `task.claim`.
 
 use diesel::sqlite::SqliteConnection;
-use serde_json::json;
 
 use super::{check_id, check_version, Outcome, WriteCtx};
 use crate::auth::{authorize, Action, Principal};
@@ -40,6 +39,14 @@ fn valid_priority(p: i64) -> Result<i32, ApiError> {
     }
 }
 
+/// A progress in percent, or none.
+pub fn valid_progress(p: Option<i64>) -> Result<Option<i32>, ApiError> {
+    match p {
+        Some(p) if !(0..=100).contains(&p) => Err(ApiError::invalid("progress must be 0 to 100, or null")),
+        p => Ok(p.map(|p| p as i32)),
+    }
+}
+
 fn valid_assignee(conn: &mut SqliteConnection, id: Option<i64>) -> Result<(), ApiError> {
     match id {
         Some(a) if q::find_agent(conn, a)?.is_none() => Err(ApiError::invalid(format!("assignee {a} is not an agent"))),
@@ -48,7 +55,7 @@ fn valid_assignee(conn: &mut SqliteConnection, id: Option<i64>) -> Result<(), Ap
 }
 
 /// The task's row, taken out of the row cache if it is there.
-fn load(conn: &mut SqliteConnection, ctx: &mut WriteCtx, id: i64) -> Result<Task, ApiError> {
+pub(super) fn load(conn: &mut SqliteConnection, ctx: &mut WriteCtx, id: i64) -> Result<Task, ApiError> {
     let id = check_id(id)?;
     if let Some(task) = ctx.tasks.take(id) {
         return Ok(task);
@@ -72,6 +79,7 @@ pub fn create(
     valid_description(&description)?;
     let status = c.status.as_deref().map_or(Ok(TaskStatus::Todo), valid_status)?;
     let priority = valid_priority(c.priority.unwrap_or(0))?;
+    let progress = valid_progress(c.progress)?;
     valid_assignee(conn, c.assignee_id)?;
     let task = q::insert_task(
         conn,
@@ -80,6 +88,7 @@ pub fn create(
             description: &description,
             status,
             priority,
+            progress,
             assignee_id: c.assignee_id,
             version: 1,
             created_at: &ctx.now,
@@ -94,7 +103,8 @@ pub fn create(
         (Entity::Task, task.id),
         ChangeKind::Created,
         Task::FIELDS.iter().map(|f| f.to_string()).collect(),
-        (data.clone(), None),
+        data.clone(),
+        None,
     )?;
     out.data = data;
     Ok(out)
@@ -129,10 +139,24 @@ pub fn update(
     if let Some(pr) = patch.priority {
         next.priority = valid_priority(pr)?;
     }
+    if let Some(pr) = patch.progress {
+        next.progress = valid_progress(pr)?;
+    }
     if let Some(a) = patch.assignee_id {
         valid_assignee(conn, a)?;
         next.assignee_id = a;
     }
+    save(conn, ctx, task, next)
+}
+
+/// Saves `next` over `task` as one `task.updated` change, or commits nothing
+/// when no field differs. Either way the row goes back to the cache.
+pub(super) fn save(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    task: Task,
+    mut next: Task,
+) -> Result<Outcome, ApiError> {
     let changed = task.changed_fields(&next);
     if changed.is_empty() {
         let data = task.to_raw();
@@ -146,7 +170,7 @@ pub fn update(
     next.updated_at = ctx.now.clone();
     q::save_task(conn, &next, next.assignee_id != task.assignee_id)?;
     let data = next.to_raw();
-    let before = task.values_of(&changed);
+    let before = raw(&task.values_of(&changed));
     let mut out = Outcome::default();
     ctx.record(
         conn,
@@ -154,11 +178,46 @@ pub fn update(
         (Entity::Task, next.id),
         ChangeKind::Updated,
         changed,
-        (data.clone(), Some(before)),
+        data.clone(),
+        Some(before),
     )?;
     ctx.tasks.put(next);
     out.data = data;
     Ok(out)
+}
+
+/// An agent takes an unassigned task: it becomes the assignee and the task
+/// goes `in_progress`, in one change. Claiming one's own task again changes
+/// nothing; a task assigned to another agent is a `conflict` naming it.
+pub fn claim(
+    conn: &mut SqliteConnection,
+    ctx: &mut WriteCtx,
+    who: &Principal,
+    c: p::Claim,
+) -> Result<Outcome, ApiError> {
+    let task = load(conn, ctx, c.id)?;
+    let claimed = authorize(who, Action::ClaimTask).and_then(|()| match (task.assignee_id, who.agent_id) {
+        (_, None) => Err(ApiError::forbidden("only an agent token may claim a task")),
+        (Some(current), Some(me)) if current != me => {
+            let name = q::find_agent(conn, current)?.map(|a| a.name).unwrap_or_default();
+            Err(ApiError::conflict(format!(
+                "task {} is already assigned to {name} (agent {current})",
+                task.id
+            )))
+        }
+        (_, Some(me)) => Ok(me),
+    });
+    let me = match claimed {
+        Ok(me) => me,
+        Err(e) => {
+            ctx.tasks.put(task);
+            return Err(e);
+        }
+    };
+    let mut next = task.clone();
+    next.assignee_id = Some(me);
+    next.status = TaskStatus::InProgress;
+    save(conn, ctx, task, next)
 }
 
 pub fn delete(
@@ -183,9 +242,11 @@ pub fn delete(
             (Entity::Agent, next.id),
             ChangeKind::Updated,
             vec!["current_task_id".into()],
-            (raw(&next.to_json()), Some(raw(&json!({ "current_task_id": task.id })))),
+            raw(&next.to_json()),
+            Some(raw(&serde_json::json!({ "current_task_id": task.id }))),
         )?;
     }
+    q::delete_activity(conn, task.id)?;
     q::delete_task(conn, task.id)?;
     ctx.record_deleted(conn, &mut out, (Entity::Task, task.id), task.to_raw())?;
     Ok(out)
@@ -204,6 +265,7 @@ mod tests {
             description: "d".into(),
             status: TaskStatus::Todo,
             priority: 1,
+            progress: None,
             assignee_id: None,
             version: 3,
             created_at: "2026-01-01T00:00:00.000Z".into(),
@@ -211,27 +273,17 @@ mod tests {
         }
     }
 
-    /// A change's `before`, read off the task, is its JSON's fields.
-    #[test]
-    fn values_of_are_the_fields_of_its_json() {
-        let t = task();
-        let all: Vec<String> = Task::FIELDS.iter().map(|f| f.to_string()).collect();
-        let of_json = super::super::before_of(&t.to_json(), &all);
-        let direct: Value = serde_json::from_str(t.values_of(&all).get()).unwrap();
-        assert_eq!(direct, serde_json::from_str::<Value>(of_json.get()).unwrap());
-        assert_eq!(direct.as_object().unwrap().len(), all.len());
-    }
-
     /// The task's own field comparison says what comparing its JSON says.
     #[test]
     fn task_changed_fields_match_its_json() {
         let before = task();
         assert_eq!(Task::FIELDS.to_vec(), all_fields(&before.to_json()));
-        let edits: [fn(&mut Task); 7] = [
+        let edits: [fn(&mut Task); 8] = [
             |t| t.title = "u".into(),
             |t| t.description = "e".into(),
             |t| t.status = TaskStatus::Done,
             |t| t.priority = 2,
+            |t| t.progress = Some(40),
             |t| t.assignee_id = Some(9),
             |t| {
                 t.title = "u".into();
@@ -245,9 +297,14 @@ mod tests {
         for edit in edits {
             let mut next = before.clone();
             edit(&mut next);
+            let changed = before.changed_fields(&next);
+            assert_eq!(changed, changed_fields(&before.to_json(), &next.to_json()), "{next:?}");
             assert_eq!(
-                before.changed_fields(&next),
-                changed_fields(&before.to_json(), &next.to_json()),
+                before.values_of(&changed),
+                super::super::before_values(&before.to_json(), &changed)
+                    .get()
+                    .parse::<Value>()
+                    .unwrap(),
                 "{next:?}"
             );
         }

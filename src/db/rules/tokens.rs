@@ -57,6 +57,7 @@ pub fn create(
         token_id: row.id,
         role: r,
         agent_id,
+        name: std::sync::Arc::from(name),
     };
     Ok((CreatedToken { row, token }, hash, principal))
 }

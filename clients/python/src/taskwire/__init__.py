@@ -1,0 +1,53 @@
+"""taskwire: a Python client for the taskwire server (asyncio, websockets)."""
+
+from .client import Client, Subscription, backoff_delay, new_op_id, socket_url
+from .errors import (
+    ERRORS,
+    BadRequestError,
+    CallTimeoutError,
+    ClosedError,
+    ConflictError,
+    ForbiddenError,
+    GoneError,
+    InternalError,
+    InvalidError,
+    NotFoundError,
+    RateLimitedError,
+    TaskwireError,
+    TooLargeError,
+    UnauthorizedError,
+    UnavailableError,
+    error_from,
+)
+from .types import Agent, CallResult, Event, Hello, Note, Snapshot, Task
+
+__all__ = [
+    "ERRORS",
+    "Agent",
+    "BadRequestError",
+    "CallResult",
+    "CallTimeoutError",
+    "Client",
+    "ClosedError",
+    "ConflictError",
+    "Event",
+    "ForbiddenError",
+    "GoneError",
+    "Hello",
+    "InternalError",
+    "InvalidError",
+    "NotFoundError",
+    "Note",
+    "RateLimitedError",
+    "Snapshot",
+    "Subscription",
+    "Task",
+    "TaskwireError",
+    "TooLargeError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "backoff_delay",
+    "error_from",
+    "new_op_id",
+    "socket_url",
+]
