@@ -82,8 +82,6 @@ pub struct Session {
     socket: Socket,
     fragments: Option<Fragments>,
     bucket: Bucket,
-    /// The token's name, read with the first subscribe (for presence).
-    name: Option<Arc<str>>,
     /// Topics this session is counted in the presence of.
     present: HashSet<Topic>,
     /// Window topics, with the subscribes of each the writer answered.
@@ -233,7 +231,6 @@ impl Session {
                     principal: self.principal.clone(),
                     reply_to: ctx.address().recipient(),
                     presence,
-                    need_name: self.name.is_none(),
                 };
                 if window {
                     // A window is the writer's (see db::windows).
@@ -433,7 +430,7 @@ impl Session {
     fn enter_presence(&mut self, topic: &Topic, watch: bool, ctx: &mut WebsocketContext<Self>) -> Option<Value> {
         let member = Member {
             token_id: self.principal.token_id,
-            name: self.name.clone().unwrap_or_else(|| Arc::from("")),
+            name: self.principal.name.clone(),
             role: self.principal.role,
             agent_id: self.principal.agent_id,
         };
@@ -484,9 +481,6 @@ impl Handler<Subscribed> for Session {
             self.pending.remove(&msg.topic);
         }
         let live = self.peer.is_live(&msg.topic);
-        if self.name.is_none() {
-            self.name = msg.name.map(Arc::from);
-        }
         if let Some(ticket) = msg.window.take() {
             // The writer counted it: it is told when the topic is left.
             ticket.keep();
@@ -650,7 +644,6 @@ pub fn start(
         peer: peer.clone(),
         pending: HashMap::new(),
         generation: 0,
-        name: None,
         present: HashSet::new(),
         windows: HashMap::new(),
         last_heard: Instant::now(),

@@ -102,18 +102,12 @@ impl Handler<Subscribe> for Reader {
             self.budget.charge(&msg.principal, rows);
             Ok((data, seq))
         });
-        let name = msg
-            .need_name
-            .then(|| super::queries::find_live_token(&mut self.conn, msg.principal.token_id))
-            .and_then(|found| found.ok().flatten())
-            .map(|t| t.name);
         msg.reply_to.do_send(Subscribed {
             reference: msg.reference,
             topic: msg.topic,
             generation: msg.generation,
             result,
             presence: msg.presence,
-            name,
             window: None,
         });
     }

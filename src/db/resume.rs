@@ -34,8 +34,6 @@ pub struct Subscribed {
     pub result: Result<(Arc<RawValue>, i64), ApiError>,
     /// Echoed: the reply lists the topic's presence.
     pub presence: bool,
-    /// The principal's token name, when the session asked for it.
-    pub name: Option<String>,
     /// A window subscribe the writer counted (see `super::windows`).
     pub window: Option<super::windows::WindowTicket>,
 }
@@ -56,8 +54,6 @@ pub struct Subscribe {
     pub reply_to: Recipient<Subscribed>,
     /// Whether the reply lists the topic's presence (echoed).
     pub presence: bool,
-    /// The session does not know its token's name yet (for presence).
-    pub need_name: bool,
 }
 
 /// The newest committed changes, oldest first, so a resume needs neither SQL

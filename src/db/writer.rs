@@ -526,15 +526,6 @@ impl Handler<Subscribe> for Db {
             generation: msg.generation,
             result,
             presence: msg.presence,
-            name: msg
-                .need_name
-                .then(|| {
-                    q::find_live_token(&mut self.conn, msg.principal.token_id)
-                        .ok()
-                        .flatten()
-                })
-                .flatten()
-                .map(|t| t.name),
             window: ok.then(|| WindowTicket::new(topic, ctx.address())),
         });
     }
