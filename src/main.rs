@@ -1,5 +1,7 @@
 //! The command line: parses flags and calls the library.
 
+mod remote;
+
 use clap::{Parser, Subcommand};
 use taskwire::config::ServeArgs;
 
@@ -42,6 +44,27 @@ enum Command {
         /// The SQLite file.
         #[arg(long, env = "DATABASE_URL", default_value = "./data/taskwire.db", global = true)]
         db: String,
+    },
+    /// Tasks on a running server (--url and --token, or TASKWIRE_URL and TASKWIRE_TOKEN).
+    Tasks {
+        #[command(subcommand)]
+        action: remote::tasks::Action,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Agents on a running server.
+    Agents {
+        #[command(subcommand)]
+        action: remote::agents::Action,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Follow a topic's changes live (tasks, task:N, agents, agent:N), across
+    /// reconnects and server restarts, until Ctrl-C.
+    Watch {
+        topic: String,
+        #[command(flatten)]
+        remote: remote::Remote,
     },
     /// Serve the taskwire tools to an AI agent host over MCP on stdin and
     /// stdout, as a client of a running server (docs/agents.md#mcp).
@@ -107,6 +130,9 @@ fn main() -> std::process::ExitCode {
         Some(Command::Backup { to, db }) => taskwire::admin::backup(&db, &to)
             .map(|()| println!("wrote a copy of {db} to {to}"))
             .map_err(|e| e.into()),
+        Some(Command::Tasks { action, remote }) => remote::block_on(remote::tasks::run(remote, action)),
+        Some(Command::Agents { action, remote }) => remote::block_on(remote::agents::run(remote, action)),
+        Some(Command::Watch { topic, remote }) => remote::block_on(remote::watch::run(remote, topic)),
         Some(Command::Mcp { url, token }) => taskwire::mcp::run(&url, &token),
     };
     match result {

@@ -1,18 +1,19 @@
-//! The protocol client: one socket's connect, frames and request/reply.
+//! The protocol client. The socket's connect (the token, the hello) and its
+//! request/reply plumbing are taskwire-client's bare-socket layer (`conn`);
+//! what stays here is the generator's own: a time limit on every step, and
+//! the light parse of its hot path (the client's driver parses each frame
+//! into a tree, which the hot path does not need).
 
 use crate::cli::Common;
 use crate::Res;
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
+use std::future::Future;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use taskwire_client::conn;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub use taskwire_client::conn::Ws;
 
 /// How long one protocol step (a connect, a reply) may take before the run fails.
 pub const STEP: Duration = Duration::from_secs(30);
@@ -46,80 +47,36 @@ impl Light<'_> {
     }
 }
 
+/// `step` within STEP, its error as text.
+async fn within<T>(what: &str, step: impl Future<Output = taskwire_client::Result<T>>) -> Res<T> {
+    match tokio::time::timeout(STEP, step).await {
+        Ok(done) => done.map_err(|e| format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: nothing within {} s", STEP.as_secs())),
+    }
+}
+
 /// Opens a socket with the token and reads its hello.
 pub async fn connect(c: &Common) -> Res<(Ws, Value)> {
-    let mut req = format!("ws://{}/ws", c.addr)
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    req.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {}", c.token)
-            .parse()
-            .map_err(|_| "the token is not a valid header value".to_string())?,
-    );
     let config = WebSocketConfig {
         // Write each frame at once: this is a latency benchmark.
         write_buffer_size: 0,
         ..WebSocketConfig::default()
     };
-    let (mut ws, _) = tokio::time::timeout(
-        STEP,
-        tokio_tungstenite::connect_async_with_config(req, Some(config), true),
-    )
-    .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| format!("connect: {e}"))?;
-    let hello = next_text(&mut ws).await?;
-    let hello: Value = serde_json::from_str(&hello).map_err(|e| format!("hello: {e}"))?;
-    if hello["type"] != "hello" {
-        return Err(format!("expected hello, got {hello}"));
-    }
-    Ok((ws, hello))
+    let (ws, hello) = within("connect", conn::connect(&c.addr.to_string(), &c.token, Some(config))).await?;
+    Ok((ws, serde_json::to_value(hello).map_err(|e| e.to_string())?))
 }
 
 /// The next text frame, skipping pings and pongs.
 pub async fn next_text(ws: &mut Ws) -> Res<String> {
-    loop {
-        let msg = tokio::time::timeout(STEP, ws.next())
-            .await
-            .map_err(|_| "no frame from the server within 30 s".to_string())?;
-        match msg {
-            Some(Ok(Message::Text(t))) => return Ok(t),
-            Some(Ok(Message::Close(f))) => {
-                return Err(format!("the server closed the socket: {f:?}"));
-            }
-            Some(Ok(Message::Binary(_))) => return Err("unexpected binary frame".into()),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(format!("socket error: {e}")),
-            None => return Err("the socket ended".into()),
-        }
-    }
+    within("read", conn::next_text(ws)).await
 }
 
 pub async fn send(ws: &mut Ws, frame: &Value) -> Res<()> {
-    ws.send(Message::Text(frame.to_string()))
-        .await
-        .map_err(|e| format!("send: {e}"))
+    within("send", conn::send(ws, frame)).await
 }
 
-/// Sends `frame` with ref `r` and returns its reply; other frames are dropped.
-pub async fn request(ws: &mut Ws, mut frame: Value, r: i64) -> Res<Value> {
-    frame["ref"] = json!(r);
-    send(ws, &frame).await?;
-    loop {
-        let t = next_text(ws).await?;
-        let l: Light = serde_json::from_str(&t).map_err(|e| format!("bad frame {t}: {e}"))?;
-        if l.ty == "reply" && l.reference == Some(r) {
-            return serde_json::from_str(&t).map_err(|e| e.to_string());
-        }
-    }
-}
-
-/// Like `request`, but an error reply is an error.
+/// Sends `frame` with ref `r` and returns its reply, other frames dropped;
+/// an error reply is an error.
 pub async fn request_ok(ws: &mut Ws, frame: Value, r: i64) -> Res<Value> {
-    let reply = request(ws, frame, r).await?;
-    if reply["ok"] != true {
-        return Err(format!("request failed: {reply}"));
-    }
-    Ok(reply)
+    within("request failed", conn::request_ok(ws, frame, r)).await
 }

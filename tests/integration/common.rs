@@ -46,6 +46,10 @@ pub fn spawn_app_on(db_path: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestAp
 }
 
 fn start_on(dir: tempfile::TempDir, db_path: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    start_at(dir, db_path, "127.0.0.1:0".parse().unwrap(), tweak)
+}
+
+fn start_at(dir: tempfile::TempDir, db_path: PathBuf, addr: SocketAddr, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
     taskwire::db::sqlite_log::install();
     let admin = "tw_test_admin_token".to_string();
@@ -55,7 +59,7 @@ fn start_on(dir: tempfile::TempDir, db_path: PathBuf, tweak: impl FnOnce(&mut Co
         ..Config::default()
     };
     tweak(&mut config);
-    let listener = taskwire::bind("127.0.0.1:0".parse().unwrap()).expect("bind port 0");
+    let listener = taskwire::bind(addr).expect("bind");
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -146,6 +150,13 @@ impl TestApp {
     }
 
     /// Stops the server and starts a new one on the same database file.
+    /// Like `restart`, on the same port, for clients that know only the address.
+    pub fn restart_same_port(mut self, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        self.stop();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        start_at(dir, self.db_path.clone(), self.addr, tweak)
+    }
+
     pub fn restart(mut self, tweak: impl FnOnce(&mut Config)) -> TestApp {
         self.stop();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
