@@ -113,6 +113,21 @@ pub enum Scenario {
         #[arg(short = 'm', long, default_value_t = 100)]
         writes: usize,
     },
+    /// N subscribers of the Done window (`tasks?limit=50&order=-updated_at&status=done`)
+    /// and U of `tasks` while W new tasks are marked done at R per second;
+    /// every window view is checked against the same query over REST.
+    Window {
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(short = 'u', long, default_value_t = 100)]
+        plain: usize,
+        #[arg(short = 'w', long, default_value_t = 1000)]
+        writes: usize,
+        #[arg(short = 'r', long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
+    },
     /// One task with N activity entries, then O page opens: a fresh socket
     /// subscribing to `task:{id}` with `history: 200`, timed to its reply.
     History {
@@ -263,6 +278,17 @@ pub fn check_bounds(s: &Scenario, c: &Common) -> Res<()> {
         }
         Scenario::Resume { clients, writes } => {
             sockets(*clients, "--clients")?;
+            if *writes == 0 || *writes > 100_000 {
+                return Err("--writes must be 1..=100000".into());
+            }
+        }
+        Scenario::Window {
+            subscribers,
+            plain,
+            writes,
+            ..
+        } => {
+            sockets(subscribers + plain, "--subscribers plus --plain")?;
             if *writes == 0 || *writes > 100_000 {
                 return Err("--writes must be 1..=100000".into());
             }

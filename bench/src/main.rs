@@ -125,6 +125,16 @@ async fn run(c: Common, s: Scenario) -> Res<(Value, Rows)> {
             raise_nofile(clients + 1)?;
             scenarios::resume::run(&c, clients, writes).await
         }
+        Scenario::Window {
+            subscribers,
+            plain,
+            writes,
+            rate,
+            drain_secs,
+        } => {
+            raise_nofile(subscribers + plain + 1)?;
+            scenarios::window::run(&c, subscribers, plain, writes, rate, Duration::from_secs(drain_secs)).await
+        }
         Scenario::History { entries, opens } => scenarios::history::run(&c, entries, opens).await,
         Scenario::Readflood {
             tasks,

@@ -64,6 +64,25 @@ fn filtered_delivers_to_each_subscriber_exactly_what_its_filter_sees() {
 }
 
 #[test]
+fn window_views_equal_the_query() {
+    let app = server::start();
+    let v = bench(&app, &["window", "-n", "12", "-u", "3", "-w", "80", "-r", "500"]);
+    assert_eq!(v["scenario"], "window");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["views_equal_to_the_query"], 12, "{v}");
+    assert_eq!(v["plain_event_latency_ms"]["count"], 3 * 80, "{v}");
+}
+
+#[test]
+fn history_replies_carry_200_entries() {
+    let app = server::start();
+    let v = bench(&app, &["history", "-n", "300", "-o", "5"]);
+    assert_eq!(v["scenario"], "history");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["subscribe_ms"]["count"], 5, "{v}");
+}
+
+#[test]
 fn fanout_delivers_every_write_to_every_subscriber_once_in_order() {
     let app = server::start();
     let v = bench(&app, &["fanout", "-n", "5", "-w", "20", "-r", "500"]);

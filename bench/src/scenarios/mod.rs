@@ -8,4 +8,5 @@ pub mod history;
 pub mod readflood;
 pub mod resume;
 pub mod tokenflood;
+pub mod window;
 pub mod writes;
