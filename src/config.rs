@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// Seconds without a heartbeat before an agent is `offline`.
     #[arg(long, default_value_t = 30)]
     pub heartbeat_timeout: u64,
+    /// Seconds an agent stays after its token's last socket closed, before
+    /// it is `offline` (unless a socket opens again or it heartbeats).
+    #[arg(long, default_value_t = 5)]
+    pub presence_grace: u64,
     /// Changes kept in the log (older ones pruned).
     #[arg(long, default_value_t = 100_000)]
     pub log_keep: i64,
@@ -192,6 +196,7 @@ impl From<ServeArgs> for Config {
             admin_token: a.admin_token,
             db: DbConfig {
                 heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout),
+                presence_grace: Duration::from_secs(a.presence_grace),
                 log_keep: a.log_keep,
                 log_max_age: Duration::from_secs(a.log_max_age),
                 ..base.db.clone()

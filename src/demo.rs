@@ -140,19 +140,13 @@ async fn items(reader: &Addr<Reader>, query: Query) -> Result<Vec<Value>, ApiErr
 }
 
 fn all_tasks(reader: &Addr<Reader>) -> impl std::future::Future<Output = Result<Vec<Value>, ApiError>> + '_ {
-    items(
-        reader,
-        Query::Tasks {
-            status: None,
-            assignee_id: None,
-        },
-    )
+    items(reader, Query::Tasks(None, None))
 }
 
 /// Fills an empty database; returns the demo agents' ids by name.
 async fn seed(db: &Addr<Db>, reader: &Addr<Reader>, rng: &mut StdRng) -> Result<Vec<(i64, String)>, ApiError> {
     let tasks = all_tasks(reader).await?;
-    let agents = items(reader, Query::Agents).await?;
+    let agents = items(reader, Query::Agents(None)).await?;
     if tasks.is_empty() && agents.is_empty() {
         let mut ids = Vec::new();
         for (name, kind) in AGENTS {
@@ -188,7 +182,7 @@ async fn seed(db: &Addr<Db>, reader: &Addr<Reader>, rng: &mut StdRng) -> Result<
         }
         log::info!("demo: created {} agents and {} tasks", AGENTS.len(), TITLES.len());
     }
-    let agents = items(reader, Query::Agents).await?;
+    let agents = items(reader, Query::Agents(None)).await?;
     Ok(agents
         .iter()
         .filter(|a| a["meta"]["demo"] == json!(true))
@@ -245,7 +239,7 @@ async fn simulate(
             continue;
         }
         let tasks = all_tasks(&reader).await?;
-        let live = items(&reader, Query::Agents).await?;
+        let live = items(&reader, Query::Agents(None)).await?;
         let live: HashMap<i64, Value> = live.into_iter().filter_map(|a| Some((a["id"].as_i64()?, a))).collect();
         // An agent someone deleted is simulated no more.
         sims.retain(|s| live.contains_key(&s.id));

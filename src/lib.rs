@@ -11,6 +11,7 @@
 //!   sessions, and the delivery of events to them.
 //! - [`peer`]: what a session shares with its Registry: its outbound queue
 //!   and the position of each subscription.
+//! - [`presence`]: who holds each topic, and the presence frames.
 //! - [`state`]: what every handler and session shares.
 //! - [`db`]: the Db actor (the only writer, the sequencer), its rules and SQL.
 //! - [`demo`]: demo data and simulated agents for `serve --demo`.
@@ -18,6 +19,8 @@
 //! - [`mcp`]: `taskwire mcp`, the tools for AI agent hosts over MCP, a
 //!   client of a running server.
 //! - [`protocol`]: the wire contract in serde types (frames, topics, params).
+//! - [`filter`]: filtered collection topics: the filter, its canonical
+//!   spelling, and what a change is on such a topic.
 //! - [`model`]: entity kinds, change kinds and statuses.
 //! - [`auth`]: tokens, roles and the policy table.
 //! - [`limits`]: rate limits and socket counts.
@@ -31,11 +34,13 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod filter;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod peer;
+pub mod presence;
 pub mod protocol;
 pub mod registry;
 pub mod rest;

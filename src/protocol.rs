@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
@@ -24,6 +25,8 @@ pub enum Topic {
     Task(i64),
     Agents,
     Agent(i64),
+    /// A collection with a filter (`tasks?status=done`): see [`crate::filter`].
+    Filtered(Arc<Filter>),
 }
 
 impl Topic {
@@ -35,6 +38,14 @@ impl Topic {
             "tasks" => return Ok(Topic::Tasks),
             "agents" => return Ok(Topic::Agents),
             _ => {}
+        }
+        if let Some((kind, query)) = s.split_once('?') {
+            let entity = match kind {
+                "tasks" => Entity::Task,
+                "agents" => Entity::Agent,
+                _ => return Err(bad()),
+            };
+            return Ok(Topic::Filtered(Arc::new(Filter::parse_topic(entity, s, query)?)));
         }
         let (kind, id) = s.split_once(':').ok_or_else(bad)?;
         let canonical = !id.is_empty() && !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit());
@@ -48,6 +59,20 @@ impl Topic {
             "agent" => Ok(Topic::Agent(id)),
             _ => Err(bad()),
         }
+    }
+
+    /// The name of an entity kind's collection topic.
+    pub fn collection_name(entity: Entity) -> &'static str {
+        match entity {
+            Entity::Task => "tasks",
+            Entity::Agent => "agents",
+        }
+    }
+
+    /// True for a window topic (`tasks?limit=…&order=…`), which the writer
+    /// answers and computes (see `crate::db::windows`).
+    pub fn is_window(&self) -> bool {
+        matches!(self, Topic::Filtered(f) if f.window().is_some())
     }
 
     /// The collection topic of an entity kind: `tasks` or `agents`.
@@ -75,13 +100,24 @@ impl Topic {
             Topic::Task(id) => (Entity::Task, Some(*id)),
             Topic::Agents => (Entity::Agent, None),
             Topic::Agent(id) => (Entity::Agent, Some(*id)),
+            Topic::Filtered(f) => (f.entity(), None),
         }
     }
 
-    /// True if a change of `entity` `id` belongs to this topic.
+    /// True if a change of `entity` `id` belongs to this topic (for a
+    /// filtered topic, if it may: see [`Filter::event_of`]).
     pub fn matches(&self, entity: Entity, id: i64) -> bool {
         let (kind, one) = self.filter();
         kind == entity && one.is_none_or(|one| one == id)
+    }
+
+    /// What a change is on this topic: its own kind on an unfiltered
+    /// topic; on a filtered one, what the filter makes of it, if anything.
+    pub fn sees(&self, change: &Change) -> Option<Seen> {
+        match self {
+            Topic::Filtered(f) => f.event_of(change),
+            _ => self.receives(change).then(|| Seen::of(change.kind)),
+        }
     }
 
     /// True if this topic receives `change`: a change of its entities, but
@@ -97,6 +133,10 @@ impl Topic {
             Topic::Task(_) => "task",
             Topic::Agents => "agents",
             Topic::Agent(_) => "agent",
+            Topic::Filtered(f) => match f.entity() {
+                Entity::Task => "tasks_filtered",
+                Entity::Agent => "agents_filtered",
+            },
         }
     }
 }
@@ -108,10 +148,12 @@ impl fmt::Display for Topic {
             Topic::Agents => f.write_str("agents"),
             Topic::Task(id) => write!(f, "task:{id}"),
             Topic::Agent(id) => write!(f, "agent:{id}"),
+            Topic::Filtered(filter) => f.write_str(&filter.topic_name()),
         }
     }
 }
 
+pub use crate::filter::{Filter, Seen};
 pub use crate::model::{ChangeKind, Entity};
 
 /// A client's `ref`, kept as the JSON value it came as so the reply echoes it.
@@ -141,11 +183,14 @@ fn ref_of(v: &Value) -> Option<Ref> {
 /// A parsed client frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
+    /// `presence`: the reply lists who holds the topic, and presence
+    /// frames follow.
     Subscribe {
         topic: Topic,
         resume: Option<Position>,
         /// How many of a task's newest activity entries to send with its snapshot.
         history: u32,
+        presence: bool,
     },
     Unsubscribe {
         topic: Topic,
@@ -304,6 +349,8 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
                 since: Option<u64>,
                 #[serde(default, deserialize_with = "present")]
                 history: Option<u32>,
+                #[serde(default, deserialize_with = "present")]
+                presence: Option<bool>,
             }
             let f: F = from_value(frame)?;
             let topic = Topic::parse(&f.topic)?;
@@ -323,6 +370,7 @@ fn parse_request(frame: Map<String, Value>) -> Result<Request, ApiError> {
                 topic,
                 resume: since.map(|since| Position { epoch: f.epoch, since }),
                 history,
+                presence: f.presence.unwrap_or(false),
             })
         }
         "unsubscribe" => {
@@ -624,7 +672,8 @@ pub struct Change {
     /// Who made it ([`crate::auth::Principal::author`]); none on changes
     /// committed before authors were recorded.
     pub by: Option<Arc<RawValue>>,
-    /// An update's previous values of the fields in `changed`.
+    /// An update's previous values of the fields in `changed`; for a delete,
+    /// the whole entity (filtered topics read it; it is not sent).
     pub before: Option<Arc<RawValue>>,
     pub at: Arc<str>,
 }
@@ -637,7 +686,7 @@ pub struct EventFrame<'a> {
     seq: i64,
     event: String,
     changed: &'a [String],
-    data: &'a RawValue,
+    data: Cow<'a, RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     before: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -646,26 +695,59 @@ pub struct EventFrame<'a> {
 }
 
 impl Change {
-    /// The event frame of this change on `topic`, to serialize (a resume's
-    /// replay) without building a JSON value first.
+    /// The event frame of this change on an unfiltered `topic`, to serialize
+    /// (a resume's replay) without building a JSON value first.
     pub fn frame(&self, topic: &Topic) -> EventFrame<'_> {
+        self.frame_as(topic, Seen::of(self.kind))
+    }
+
+    /// The event frame of this change as `seen` on `topic`: a `left` event
+    /// carries only the entity's id.
+    pub fn frame_as(&self, topic: &Topic, seen: Seen) -> EventFrame<'_> {
+        let data = match seen {
+            Seen::Left => {
+                Cow::Owned(serde_json::value::to_raw_value(&json!({ "id": self.entity_id })).expect("an id serializes"))
+            }
+            _ => Cow::Borrowed(&*self.data),
+        };
         EventFrame {
             r#type: "event",
             topic: topic.to_string(),
             seq: self.seq,
-            event: format!("{}.{}", self.entity.as_str(), self.kind),
+            event: format!("{}.{}", self.entity.as_str(), seen.as_str()),
             changed: &self.changed,
-            data: &self.data,
-            before: self.before.as_deref(),
+            data,
+            // Sent on updates only (a delete's is for filtered topics).
+            before: (seen == Seen::Updated).then_some(self.before.as_deref()).flatten(),
             by: self.by.as_deref(),
             at: &self.at,
         }
     }
 
+    /// The text of an event this change makes on a window (see
+    /// `crate::db::windows`): `event` about the entity `data`, which may be
+    /// another task the change let in or pushed out (then `changed` is
+    /// empty).
+    pub fn window_event(&self, topic: &Topic, event: &str, changed: &[String], data: &RawValue) -> String {
+        let frame = EventFrame {
+            r#type: "event",
+            topic: topic.to_string(),
+            seq: self.seq,
+            event: event.to_string(),
+            changed,
+            data: Cow::Borrowed(data),
+            before: (event == "task.updated").then_some(self.before.as_deref()).flatten(),
+            by: self.by.as_deref(),
+            at: &self.at,
+        };
+        serde_json::to_string(&frame).expect("an event serializes")
+    }
+
     /// The event frame of this change on `topic`, as the text sent to
-    /// subscribers.
-    pub fn event_text(&self, topic: &Topic) -> String {
-        serde_json::to_string(&self.frame(topic)).expect("an event serializes")
+    /// subscribers; none if the topic does not hear of it.
+    pub fn event_text(&self, topic: &Topic) -> Option<String> {
+        let seen = topic.sees(self)?;
+        Some(serde_json::to_string(&self.frame_as(topic, seen)).expect("an event serializes"))
     }
 }
 
@@ -799,6 +881,7 @@ mod tests {
                     since: 1200
                 }),
                 history: 0,
+                presence: false,
             }
         );
         let (_, request) =
@@ -830,7 +913,7 @@ mod tests {
             let expected = json!({"type": "event", "topic": topic.to_string(), "seq": 7, "event": "task.updated",
                 "changed": ["status"], "data": {"id": 3, "status": "done"}, "before": {"status": "todo"},
                 "by": {"kind": "system"}, "at": "2026-12-09T10:00:00.000Z"});
-            let text: Value = serde_json::from_str(&c.event_text(&topic)).unwrap();
+            let text: Value = serde_json::from_str(&c.event_text(&topic).unwrap()).unwrap();
             assert_eq!(text, expected);
         }
         let reply: Value = serde_json::from_str(&reply_ok(&json!("r"), &json!({"a": 1}), Some(4))).unwrap();

@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::db::windows::WindowEvents;
 use crate::metrics::Metrics;
 use crate::peer::{text_frame, Peer, Pushed};
 use crate::protocol::{heartbeat_event, Change, Entity, Topic};
@@ -52,7 +53,12 @@ pub struct Leave {
 #[derive(Debug, Clone)]
 pub enum Published {
     Change(Arc<Change>),
-    Heartbeat { agent_id: i64, at: String },
+    /// A change's events on one window topic (see `crate::db::windows`).
+    Window(Arc<WindowEvents>),
+    Heartbeat {
+        agent_id: i64,
+        at: String,
+    },
 }
 
 /// Committed changes and heartbeats of one group commit, in seq order, with
@@ -61,20 +67,67 @@ pub struct Batch {
     items: Vec<Published>,
     /// For each item, the frame on each of its two topics.
     frames: Vec<[OnceLock<Bytes>; 2]>,
+    /// For each filtered topic some Registry has subscribers of, each item's
+    /// frame on it, if the topic hears of it: one evaluation of the filter
+    /// per topic and change, shared by every thread and subscriber.
+    filtered: Mutex<HashMap<Topic, Arc<[Option<Bytes>]>>>,
 }
 
 impl Batch {
     pub fn new(items: Vec<Published>) -> Self {
         let frames = items.iter().map(|_| Default::default()).collect();
-        Batch { items, frames }
+        Batch {
+            items,
+            frames,
+            filtered: Mutex::default(),
+        }
     }
 
-    /// The item's two topics and its seq (none for a heartbeat).
-    fn topics(&self, i: usize) -> ([Topic; 2], Option<i64>) {
-        match &self.items[i] {
-            Published::Change(c) => (Topic::for_entity(c.entity, c.entity_id), Some(c.seq)),
-            Published::Heartbeat { agent_id, .. } => (Topic::for_entity(Entity::Agent, *agent_id), None),
+    /// Each item's frame on a filtered topic (heartbeats are not sent on
+    /// filtered topics), computed by the first Registry that asks.
+    fn filtered_frames(&self, topic: &Topic) -> Arc<[Option<Bytes>]> {
+        if let Some(frames) = self.filtered.lock().expect("batch lock").get(topic) {
+            return frames.clone();
         }
+        let frames: Arc<[Option<Bytes>]> = self
+            .items
+            .iter()
+            .map(|item| match item {
+                Published::Change(c) => c.event_text(topic).map(|text| text_frame(&text)),
+                Published::Heartbeat { .. } | Published::Window(_) => None,
+            })
+            .collect();
+        let mut all = self.filtered.lock().expect("batch lock");
+        all.entry(topic.clone()).or_insert(frames).clone()
+    }
+
+    fn seq(&self, i: usize) -> Option<i64> {
+        match &self.items[i] {
+            Published::Change(c) => Some(c.seq),
+            Published::Heartbeat { .. } | Published::Window(_) => None,
+        }
+    }
+
+    /// The item's two topics and its seq (none for a heartbeat; a window's
+    /// events go to their one topic, see [`Shard::publish`]).
+    fn topics(&self, i: usize) -> Option<([Topic; 2], Option<i64>)> {
+        match &self.items[i] {
+            Published::Change(c) => Some((Topic::for_entity(c.entity, c.entity_id), Some(c.seq))),
+            Published::Heartbeat { agent_id, .. } => Some((Topic::for_entity(Entity::Agent, *agent_id), None)),
+            Published::Window(_) => None,
+        }
+    }
+
+    /// A window's events of one change: their frames back to back, so a
+    /// subscriber takes all of them (one seq) or none.
+    fn window_frames(&self, i: usize, w: &WindowEvents) -> &Bytes {
+        self.frames[i][0].get_or_init(|| {
+            let mut all = bytes::BytesMut::new();
+            for f in &w.frames {
+                all.extend_from_slice(&text_frame(f.get()));
+            }
+            all.freeze()
+        })
     }
 
     /// True unless the item is a change `topic` does not receive (a note, on
@@ -82,15 +135,16 @@ impl Batch {
     fn goes_to(&self, i: usize, topic: &Topic) -> bool {
         match &self.items[i] {
             Published::Change(c) => topic.receives(c),
-            Published::Heartbeat { .. } => true,
+            Published::Heartbeat { .. } | Published::Window(_) => true,
         }
     }
 
     /// The item's frame on its `j`th topic, encoded on first use.
     fn frame(&self, i: usize, j: usize, topic: &Topic) -> &Bytes {
         self.frames[i][j].get_or_init(|| match &self.items[i] {
-            Published::Change(c) => text_frame(&c.event_text(topic)),
+            Published::Change(c) => text_frame(&c.event_text(topic).expect("a change's own topics hear of it")),
             Published::Heartbeat { agent_id, at } => text_frame(&heartbeat_event(topic, *agent_id, at).to_string()),
+            Published::Window(_) => unreachable!("a window's frames are made by window_frames"),
         })
     }
 }
@@ -227,6 +281,7 @@ impl LocalRegistry {
         let listeners = Arc::new(AtomicUsize::new(0));
         let shard = Rc::new(RefCell::new(Shard {
             topics: HashMap::new(),
+            filtered: HashSet::new(),
             sessions: HashMap::new(),
             listeners: listeners.clone(),
             metrics,
@@ -275,6 +330,9 @@ struct SessionEntry {
 /// One thread's sessions and subscriptions.
 struct Shard {
     topics: HashMap<Topic, HashMap<u64, Rc<Peer>>>,
+    /// The filtered topics among `topics`: a change is matched against
+    /// these only, so unfiltered topics pay nothing for them.
+    filtered: HashSet<Topic>,
     sessions: HashMap<u64, SessionEntry>,
     /// Shared with the [`RegistryHandle`]: one per subscription held here.
     listeners: Arc<AtomicUsize>,
@@ -302,6 +360,7 @@ impl Shard {
             }
             if subs.is_empty() {
                 self.topics.remove(topic);
+                self.filtered.remove(topic);
             }
         }
     }
@@ -309,8 +368,25 @@ impl Shard {
     fn publish(&self, batch: &Batch) {
         let mut delivered = 0;
         let mut slow = Vec::new();
+        let mut deliver = |subs: &HashMap<u64, Rc<Peer>>, topic: &Topic, seq: Option<i64>, frame: &Bytes| {
+            for peer in subs.values() {
+                match peer.deliver(topic, seq, frame) {
+                    Pushed::Queued => delivered += 1,
+                    // Counted when the session writes them.
+                    Pushed::Held | Pushed::Skipped => {}
+                    Pushed::GaveUp => slow.push(peer.id),
+                }
+            }
+        };
         for i in 0..batch.items.len() {
-            let (topics, seq) = batch.topics(i);
+            let Some((topics, seq)) = batch.topics(i) else {
+                if let Published::Window(w) = &batch.items[i] {
+                    if let Some(subs) = self.topics.get(&w.topic) {
+                        deliver(subs, &w.topic, Some(w.seq), batch.window_frames(i, w));
+                    }
+                }
+                continue;
+            };
             for (j, topic) in topics.iter().enumerate() {
                 let Some(subs) = self.topics.get(topic) else {
                     continue;
@@ -318,14 +394,17 @@ impl Shard {
                 if !batch.goes_to(i, topic) {
                     continue;
                 }
-                let frame = batch.frame(i, j, topic);
-                for peer in subs.values() {
-                    match peer.deliver(topic, seq, frame) {
-                        Pushed::Queued => delivered += 1,
-                        // Counted when the session writes them.
-                        Pushed::Held | Pushed::Skipped => {}
-                        Pushed::GaveUp => slow.push(peer.id),
-                    }
+                deliver(subs, topic, seq, batch.frame(i, j, topic));
+            }
+        }
+        for topic in &self.filtered {
+            let Some(subs) = self.topics.get(topic) else {
+                continue;
+            };
+            let frames = batch.filtered_frames(topic);
+            for (i, frame) in frames.iter().enumerate() {
+                if let Some(frame) = frame {
+                    deliver(subs, topic, batch.seq(i), frame);
                 }
             }
         }
@@ -362,6 +441,9 @@ impl Handler<Join> for Registry {
         };
         entry.peer.joined(&msg.topic, msg.generation);
         entry.topics.insert(msg.topic.clone());
+        if matches!(msg.topic, Topic::Filtered(_)) && !msg.topic.is_window() {
+            shard.filtered.insert(msg.topic.clone());
+        }
         let kind = msg.topic.kind();
         if shard
             .topics

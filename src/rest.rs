@@ -18,7 +18,8 @@ use crate::db::{
     RedeemLoginCode, RevokeToken,
 };
 use crate::error::ApiError;
-use crate::model::TaskStatus;
+use crate::filter::{Filter, SortKey};
+use crate::model::Entity;
 use crate::protocol::{check_op_id, Call, Method, Topic, MAX_HISTORY};
 use crate::state::AppState;
 
@@ -224,7 +225,7 @@ async fn reject_stray_query(
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let takes_query = req.method() == actix_web::http::Method::GET
-        && (matches!(req.path(), "/api/tasks" | "/api/changes") || req.path().ends_with("/activity"));
+        && (matches!(req.path(), "/api/tasks" | "/api/agents" | "/api/changes") || req.path().ends_with("/activity"));
     if !takes_query && !req.query_string().is_empty() {
         return Err(ApiError::bad_request("this route takes no query parameters").into());
     }
@@ -723,26 +724,27 @@ async fn delete(app: &AppState, req: &HttpRequest, who: Principal, id: &str, kin
     Ok(written(HttpResponse::NoContent(), c.seq).finish())
 }
 
-async fn list_tasks(app: web::Data<AppState>, who: Principal, query: web::Query<HashMap<String, String>>) -> Res {
-    let mut status = None;
-    let mut assignee_id = None;
-    for (k, v) in query.into_inner() {
-        match k.as_str() {
-            "status" => {
-                status = Some(TaskStatus::parse(&v).ok_or_else(|| {
-                    ApiError::bad_request(format!("unknown status {v:?}; one of {}", TaskStatus::spellings()))
-                })?)
-            }
-            "assignee_id" => assignee_id = Some(path_id(&v)?),
-            other => return Err(ApiError::bad_request(format!("unknown filter {other:?}"))),
-        }
-    }
-    let query = Query::Tasks { status, assignee_id };
+/// A list's filter from its query string: the fields of a filtered topic,
+/// in any order.
+fn list_filter(entity: Entity, query: &[(String, String)]) -> Result<Option<Filter>, ApiError> {
+    Filter::from_pairs(entity, query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+async fn list_tasks(app: web::Data<AppState>, who: Principal, query: web::Query<Vec<(String, String)>>) -> Res {
+    let mut pairs = query.into_inner();
+    let after = pairs.iter().position(|(k, _)| k == "after").map(|i| pairs.remove(i).1);
+    let filter = list_filter(Entity::Task, &pairs)?;
+    let after = match (after, filter.as_ref().and_then(Filter::window)) {
+        (Some(a), Some(w)) => Some(SortKey::parse_cursor(w.order, &a)?),
+        (Some(_), None) => return Err(ApiError::bad_request("`after` pages a list with `limit` and `order`")),
+        (None, _) => None,
+    };
+    let query = Query::Tasks(filter, after);
     Ok(HttpResponse::Ok().json(ask(&app.reader, Read { query, by: who }).await?))
 }
 
-async fn list_agents(app: web::Data<AppState>, who: Principal) -> Res {
-    let query = Query::Agents;
+async fn list_agents(app: web::Data<AppState>, who: Principal, query: web::Query<Vec<(String, String)>>) -> Res {
+    let query = Query::Agents(list_filter(Entity::Agent, &query)?);
     Ok(HttpResponse::Ok().json(ask(&app.reader, Read { query, by: who }).await?))
 }
 
@@ -902,7 +904,15 @@ async fn changes(app: web::Data<AppState>, who: Principal, query: web::Query<Has
                     .filter(|s| *s >= 0)
                     .ok_or_else(|| ApiError::bad_request("since must be a seq"))?
             }
-            "topic" => topic = Some(Topic::parse(&v)?),
+            "topic" => {
+                let t = Topic::parse(&v)?;
+                if t.is_window() {
+                    return Err(ApiError::bad_request(
+                        "a window topic has no change log; page it with GET /api/tasks",
+                    ));
+                }
+                topic = Some(t)
+            }
             "limit" => {
                 limit = v
                     .parse()

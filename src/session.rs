@@ -22,9 +22,10 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, Websocke
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde_json::value::RawValue;
+use serde_json::Value;
 use std::any::Any;
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
@@ -35,10 +36,11 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
-use crate::db::{execute, Subscribe, Subscribed};
+use crate::db::{execute, AgentSocket, LeaveWindow, Subscribe, Subscribed};
 use crate::error::ApiError;
 use crate::limits::Bucket;
 use crate::peer::{text_frame, Peer, Pushed};
+use crate::presence::{Member, PresenceFrame};
 use crate::protocol::{self, empty_object, Hello, Ref, Request, Topic};
 use crate::registry::{CloseSession, Leave, LocalRegistry};
 use crate::state::AppState;
@@ -80,6 +82,10 @@ pub struct Session {
     socket: Socket,
     fragments: Option<Fragments>,
     bucket: Bucket,
+    /// Topics this session is counted in the presence of.
+    present: HashSet<Topic>,
+    /// Window topics, with the subscribes of each the writer answered.
+    windows: HashMap<Topic, usize>,
 }
 
 impl Session {
@@ -93,7 +99,16 @@ impl Session {
 
     /// Writes nothing more of `topic` and takes the session off it. The Leave
     /// goes through the Registry's mailbox, after any Join already sent.
-    fn leave(&self, topic: Topic) {
+    fn leave(&mut self, topic: Topic) {
+        if let Some(subscribes) = self.windows.remove(&topic) {
+            self.app.db.do_send(LeaveWindow {
+                topic: topic.clone(),
+                subscribes,
+            });
+        }
+        if self.present.remove(&topic) {
+            self.app.presence.leave(&topic, self.principal.token_id, self.id);
+        }
         self.peer.forget(&topic);
         self.registry.handle.addr.do_send(Leave {
             session_id: self.id,
@@ -177,7 +192,12 @@ impl Session {
     fn dispatch(&mut self, reference: Ref, request: Request, ctx: &mut WebsocketContext<Self>) {
         match request {
             Request::Ping => self.answer(ctx, Some(reference), Ok((empty_object(), None))),
-            Request::Subscribe { topic, resume, history } => {
+            Request::Subscribe {
+                topic,
+                resume,
+                history,
+                presence,
+            } => {
                 if self.peer.gave_up() || self.peer.is_behind() {
                     // Its reply could not be queued after what waits: the
                     // socket closes now, without reading for it.
@@ -201,7 +221,8 @@ impl Session {
                 // reader's position reaches this session, held until the reply
                 // is written; those at or before it are in the reply.
                 self.registry.handle.join(self.id, topic.clone(), self.generation);
-                self.app.reader.do_send(Subscribe {
+                let window = topic.is_window();
+                let msg = Subscribe {
                     reference,
                     topic,
                     generation: self.generation,
@@ -209,7 +230,14 @@ impl Session {
                     history,
                     principal: self.principal.clone(),
                     reply_to: ctx.address().recipient(),
-                });
+                    presence,
+                };
+                if window {
+                    // A window is the writer's (see db::windows).
+                    self.app.db.do_send(msg);
+                } else {
+                    self.app.reader.do_send(msg);
+                }
             }
             Request::Unsubscribe { topic } => {
                 self.pending.remove(&topic);
@@ -282,6 +310,10 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.app.metrics.sockets_open.inc();
+        if let Some(agent_id) = self.principal.agent_id {
+            // An agent's open socket keeps it alive (and brings it back).
+            self.app.db.do_send(AgentSocket { agent_id, open: true });
+        }
         self.registry
             .connect(self.peer.clone(), self.principal.token_id, ctx.address().recipient());
         let config = &self.app.config;
@@ -317,11 +349,20 @@ impl Actor for Session {
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         self.registry.disconnect(self.id);
+        for topic in std::mem::take(&mut self.present) {
+            self.app.presence.leave(&topic, self.principal.token_id, self.id);
+        }
+        for (topic, subscribes) in std::mem::take(&mut self.windows) {
+            self.app.db.do_send(LeaveWindow { topic, subscribes });
+        }
         Running::Stop
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.app.metrics.sockets_open.dec();
+        if let Some(agent_id) = self.principal.agent_id {
+            self.app.db.do_send(AgentSocket { agent_id, open: false });
+        }
         self.app.sockets.release(&self.principal);
     }
 }
@@ -383,9 +424,47 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
     }
 }
 
+impl Session {
+    /// Counts this session in the topic's presence (once), and makes it a
+    /// watcher if its newest subscribe asked: then returns the members.
+    fn enter_presence(&mut self, topic: &Topic, watch: bool, ctx: &mut WebsocketContext<Self>) -> Option<Value> {
+        let member = Member {
+            token_id: self.principal.token_id,
+            name: self.principal.name.clone(),
+            role: self.principal.role,
+            agent_id: self.principal.agent_id,
+        };
+        let first = self.present.insert(topic.clone());
+        let watcher = watch.then(|| ctx.address().recipient());
+        self.app
+            .presence
+            .enter(topic, first.then_some(&member), self.id, watcher)
+    }
+}
+
+/// A subscribe reply's data with its `presence` list: the shared reply text
+/// (a JSON object, possibly a large snapshot) is extended, not parsed again.
+fn with_presence(data: &RawValue, list: &Value) -> Box<RawValue> {
+    let text = data.get();
+    let body = text
+        .trim_end()
+        .strip_suffix('}')
+        .expect("a subscribe reply is an object");
+    RawValue::from_string(format!("{body},\"presence\":{list}}}")).expect("valid JSON")
+}
+
+impl Handler<PresenceFrame> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: PresenceFrame, ctx: &mut Self::Context) {
+        if !self.close_sent {
+            self.send(ctx, &msg.0);
+        }
+    }
+}
+
 impl Handler<Subscribed> for Session {
     type Result = ();
-    fn handle(&mut self, msg: Subscribed, ctx: &mut Self::Context) {
+    fn handle(&mut self, mut msg: Subscribed, ctx: &mut Self::Context) {
         if self.close_sent {
             // Nothing more is sent; the reply is not even built.
             return;
@@ -402,9 +481,21 @@ impl Handler<Subscribed> for Session {
             self.pending.remove(&msg.topic);
         }
         let live = self.peer.is_live(&msg.topic);
+        if let Some(ticket) = msg.window.take() {
+            // The writer counted it: it is told when the topic is left.
+            ticket.keep();
+            *self.windows.entry(msg.topic.clone()).or_default() += 1;
+        }
         match msg.result {
             Ok((data, seq)) => {
-                self.send(ctx, &protocol::reply_ok(&msg.reference, &*data, None));
+                let here = (live || newest).then(|| self.enter_presence(&msg.topic, msg.presence, ctx));
+                match here.flatten() {
+                    Some(list) => self.send(
+                        ctx,
+                        &protocol::reply_ok(&msg.reference, &with_presence(&data, &list), None),
+                    ),
+                    None => self.send(ctx, &protocol::reply_ok(&msg.reference, &*data, None)),
+                }
                 if live || newest {
                     // The reply is out: the topic is live from its seq.
                     if self.peer.subscribed(&msg.topic, msg.generation, seq) == Pushed::GaveUp {
@@ -553,6 +644,8 @@ pub fn start(
         peer: peer.clone(),
         pending: HashMap::new(),
         generation: 0,
+        present: HashSet::new(),
+        windows: HashMap::new(),
         last_heard: Instant::now(),
         fragments: None,
         in_flight: 0,

@@ -134,6 +134,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         rest_limits: Arc::new(RestLimiter::new(config.rest_rate_limit)),
         call_limits: Arc::new(CallLimiter::new(config.calls_per_sec_per_token)),
         queues: Arc::new(TokenQueues::new(config.max_queue_bytes_per_token)),
+        presence: Arc::default(),
         config: Arc::new(config),
         metrics,
     };

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::db::{Db, Head, Reader};
 use crate::limits::{CallLimiter, RestLimiter, SocketCounts, TokenQueues};
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -25,4 +26,6 @@ pub struct AppState {
     pub call_limits: Arc<CallLimiter>,
     /// Outbound bytes queued per token, over its sockets.
     pub queues: Arc<TokenQueues>,
+    /// Who holds each topic.
+    pub presence: Arc<Presence>,
 }

@@ -72,6 +72,25 @@ pub enum Scenario {
         #[arg(long, default_value_t = 10)]
         drain_secs: u64,
     },
+    /// N subscribers over F filtered topics and U of `tasks`, one writer
+    /// sending W updates at R per second that cycle a task's status and
+    /// priority; filtered and plain event latency side by side.
+    Filtered {
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Distinct filters, 1 to 120.
+        #[arg(short = 'f', long, default_value_t = 100)]
+        filters: usize,
+        /// Subscribers of plain `tasks`, for comparison.
+        #[arg(short = 'u', long, default_value_t = 100)]
+        plain: usize,
+        #[arg(short = 'w', long, default_value_t = 1000)]
+        writes: usize,
+        #[arg(short = 'r', long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
+    },
     /// C sockets each sending `task.update` as fast as acks return, for S seconds.
     Writes {
         #[arg(short = 'c', long, default_value_t = 32)]
@@ -186,6 +205,25 @@ pub fn check_bounds(s: &Scenario, c: &Common) -> Res<()> {
         return Err(format!("--concurrency must be 1..={MAX_SOCKETS}"));
     }
     match s {
+        Scenario::Filtered {
+            subscribers,
+            filters,
+            plain,
+            writes,
+            rate,
+            drain_secs,
+        } => {
+            sockets(*subscribers + *plain, "--subscribers + --plain")?;
+            if !(1..=120).contains(filters) || *subscribers == 0 {
+                return Err("--filters must be 1..=120, with at least one subscriber".into());
+            }
+            if *writes == 0 || *writes > 1_000_000 || !(*rate > 0.0 && *rate <= 100_000.0) {
+                return Err("--writes must be 1..=1000000 and --rate in (0, 100000]".into());
+            }
+            if *writes as f64 / *rate > 600.0 || *drain_secs > 120 {
+                return Err("writes / rate must be at most 600 seconds, --drain-secs at most 120".into());
+            }
+        }
         Scenario::Fanout {
             subscribers,
             writes,

@@ -3,6 +3,9 @@
 //! only to a loopback address, with bounded counts and times.
 //!
 //! Scenarios (see `docs/benchmarks.md`):
+//! - `filtered`: N sockets over F filtered topics and U of `tasks`, one
+//!   writer cycling a task's status and priority; filtered against plain
+//!   event latency, each subscriber's events checked against its filter.
 //! - `fanout`: N sockets subscribed to `tasks`, one writer sending W
 //!   `task.update` calls at R per second (open loop). Each delivered event's
 //!   latency runs from the send of the call whose reply carried its seq.
@@ -97,6 +100,18 @@ async fn run(c: Common, s: Scenario) -> Res<(Value, Rows)> {
         } => {
             raise_nofile(subscribers + 1)?;
             scenarios::fanout::run(&c, subscribers, writes, rate, Duration::from_secs(drain_secs)).await
+        }
+        Scenario::Filtered {
+            subscribers,
+            filters,
+            plain,
+            writes,
+            rate,
+            drain_secs,
+        } => {
+            raise_nofile(subscribers + plain + 1)?;
+            let drain = Duration::from_secs(drain_secs);
+            scenarios::filtered::run(&c, subscribers, filters, plain, writes, rate, drain).await
         }
         Scenario::Writes { conns, seconds } => {
             raise_nofile(conns + 1)?;

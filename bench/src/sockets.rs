@@ -33,9 +33,16 @@ pub struct Opened {
 /// Opens `n` sockets, at most `concurrency` handshakes at once, each one
 /// subscribing to `tasks` if `subscribe`.
 pub async fn open_many(c: &Common, n: usize, subscribe: bool, pb: &ProgressBar) -> Res<Vec<Opened>> {
+    open_on(c, vec![subscribe.then(|| "tasks".to_string()); n], pb).await
+}
+
+/// Opens one socket per entry of `topics`, at most `concurrency` handshakes
+/// at once, each subscribing to its topic if it has one.
+pub async fn open_on(c: &Common, topics: Vec<Option<String>>, pb: &ProgressBar) -> Res<Vec<Opened>> {
+    let n = topics.len();
     let gate = Arc::new(Semaphore::new(c.concurrency));
     let mut handles = Vec::with_capacity(n);
-    for _ in 0..n {
+    for topic in topics {
         let gate = gate.clone();
         let c = c.clone();
         let pb = pb.clone();
@@ -43,11 +50,12 @@ pub async fn open_many(c: &Common, n: usize, subscribe: bool, pb: &ProgressBar) 
             let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
             let (mut ws, _) = connect(&c).await?;
             let connected = Instant::now();
-            let subscribed = if subscribe {
-                let r = request_ok(&mut ws, json!({"type": "subscribe", "topic": "tasks"}), 1).await?;
-                Some(r["data"].clone())
-            } else {
-                None
+            let subscribed = match topic {
+                Some(topic) => {
+                    let r = request_ok(&mut ws, json!({"type": "subscribe", "topic": topic}), 1).await?;
+                    Some(r["data"].clone())
+                }
+                None => None,
             };
             pb.inc(1);
             Ok::<_, String>(Opened {

@@ -45,6 +45,25 @@ fn bench(app: &Server, args: &[&str]) -> Value {
 }
 
 #[test]
+fn filtered_delivers_to_each_subscriber_exactly_what_its_filter_sees() {
+    let app = server::start();
+    let v = bench(
+        &app,
+        &["filtered", "-n", "24", "-f", "12", "-u", "3", "-w", "30", "-r", "500"],
+    );
+    assert_eq!(v["scenario"], "filtered");
+    assert_eq!(v["filters"], 12, "{v}");
+    assert_eq!(v["delivered"], v["expected"], "{v}");
+    assert!(
+        v["expected"].as_u64().unwrap() > 3 * 30,
+        "the filters see some writes: {v}"
+    );
+    assert_eq!(v["unexpected"], 0, "{v}");
+    assert_eq!(v["failed_calls"], 0, "{v}");
+    assert_eq!(v["plain_event_latency_ms"]["count"], 90, "{v}");
+}
+
+#[test]
 fn fanout_delivers_every_write_to_every_subscriber_once_in_order() {
     let app = server::start();
     let v = bench(&app, &["fanout", "-n", "5", "-w", "20", "-r", "500"]);

@@ -5,6 +5,12 @@
 //! beat), so reads overlay the newest time here on the agent's row. The
 //! changes a call makes here are journaled, so a call that fails, or a batch
 //! that does, takes them back.
+//!
+//! An agent with an open socket (of its token) is alive whatever its
+//! heartbeats: the timeout does not apply to it. When its last socket
+//! closes it has a grace period (`--presence-grace`), then goes offline,
+//! unless a socket opens again or it heartbeats (which puts it back under
+//! the timeout rule of agents that heartbeat over REST).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -21,6 +27,10 @@ pub struct Liveness {
     seen: HashMap<i64, Instant>,
     /// What `beats` held before each change of the batch being committed.
     undo: Vec<(i64, Option<String>)>,
+    /// Open sockets of each agent's tokens, for agents with any.
+    sockets: HashMap<i64, usize>,
+    /// Agents whose last socket closed, and when their grace ends.
+    grace: HashMap<i64, Instant>,
 }
 
 /// A point in the journal to roll back to.
@@ -83,10 +93,30 @@ impl Liveness {
     }
 
     /// A committed heartbeat: its time is to be written, and the agent's
-    /// clock restarts.
+    /// clock restarts (a grace it was in ends: the timeout rules it again).
     pub fn heard(&mut self, agent_id: i64) {
         self.dirty.insert(agent_id);
         self.seen.insert(agent_id, Instant::now());
+        self.grace.remove(&agent_id);
+    }
+
+    /// A socket of the agent's token opened; true if it is its only one.
+    pub fn socket_opened(&mut self, agent_id: i64) -> bool {
+        self.grace.remove(&agent_id);
+        let n = self.sockets.entry(agent_id).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// A socket of the agent's token closed: the last one starts its grace.
+    pub fn socket_closed(&mut self, agent_id: i64, grace: Duration) {
+        if let Some(n) = self.sockets.get_mut(&agent_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.sockets.remove(&agent_id);
+                self.grace.insert(agent_id, Instant::now() + grace);
+            }
+        }
     }
 
     /// A new agent's liveness clock starts now.
@@ -94,15 +124,26 @@ impl Liveness {
         self.seen.insert(agent_id, Instant::now());
     }
 
-    /// Agents not heard from for `timeout`; each is returned once, until it is
-    /// heard from again.
+    /// Agents not heard from for `timeout`, and agents whose grace after
+    /// their last socket ended; none with an open socket or in its grace.
+    /// Each is returned once, until it is heard from again.
     pub fn take_overdue(&mut self, timeout: Duration) -> Vec<i64> {
-        let late: Vec<i64> = self
+        let now = Instant::now();
+        let mut late: Vec<i64> = self
             .seen
             .iter()
-            .filter(|(_, t)| t.elapsed() >= timeout)
+            .filter(|(id, t)| {
+                now.duration_since(**t) >= timeout && !self.sockets.contains_key(id) && !self.grace.contains_key(id)
+            })
             .map(|(id, _)| *id)
             .collect();
+        self.grace.retain(|id, until| {
+            let over = *until <= now;
+            if over {
+                late.push(*id);
+            }
+            !over
+        });
         for id in &late {
             self.seen.remove(id);
         }
@@ -146,6 +187,30 @@ mod tests {
         l.roll_back(mark);
         assert_eq!(l.beat_at(1), Some("a"));
         assert_eq!(l.beat_at(2), None);
+    }
+
+    #[test]
+    fn an_open_socket_keeps_an_agent_until_its_grace_ends() {
+        let mut l = Liveness::starting([1, 2]);
+        assert!(l.socket_opened(1));
+        assert!(!l.socket_opened(1));
+        assert_eq!(l.take_overdue(Duration::ZERO), vec![2], "a socket keeps agent 1");
+        l.socket_closed(1, Duration::from_secs(60));
+        assert!(l.take_overdue(Duration::ZERO).is_empty(), "one socket is still open");
+        l.socket_closed(1, Duration::from_secs(60));
+        assert!(l.take_overdue(Duration::ZERO).is_empty(), "in its grace");
+        l.socket_opened(1);
+        l.socket_closed(1, Duration::ZERO);
+        assert_eq!(l.take_overdue(Duration::from_secs(60)), vec![1], "its grace ended");
+        assert!(l.take_overdue(Duration::ZERO).is_empty(), "once");
+        l.socket_opened(2);
+        l.socket_closed(2, Duration::from_secs(60));
+        l.heard(2);
+        assert!(
+            l.take_overdue(Duration::from_secs(60)).is_empty(),
+            "a heartbeat ends the grace"
+        );
+        assert_eq!(l.take_overdue(Duration::ZERO), vec![2], "and the timeout rules again");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`shared`]: what the writer shares with the readers after each commit.
 //! - [`tokens`]: token, login-code and browser-session administration, and
 //!   the watch for revocations made by another process.
+//! - [`windows`]: window topics, computed by the writer at each change.
 //! - [`upkeep`]: the timers: heartbeat times, agents going offline, pruning.
 //! - [`files`]: the database and WAL files the writer has open, by inode.
 //! - [`liveness`]: heartbeat times kept in memory and when each agent was heard.
@@ -33,6 +34,7 @@ pub mod shared;
 pub mod sqlite_log;
 pub mod tokens;
 pub mod upkeep;
+pub mod windows;
 pub mod writer;
 
 use std::time::Duration;
@@ -45,6 +47,8 @@ pub use tokens::{
     ensure_admin_token, load_tokens, trim_web_sessions, CreateLoginCode, CreateToken, ListTokens, Login, Logout,
     RedeemLoginCode, RevokeToken, WebSession, LOGIN_CODE_MINUTES, WEB_SESSIONS_PER_TOKEN, WEB_SESSION_DAYS,
 };
+pub use upkeep::AgentSocket;
+pub use writer::LeaveWindow;
 pub use writer::{execute, Committed, Db, Drain, Execute};
 
 /// How the Db actor keeps the log and watches agents.
@@ -55,6 +59,8 @@ pub struct DbConfig {
     pub log_max_age: Duration,
     /// A resume that would replay more changes than this gets a snapshot.
     pub max_replay: i64,
+    /// How long an agent stays after its token's last socket closed.
+    pub presence_grace: Duration,
     /// How long remembered op_ids are kept.
     pub op_keep: Duration,
     /// How many of the newest changes are kept in memory for resumes; older
@@ -81,6 +87,7 @@ impl Default for DbConfig {
     fn default() -> Self {
         DbConfig {
             heartbeat_timeout: Duration::from_secs(30),
+            presence_grace: Duration::from_secs(5),
             log_keep: 100_000,
             log_max_age: Duration::from_secs(7 * 24 * 3600),
             max_replay: 1000,

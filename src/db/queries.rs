@@ -11,7 +11,8 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use super::models::*;
 use super::open::OpenError;
 use super::schema::{activity, agents, changes, login_codes, meta, ops, tasks, tokens, web_sessions};
-use crate::model::{ChangeKind, Entity, TaskStatus};
+use crate::filter::{Assignee, Filter, KeyValue, SortKey};
+use crate::model::{ChangeKind, Entity};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -330,17 +331,58 @@ pub fn find_task(conn: &mut SqliteConnection, id: i64) -> QueryResult<Option<Tas
         .optional()
 }
 
+/// Tasks by id, those a task filter matches (the same test as
+/// [`Filter::event_of`]'s, in SQL); with a window, the first `limit` by its
+/// order, after the cursor `after` if given.
 pub fn list_tasks(
     conn: &mut SqliteConnection,
-    status: Option<TaskStatus>,
-    assignee_id: Option<i64>,
+    filter: Option<&Filter>,
+    after: Option<&SortKey>,
 ) -> QueryResult<Vec<Task>> {
-    let mut q = tasks::table.select(Task::as_select()).order(tasks::id).into_boxed();
-    if let Some(s) = status {
-        q = q.filter(tasks::status.eq(s));
+    use diesel::dsl::sql;
+    use diesel::sql_types::{BigInt, Bool, Text};
+    let mut q = tasks::table.select(Task::as_select()).into_boxed();
+    match filter.and_then(Filter::window) {
+        None => q = q.order(tasks::id),
+        Some(w) => {
+            let (column, desc) = w.order.column();
+            let dir = if desc { "DESC" } else { "ASC" };
+            q = q.order(sql::<Text>(&format!("{column} {dir}, id {dir}")));
+            if let Some(key) = after {
+                let open = sql::<Bool>(&format!("({column}, id) {} (", if desc { "<" } else { ">" }));
+                q = match &key.value {
+                    KeyValue::Text(t) => q.filter(
+                        open.bind::<Text, _>(t.clone())
+                            .sql(", ")
+                            .bind::<BigInt, _>(key.id)
+                            .sql(")"),
+                    ),
+                    KeyValue::Int(i) => {
+                        q.filter(open.bind::<BigInt, _>(*i).sql(", ").bind::<BigInt, _>(key.id).sql(")"))
+                    }
+                };
+            }
+            q = q.limit(i64::from(w.limit));
+        }
     }
-    if let Some(a) = assignee_id {
-        q = q.filter(tasks::assignee_id.eq(a));
+    if let Some(Filter::Tasks {
+        status,
+        assignee,
+        priority_min,
+        ..
+    }) = filter
+    {
+        if !status.is_empty() {
+            q = q.filter(tasks::status.eq_any(status.clone()));
+        }
+        match assignee {
+            Some(Assignee::None) => q = q.filter(tasks::assignee_id.is_null()),
+            Some(Assignee::Id(id)) => q = q.filter(tasks::assignee_id.eq(*id)),
+            None => {}
+        }
+        if let Some(p) = priority_min {
+            q = q.filter(tasks::priority.ge(*p));
+        }
     }
     q.load(conn)
 }
@@ -964,7 +1006,7 @@ mod tests {
             &NewTask {
                 title: "a",
                 description: "",
-                status: TaskStatus::Todo,
+                status: crate::model::TaskStatus::Todo,
                 priority: 0,
                 progress: None,
                 assignee_id: None,

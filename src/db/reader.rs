@@ -107,6 +107,8 @@ impl Handler<Subscribe> for Reader {
             topic: msg.topic,
             generation: msg.generation,
             result,
+            presence: msg.presence,
+            window: None,
         });
     }
 }

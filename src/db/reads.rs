@@ -17,8 +17,9 @@ use super::shared::Shared;
 use super::DbConfig;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::model::{ChangeKind, Entity, TaskStatus};
-use crate::protocol::{EventFrame, Topic};
+use crate::filter::{Filter, SortKey};
+use crate::model::{ChangeKind, Entity};
+use crate::protocol::{Change, EventFrame, Seen, Topic};
 
 /// Where a read transaction stands: its last change, and the newest change
 /// pruned from the log.
@@ -46,16 +47,26 @@ pub struct Listing<T> {
     pub items: Vec<T>,
 }
 
+/// A list of tasks, and where the next page starts (a window's; `null`
+/// when this page is its last).
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub epoch: String,
+    pub seq: i64,
+    pub items: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 /// What a REST read asks for.
 #[derive(Debug, Clone)]
 pub enum Query {
-    /// Tasks, by id, optionally of one status and one assignee.
-    Tasks {
-        status: Option<TaskStatus>,
-        assignee_id: Option<i64>,
-    },
+    /// Tasks by id, optionally those a filter matches; with a window, a page
+    /// of it, after a cursor if given.
+    Tasks(Option<Filter>, Option<SortKey>),
     Task(i64),
-    Agents,
+    /// Agents by id, optionally those a filter matches.
+    Agents(Option<Filter>),
     Agent(i64),
     /// A page of a task's or an agent's activity, newest first: entries with
     /// a seq below `before`.
@@ -80,7 +91,7 @@ impl Message for Read {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum ReadAnswer {
-    Tasks(Listing<Task>),
+    Page(Page<Task>),
     Task(Task),
     Agents(Listing<Agent>),
     Agent(Agent),
@@ -206,14 +217,14 @@ impl ReadAnswer {
         match self {
             ReadAnswer::Task(t) => Some(t.version),
             ReadAnswer::Agent(a) => Some(a.version),
-            ReadAnswer::Tasks(_) | ReadAnswer::Agents(_) | ReadAnswer::Activity(_) => None,
+            ReadAnswer::Page(_) | ReadAnswer::Agents(_) | ReadAnswer::Activity(_) => None,
         }
     }
 
     /// Rows read, for the read budget.
     pub fn rows(&self) -> usize {
         match self {
-            ReadAnswer::Tasks(l) => l.items.len(),
+            ReadAnswer::Page(l) => l.items.len(),
             ReadAnswer::Agents(l) => l.items.len(),
             ReadAnswer::Activity(p) => p.items.len(),
             ReadAnswer::Task(_) | ReadAnswer::Agent(_) => 1,
@@ -240,8 +251,14 @@ struct ChangesPage<'a> {
     events: &'a [EventFrame<'a>],
 }
 
-fn agents(conn: &mut SqliteConnection, shared: &Shared) -> QueryResult<Vec<Agent>> {
-    Ok(q::list_agents(conn)?.into_iter().map(|a| shared.overlay(a)).collect())
+/// Agents by id, those `filter` matches (few: filtered here, with the same
+/// test as the live path's).
+fn agents(conn: &mut SqliteConnection, shared: &Shared, filter: Option<&Filter>) -> QueryResult<Vec<Agent>> {
+    Ok(q::list_agents(conn)?
+        .into_iter()
+        .map(|a| shared.overlay(a))
+        .filter(|a| filter.is_none_or(|f| f.matches_json(&a.to_json())))
+        .collect())
 }
 
 fn agent(conn: &mut SqliteConnection, shared: &Shared, id: i64) -> QueryResult<Option<Agent>> {
@@ -254,7 +271,13 @@ pub fn snapshot(conn: &mut SqliteConnection, shared: &Shared, topic: &Topic) -> 
         Topic::Tasks => Some(Value::Array(
             q::list_tasks(conn, None, None)?.iter().map(Task::to_json).collect(),
         )),
-        Topic::Agents => Some(Value::Array(agents(conn, shared)?.iter().map(Agent::to_json).collect())),
+        Topic::Agents => Some(Value::Array(
+            agents(conn, shared, None)?.iter().map(Agent::to_json).collect(),
+        )),
+        Topic::Filtered(f) => Some(Value::Array(match f.entity() {
+            Entity::Task => q::list_tasks(conn, Some(f), None)?.iter().map(Task::to_json).collect(),
+            Entity::Agent => agents(conn, shared, Some(f))?.iter().map(Agent::to_json).collect(),
+        })),
         Topic::Task(id) => q::find_task(conn, *id)?.map(|t| t.to_json()),
         Topic::Agent(id) => agent(conn, shared, *id)?.map(|a| a.to_json()),
     })
@@ -267,14 +290,26 @@ pub fn read(conn: &mut SqliteConnection, shared: &Shared, query: Query) -> Resul
             Ok((shared.head.epoch.clone(), Position::read(conn)?.seq))
         };
         Ok(match query {
-            Query::Tasks { status, assignee_id } => {
+            Query::Tasks(filter, after) => {
                 let (epoch, seq) = listing(conn)?;
-                let items = q::list_tasks(conn, status, assignee_id)?;
-                ReadAnswer::Tasks(Listing { epoch, seq, items })
+                let items = q::list_tasks(conn, filter.as_ref(), after.as_ref())?;
+                // A full page of a window goes on after its last task.
+                let next = filter.as_ref().and_then(Filter::window).and_then(|w| {
+                    (items.len() == w.limit as usize)
+                        .then(|| items.last().and_then(|t| w.order.key_of(&t.to_raw())))
+                        .flatten()
+                        .map(|k| k.cursor())
+                });
+                ReadAnswer::Page(Page {
+                    epoch,
+                    seq,
+                    items,
+                    next,
+                })
             }
-            Query::Agents => {
+            Query::Agents(filter) => {
                 let (epoch, seq) = listing(conn)?;
-                let items = agents(conn, shared)?;
+                let items = agents(conn, shared, filter.as_ref())?;
                 ReadAnswer::Agents(Listing { epoch, seq, items })
             }
             Query::Task(id) => ReadAnswer::Task(
@@ -342,16 +377,16 @@ pub fn changes(
             .into_iter()
             .map(change_of_row)
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let topics: Vec<Topic> = changes
+        let topics: Vec<(&Change, Topic, Seen)> = changes
             .iter()
-            .map(|c| match &msg.topic {
-                Some(t) => t.clone(),
+            .filter_map(|c| match &msg.topic {
+                Some(t) => t.sees(c).map(|seen| (c, t.clone(), seen)),
                 // A note is only ever on its task's own topic.
-                None if c.kind == ChangeKind::Noted => Topic::Task(c.entity_id),
-                None => Topic::collection(c.entity).clone(),
+                None if c.kind == ChangeKind::Noted => Some((c, Topic::Task(c.entity_id), Seen::of(c.kind))),
+                None => Some((c, Topic::collection(c.entity).clone(), Seen::of(c.kind))),
             })
             .collect();
-        let events: Vec<_> = changes.iter().zip(&topics).map(|(c, t)| c.frame(t)).collect();
+        let events: Vec<_> = topics.iter().map(|(c, t, seen)| c.frame_as(t, *seen)).collect();
         let page = ChangesPage {
             epoch: &shared.head.epoch,
             seq: upto,

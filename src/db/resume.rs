@@ -32,6 +32,10 @@ pub struct Subscribed {
     pub generation: u64,
     /// The reply's data, serialized once (many sessions may share it), and its seq.
     pub result: Result<(Arc<RawValue>, i64), ApiError>,
+    /// Echoed: the reply lists the topic's presence.
+    pub presence: bool,
+    /// A window subscribe the writer counted (see `super::windows`).
+    pub window: Option<super::windows::WindowTicket>,
 }
 
 /// Reads a snapshot or the missed changes of a topic and answers the session.
@@ -48,6 +52,8 @@ pub struct Subscribe {
     pub history: u32,
     pub principal: Principal,
     pub reply_to: Recipient<Subscribed>,
+    /// Whether the reply lists the topic's presence (echoed).
+    pub presence: bool,
 }
 
 /// The newest committed changes, oldest first, so a resume needs neither SQL
@@ -165,7 +171,11 @@ pub fn reply(
                 if missed.is_empty() && topic.filter().1.is_some() && snapshot(conn, shared, topic)?.is_none() {
                     return Err(ApiError::not_found(format!("{topic} does not exist")));
                 }
-                let events: Vec<_> = missed.iter().map(|c| c.frame(topic)).collect();
+                // What the live path sent: the same function decides.
+                let events: Vec<_> = missed
+                    .iter()
+                    .filter_map(|c| topic.sees(c).map(|seen| c.frame_as(topic, seen)))
+                    .collect();
                 text(topic, epoch, at.seq, Some(&events), None, None)?
             }
             None => {

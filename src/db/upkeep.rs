@@ -1,6 +1,7 @@
-//! The Db actor's timers: heartbeat times to disk, silent agents going
-//! offline, the token watch, filing task changes into their activity, and
-//! pruning the change log.
+//! The Db actor's timers: heartbeat times to disk, silent agents (and
+//! agents whose last socket closed) going offline, the token watch, filing
+//! task changes into their activity, and pruning the change log; and agents'
+//! sockets opening and closing.
 
 use actix::prelude::*;
 use std::time::Duration;
@@ -21,7 +22,8 @@ impl Db {
         ctx.run_interval(Duration::from_secs(1), |db, _| {
             db.check_files();
         });
-        let sweep = (self.config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let sweep = (self.config.heartbeat_timeout.min(self.config.presence_grace) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         ctx.run_interval(sweep, |db, ctx| db.sweep_offline(ctx));
         // A log over its count is cut back within seconds; its age is looked at
         // once a minute.
@@ -75,6 +77,18 @@ impl Db {
         }
     }
 
+    /// Queues agents whose socket opened while they were offline to come
+    /// back (the rule checks they are offline).
+    fn agent_socket(&mut self, msg: AgentSocket, ctx: &mut Context<Self>) {
+        if msg.open {
+            if self.live.socket_opened(msg.agent_id) {
+                self.enqueue(Job::Online(msg.agent_id), ctx);
+            }
+        } else {
+            self.live.socket_closed(msg.agent_id, self.config.presence_grace);
+        }
+    }
+
     /// Prunes the change log by count and age, old op_ids, expired browser
     /// sessions and login codes.
     pub(super) fn prune(&mut self) {
@@ -109,5 +123,21 @@ impl Db {
         if let Ok(n) = q::count_changes(&mut self.conn) {
             self.metrics.change_log_len.set(n);
         }
+    }
+}
+
+/// A socket of an agent's token opened or closed: while it has one, the
+/// agent is alive (see [`super::liveness`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentSocket {
+    pub agent_id: i64,
+    pub open: bool,
+}
+
+impl Handler<AgentSocket> for Db {
+    type Result = ();
+    fn handle(&mut self, msg: AgentSocket, ctx: &mut Context<Self>) {
+        self.agent_socket(msg, ctx);
     }
 }

@@ -21,11 +21,13 @@ use super::files::Files;
 use super::liveness::Liveness;
 use super::open::{Head, Opened};
 use super::queries as q;
+use super::resume::{Subscribe, Subscribed};
 use super::row_cache::TaskRows;
 use super::rules::{self, Outcome, WriteCtx};
 use super::shared::Shared;
 use super::sqlite_log;
 use super::tokens::{load_tokens, RevocationWatch};
+use super::windows::{WindowTicket, Windows};
 use super::DbConfig;
 use crate::auth::{Principal, TokenCache};
 use crate::error::{ApiError, ErrorCode};
@@ -111,6 +113,8 @@ pub(super) enum Job {
     },
     /// The server's own change: an agent went silent.
     Offline(i64),
+    /// The server's own change: an offline agent's socket opened.
+    Online(i64),
 }
 
 /// The Db actor.
@@ -131,6 +135,8 @@ pub struct Db {
     draining: bool,
     pub(super) live: Liveness,
     tasks: TaskRows,
+    /// The window topics held (see [`super::windows`]).
+    windows: Windows,
     /// What the readers see of the writer's memory.
     shared: Arc<Shared>,
     pub(super) revocations: RevocationWatch,
@@ -205,6 +211,7 @@ impl Db {
             draining: false,
             live,
             tasks: TaskRows::default(),
+            windows: Windows::default(),
             shared,
             revocations,
             files,
@@ -281,6 +288,7 @@ impl Db {
         let mut results: Vec<Result<Outcome, ApiError>> = Vec::with_capacity(jobs.len());
         let batch_mark = self.live.mark();
         let (live, tasks, tokens, watch) = (&mut self.live, &mut self.tasks, &self.tokens, &mut self.revocations);
+        let windows = &mut self.windows;
         let fail_op_id = self.config.fail_op_id.as_deref();
         let mut revoked_elsewhere = Vec::new();
         let mut body_done = false;
@@ -298,6 +306,7 @@ impl Db {
             }
             let mut ctx = WriteCtx {
                 fail_op_id,
+                windows: Some(windows),
                 ..WriteCtx::new(&mut seq, live, tasks)
             };
             for job in &jobs {
@@ -310,6 +319,9 @@ impl Db {
                     }
                     Job::Offline(id) => {
                         rules::run(conn, &mut ctx, |conn, ctx| rules::agents::mark_offline(conn, ctx, *id))
+                    }
+                    Job::Online(id) => {
+                        rules::run(conn, &mut ctx, |conn, ctx| rules::agents::mark_online(conn, ctx, *id))
                     }
                 };
                 match result {
@@ -351,6 +363,7 @@ impl Db {
         if let Err(e) = committed {
             let e = ApiError::from(e);
             self.live.roll_back(batch_mark);
+            self.windows.reload_all(&mut self.conn);
             // Rows saved by the batch were rolled back with it.
             self.tasks.clear();
             for job in jobs {
@@ -359,6 +372,7 @@ impl Db {
                         let _ = reply.send(Err(e.clone()));
                     }
                     Job::Offline(id) => self.live.still_overdue(id, self.config.heartbeat_timeout),
+                    Job::Online(id) => log::warn!("agent {id}'s socket opened, but its coming back failed: {e}"),
                 }
             }
             return;
@@ -384,6 +398,10 @@ impl Db {
                 for change in out.changes.into_iter().map(Arc::new) {
                     recent.push(change.clone());
                     items.push(Published::Change(change));
+                }
+                for w in out.windows {
+                    self.windows.committed(&w);
+                    items.push(Published::Window(Arc::new(w)));
                 }
                 if let Some((agent_id, at)) = out.heartbeat {
                     self.live.heard(agent_id);
@@ -469,6 +487,51 @@ impl Handler<Execute> for Db {
             },
             ctx,
         );
+    }
+}
+
+/// Subscribes of a window topic left (see [`super::windows`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeaveWindow {
+    pub topic: crate::protocol::Topic,
+    /// How many of the session's subscribes of it were answered.
+    pub subscribes: usize,
+}
+
+impl Handler<LeaveWindow> for Db {
+    type Result = ();
+    fn handle(&mut self, msg: LeaveWindow, _: &mut Context<Self>) {
+        self.windows.leave(&msg.topic, msg.subscribes);
+    }
+}
+
+/// A window topic's subscribe is answered by the writer, between batches, at
+/// its committed seq: the window is computed from there on (see
+/// [`super::windows`]).
+impl Handler<Subscribe> for Db {
+    type Result = ();
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let seq = self.seq;
+        let result = self
+            .windows
+            .subscribe(
+                &mut self.conn,
+                &msg.topic,
+                msg.resume.as_ref(),
+                &self.position.epoch,
+                seq,
+            )
+            .map(|data| (data, seq));
+        let (ok, topic) = (result.is_ok(), msg.topic.clone());
+        msg.reply_to.do_send(Subscribed {
+            reference: msg.reference,
+            topic: msg.topic,
+            generation: msg.generation,
+            result,
+            presence: msg.presence,
+            window: ok.then(|| WindowTicket::new(topic, ctx.address())),
+        });
     }
 }
 

@@ -9,8 +9,11 @@
 export const DEFAULTS = Object.freeze({
   /** First reconnect delay ceiling; doubles per failed attempt. */
   backoffBaseMs: 500,
-  /** Largest reconnect delay ceiling. */
+  /** Largest reconnect delay ceiling (in a browser page: `pageBackoffCapMs`). */
   backoffCapMs: 30000,
+  /** Largest reconnect delay ceiling in a browser page, unless `backoffCapMs`
+   * is given: a page is back within about a second of its server. */
+  pageBackoffCapMs: 1000,
   /** Send a ping when nothing was received for this long. */
   pingIntervalMs: 15000,
   /** Close the socket as dead when a ping got no frame back for this long. */
@@ -67,6 +70,9 @@ const RETRYABLE = new Set(['unavailable', 'rate_limited']);
 export class Client {
   constructor(options = {}) {
     this.options = { ...DEFAULTS, ...options };
+    if (options.backoffCapMs === undefined && typeof document !== 'undefined') {
+      this.options.backoffCapMs = this.options.pageBackoffCapMs;
+    }
     this.url = options.url || defaultUrl();
     this.hello = null;
     /** The newest change seen on any topic: `{seq, at: Date, event}` or null. */
@@ -92,6 +98,12 @@ export class Client {
     this._state = { state: 'idle', attempt: 0, retryAt: null, lastClose: null };
     if (typeof globalThis.addEventListener === 'function') {
       globalThis.addEventListener('online', () => this.retryNow());
+    }
+    if (typeof document !== 'undefined' && typeof document.addEventListener === 'function') {
+      // A tab brought back to view retries at once, not at its next backoff.
+      document.addEventListener('visibilitychange', () => {
+        if (document.visibilityState === 'visible') this.retryNow();
+      });
     }
   }
 

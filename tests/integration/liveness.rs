@@ -68,14 +68,10 @@ async fn an_agent_goes_offline_without_heartbeats_and_comes_back_on_the_next() {
     assert_eq!(now["status"], "offline", "{now}");
 
     // Its next heartbeat brings back the status it reported: a change, with
-    // a seq, and the heartbeat event beside it.
-    let mut agent_ws = app.ws_as(&token).await;
-    let beat = agent_ws.call_ok("agent.heartbeat", json!({ "id": id })).await;
-    assert_eq!(
-        beat["seq"],
-        seq + 2,
-        "a heartbeat that changes status is a change: {beat}"
-    );
+    // a seq, and the heartbeat event beside it. (Over REST: an open socket of
+    // its token would keep it alive by itself, see agent_sockets.)
+    let beat = rest_heartbeat(&app, &token, id).await;
+    assert_eq!(beat, Some(seq + 2), "a heartbeat that changes status is a change");
     let mut two = vec![sub.next_event().await, sub.next_event().await];
     two.sort_by_key(|e| e["event"].as_str().unwrap().to_string());
     assert_eq!(two[0]["event"], "agent.heartbeat", "{two:?}");
@@ -90,8 +86,8 @@ async fn an_agent_goes_offline_without_heartbeats_and_comes_back_on_the_next() {
     let beats = 8;
     for _ in 0..beats {
         tokio::time::sleep(PING_EVERY).await;
-        let r = agent_ws.call_ok("agent.heartbeat", json!({ "id": id })).await;
-        assert!(r.get("seq").is_none(), "a plain heartbeat is not a change: {r}");
+        let r = rest_heartbeat(&app, &token, id).await;
+        assert_eq!(r, None, "a plain heartbeat is not a change");
         let ev = sub.next_event().await;
         assert_eq!(ev["event"], "agent.heartbeat", "only heartbeats while alive: {ev}");
         assert!(ev.get("seq").is_none(), "{ev}");
@@ -122,6 +118,19 @@ async fn an_agent_goes_offline_without_heartbeats_and_comes_back_on_the_next() {
         "{body}"
     );
     eprintln!("offline {silent_for:?} after the last of {beats} heartbeats");
+}
+
+/// A heartbeat over REST with the agent's token; the seq if it was a change.
+async fn rest_heartbeat(app: &TestApp, token: &str, id: i64) -> Option<i64> {
+    let res = app
+        .http()
+        .post(app.url(&format!("/api/agents/{id}/heartbeat")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    crate::shared::seq_header(&res)
 }
 
 async fn sockets_open(app: &TestApp) -> i64 {

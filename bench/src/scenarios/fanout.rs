@@ -49,58 +49,11 @@ pub async fn run(c: &Common, n: usize, w: usize, rate: f64, drain: Duration) -> 
     let m_before = scrape(c).await;
     let cpu = CpuMeter::start(c);
     let pb = progress(c, w as u64, "writes");
-    let (mut tx, mut rx) = writer.split();
     let nonce = nonce();
-    let pb2 = pb.clone();
-    let sender = tokio::spawn(async move {
-        let start = tokio::time::Instant::now();
-        let mut sent = Vec::with_capacity(w);
-        for i in 0..w {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
-            let frame = update_frame(i as i64, task, nonce, i as u64);
-            let at = Instant::now();
-            tx.send(Message::Text(frame))
-                .await
-                .map_err(|e| format!("writer send: {e}"))?;
-            sent.push(at);
-            pb2.inc(1);
-        }
-        Ok::<_, String>((sent, tx))
-    });
-    // Replies: ref → (arrival, seq or error).
-    let receiver = tokio::spawn(async move {
-        let mut acks: Vec<Option<(Instant, Result<i64, String>)>> = vec![None; w];
-        let mut got = 0;
-        while got < w {
-            let t = match tokio::time::timeout(STEP, rx.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => t,
-                Ok(Some(Ok(Message::Close(f)))) => return Err(format!("writer closed: {f:?}")),
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(e))) => return Err(format!("writer socket: {e}")),
-                Ok(None) => return Err("writer socket ended".into()),
-                Err(_) => return Err(format!("no reply for 30 s after {got} of {w}")),
-            };
-            let at = Instant::now();
-            let l: Light = serde_json::from_str(&t).map_err(|e| e.to_string())?;
-            if l.ty != "reply" {
-                continue;
-            }
-            let Some(r) = l.reference.filter(|r| *r >= 0 && (*r as usize) < w) else {
-                continue;
-            };
-            let outcome = match (l.ok, l.seq) {
-                (Some(true), Some(seq)) => Ok(seq),
-                _ => Err(t.clone()),
-            };
-            if acks[r as usize].is_none() {
-                got += 1;
-            }
-            acks[r as usize] = Some((at, outcome));
-        }
-        Ok(acks)
-    });
-    let (sent, _tx) = sender.await.map_err(|e| e.to_string())??;
-    let acks = receiver.await.map_err(|e| e.to_string())??;
+    let (sent, acks) = paced_writes(writer, w, rate, &pb, move |i| {
+        update_frame(i as i64, task, nonce, i as u64)
+    })
+    .await?;
     pb.finish_and_clear();
 
     let mut ack_hist = hist();
@@ -216,4 +169,71 @@ pub async fn run(c: &Common, n: usize, w: usize, rate: f64, drain: Duration) -> 
         ));
     }
     Ok((report, t))
+}
+
+/// A reply to one of [`paced_writes`]'s calls: when it came, and its seq or
+/// the reply's text if it failed.
+pub type Ack = Option<(Instant, Result<i64, String>)>;
+
+/// Sends `w` calls on `writer` at `rate` per second (open loop), call `i`
+/// being `frame(i)` with ref `i`; returns when each was sent and its reply.
+pub async fn paced_writes(
+    writer: crate::client::Ws,
+    w: usize,
+    rate: f64,
+    pb: &indicatif::ProgressBar,
+    frame: impl Fn(usize) -> String + Send + 'static,
+) -> Res<(Vec<Instant>, Vec<Ack>)> {
+    let (mut tx, mut rx) = writer.split();
+    let pb2 = pb.clone();
+    let sender = tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut sent = Vec::with_capacity(w);
+        for i in 0..w {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+            let frame = frame(i);
+            let at = Instant::now();
+            tx.send(Message::Text(frame))
+                .await
+                .map_err(|e| format!("writer send: {e}"))?;
+            sent.push(at);
+            pb2.inc(1);
+        }
+        Ok::<_, String>((sent, tx))
+    });
+    // Replies: ref → (arrival, seq or error).
+    let receiver = tokio::spawn(async move {
+        let mut acks: Vec<Option<(Instant, Result<i64, String>)>> = vec![None; w];
+        let mut got = 0;
+        while got < w {
+            let t = match tokio::time::timeout(STEP, rx.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(Message::Close(f)))) => return Err(format!("writer closed: {f:?}")),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => return Err(format!("writer socket: {e}")),
+                Ok(None) => return Err("writer socket ended".into()),
+                Err(_) => return Err(format!("no reply for 30 s after {got} of {w}")),
+            };
+            let at = Instant::now();
+            let l: Light = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+            if l.ty != "reply" {
+                continue;
+            }
+            let Some(r) = l.reference.filter(|r| *r >= 0 && (*r as usize) < w) else {
+                continue;
+            };
+            let outcome = match (l.ok, l.seq) {
+                (Some(true), Some(seq)) => Ok(seq),
+                _ => Err(t.clone()),
+            };
+            if acks[r as usize].is_none() {
+                got += 1;
+            }
+            acks[r as usize] = Some((at, outcome));
+        }
+        Ok(acks)
+    });
+    let (sent, _tx) = sender.await.map_err(|e| e.to_string())??;
+    let acks = receiver.await.map_err(|e| e.to_string())??;
+    Ok((sent, acks))
 }

@@ -2,6 +2,7 @@
 
 pub mod conns;
 pub mod fanout;
+pub mod filtered;
 pub mod fsync;
 pub mod history;
 pub mod readflood;

@@ -221,7 +221,7 @@ pub fn delete(
     out.revoked_tokens = q::revoke_agent_tokens(conn, agent.id, &ctx.now)?;
     q::delete_agent(conn, agent.id)?;
     ctx.live.remove(agent.id);
-    ctx.record_deleted(conn, &mut out, (Entity::Agent, agent.id))?;
+    ctx.record_deleted(conn, &mut out, (Entity::Agent, agent.id), raw(&agent.to_json()))?;
     Ok(out)
 }
 
@@ -258,6 +258,21 @@ pub fn heartbeat(
     out.data = empty_object();
     out.heartbeat = Some((h.id, at));
     Ok(out)
+}
+
+/// The server's own change: an offline agent whose token opened a socket is
+/// back to what it last reported. Nothing when it is gone or not offline.
+pub fn mark_online(conn: &mut SqliteConnection, ctx: &mut WriteCtx, agent_id: i64) -> Result<Outcome, ApiError> {
+    let Some(agent) = q::find_agent(conn, agent_id)? else {
+        return Ok(Outcome::default());
+    };
+    let agent = ctx.live.overlay(agent);
+    if agent.status != AgentStatus::Offline {
+        return Ok(Outcome::default());
+    }
+    let mut next = agent.clone();
+    next.status = next.reported_status;
+    save(conn, ctx, agent, next)
 }
 
 /// The server's own change: an agent that stopped heartbeating goes `offline`.

@@ -20,6 +20,7 @@ use super::liveness::Liveness;
 use super::models::*;
 use super::queries as q;
 use super::row_cache::TaskRows;
+use super::windows::{WindowEvents, Windows};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::model::{ChangeKind, Entity};
@@ -42,6 +43,8 @@ pub struct WriteCtx<'a> {
     pub by: Arc<RawValue>,
     /// Test-only: see [`super::DbConfig::fail_op_id`].
     pub fail_op_id: Option<&'a str>,
+    /// The window topics held, computed at each change.
+    pub windows: Option<&'a mut Windows>,
 }
 
 impl<'a> WriteCtx<'a> {
@@ -53,6 +56,7 @@ impl<'a> WriteCtx<'a> {
             now: now(),
             by: system_author(),
             fail_op_id: None,
+            windows: None,
         }
     }
 
@@ -90,6 +94,8 @@ pub struct Outcome {
     pub new_token: Option<(String, Principal)>,
     /// Tokens revoked by this call; their sockets are closed.
     pub revoked_tokens: Vec<i64>,
+    /// The events of its changes on window topics.
+    pub windows: Vec<WindowEvents>,
 }
 
 impl Default for Outcome {
@@ -102,6 +108,7 @@ impl Default for Outcome {
             new_agent: None,
             new_token: None,
             revoked_tokens: Vec::new(),
+            windows: Vec::new(),
         }
     }
 }
@@ -137,7 +144,7 @@ impl WriteCtx<'_> {
         };
         q::append_change(conn, &row)?;
         out.seq = Some(*self.seq);
-        out.changes.push(Change {
+        let change = Change {
             seq: *self.seq,
             entity,
             entity_id,
@@ -147,21 +154,28 @@ impl WriteCtx<'_> {
             by: Some(self.by.clone()),
             before,
             at: Arc::from(self.now.as_str()),
-        });
+        };
+        // Windows ask the file as this change left it: now, not later.
+        if let Some(windows) = self.windows.as_deref_mut().filter(|w| !w.is_empty()) {
+            out.windows.extend(windows.apply(conn, &change)?);
+        }
+        out.changes.push(change);
         Ok(())
     }
 }
 
 impl WriteCtx<'_> {
-    /// Records that an entity is gone: a `deleted` change whose data is its id.
+    /// Records that an entity is gone: a `deleted` change whose data is its
+    /// id, and whose `before` is the whole entity.
     fn record_deleted(
         &mut self,
         conn: &mut SqliteConnection,
         out: &mut Outcome,
         (entity, id): (Entity, i64),
+        before: Arc<RawValue>,
     ) -> Result<(), ApiError> {
         let data = crate::protocol::raw(&json!({ "id": id }));
-        self.record(conn, out, (entity, id), ChangeKind::Deleted, vec![], data, None)
+        self.record(conn, out, (entity, id), ChangeKind::Deleted, vec![], data, Some(before))
     }
 }
 
@@ -179,12 +193,20 @@ pub fn run(
     q::savepoint(conn)?;
     let result = job(conn, ctx);
     match &result {
-        Ok(_) => q::release_savepoint(conn)?,
+        Ok(_) => {
+            q::release_savepoint(conn)?;
+            if let Some(w) = ctx.windows.as_deref_mut() {
+                w.keep_call();
+            }
+        }
         Err(_) => {
             q::roll_back_savepoint(conn)?;
             *ctx.seq = seq;
             ctx.live.roll_back(mark);
             ctx.tasks.roll_back_call();
+            if let Some(w) = ctx.windows.as_deref_mut() {
+                w.roll_back_call(conn)?;
+            }
         }
     }
     result

@@ -248,7 +248,7 @@ pub fn delete(
     }
     q::delete_activity(conn, task.id)?;
     q::delete_task(conn, task.id)?;
-    ctx.record_deleted(conn, &mut out, (Entity::Task, task.id))?;
+    ctx.record_deleted(conn, &mut out, (Entity::Task, task.id), task.to_raw())?;
     Ok(out)
 }
 
