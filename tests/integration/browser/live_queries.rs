@@ -322,7 +322,9 @@ async fn a_page_is_back_within_a_second_of_its_server() {
 /// Chromium (navigation start to the board rendered from both task topics,
 /// the page's `taskwire:board` mark), median of 11 loads, and the bytes of
 /// the subscribe replies the overview gets (the same subscribes on a socket).
-/// Run: `cargo test --test integration browser::live_queries::bench -- --ignored --nocapture`.
+/// Run: `cargo test --test integration browser::live_queries::bench -- --ignored --nocapture`;
+/// with `TASKWIRE_BENCH_BIN=target/release/taskwire` the server is that binary
+/// (a release build serves the pages it was built with).
 #[tokio::test]
 #[ignore = "a benchmark; needs chromium and chromium-driver"]
 async fn bench_overview_first_render_with_100k_tasks() {
@@ -351,16 +353,37 @@ async fn bench_overview_first_render_with_100k_tasks() {
         .output()
         .expect("sqlite3 (apt-get install sqlite3)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let app = app.restart(|_| {});
+
+    // The server: the test's own build, or a release binary.
+    let (app, mut external) = match std::env::var("TASKWIRE_BENCH_BIN") {
+        Err(_) => (app.restart_same_port(|_| {}), None),
+        Ok(bin) => {
+            let child = Command::new(bin)
+                .args(["serve", "--bind", &app.addr.to_string(), "--db"])
+                .arg(&app.db_path)
+                .env("TASKWIRE_ADMIN_TOKEN", &app.admin)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the server binary");
+            let started = Instant::now();
+            while http_raw(app.addr.port(), "GET", "/login").is_none() {
+                assert!(started.elapsed() < WAIT, "the server binary did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (app, Some(child))
+        }
+    };
 
     let open_topic = "tasks?status=blocked,in_progress,review,todo";
     let window = "tasks?limit=50&order=-updated_at&status=done";
     let mut ws = app.ws().await;
-    let mut bytes = 0;
+    let mut bytes = Vec::new();
     for topic in ["agents", open_topic, window] {
+        let t = Instant::now();
         let r = ws.subscribe(topic).await;
         assert_eq!(r["ok"], true, "{r}");
-        bytes += r.to_string().len();
+        bytes.push((topic, r.to_string().len(), t.elapsed()));
     }
     drop(ws);
 
@@ -377,16 +400,22 @@ async fn bench_overview_first_render_with_100k_tasks() {
             Duration::from_secs(30),
         )
         .await;
-        let t = b
-            .js("performance.getEntriesByName('taskwire:board')[0].startTime")
-            .await;
+        let t = b.js("performance.getEntriesByName('taskwire:board')[0].startTime").await;
         times.push(t.as_f64().unwrap());
     }
     let cards = b.js("document.querySelectorAll('.card').length").await;
     times.sort_by(f64::total_cmp);
     println!(
-        "overview with 100,000 tasks (95% done), 20 agents: first live render median {:.0} ms \
-         (min {:.0}, max {:.0}, 11 loads, {cards} cards); subscribe replies {bytes} bytes",
-        times[5], times[0], times[10]
+        "overview with 100,000 tasks (95% done), 20 agents ({}): first live render median {:.0} ms \
+         (min {:.0}, max {:.0}, 11 loads, {cards} cards); subscribe replies {} bytes in total: {bytes:?}",
+        if external.is_some() { "release binary" } else { "test build" },
+        times[5],
+        times[0],
+        times[10],
+        bytes.iter().map(|b| b.1).sum::<usize>(),
     );
+    if let Some(child) = external.as_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
