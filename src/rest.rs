@@ -92,9 +92,9 @@ impl FromRequest for Principal {
     }
 }
 
-/// The reader of an activity route: a bearer token, or the session cookie of a
-/// page of this same origin (`Sec-Fetch-Site: same-origin`), so the task and
-/// agent pages can page back through activity. Only these read-only GETs take
+/// The reader of an activity route or the task list: a bearer token, or the
+/// session cookie of a page of this same origin (`Sec-Fetch-Site: same-origin`),
+/// so the pages can page back through activity and older done tasks. Only these read-only GETs take
 /// the cookie: a cross-site request cannot send it (`SameSite=Strict`) nor read
 /// the answer (no CORS).
 struct PageReader(Principal);
@@ -730,7 +730,11 @@ fn list_filter(entity: Entity, query: &[(String, String)]) -> Result<Option<Filt
     Filter::from_pairs(entity, query.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
-async fn list_tasks(app: web::Data<AppState>, who: Principal, query: web::Query<Vec<(String, String)>>) -> Res {
+async fn list_tasks(
+    app: web::Data<AppState>,
+    PageReader(who): PageReader,
+    query: web::Query<Vec<(String, String)>>,
+) -> Res {
     let mut pairs = query.into_inner();
     let after = pairs.iter().position(|(k, _)| k == "after").map(|i| pairs.remove(i).1);
     let filter = list_filter(Entity::Task, &pairs)?;

@@ -1,7 +1,9 @@
 // The agent page: one agent over `agent:{id}` (status, meta, heartbeats), the
-// tasks assigned to it from `tasks`, and what it did and said across tasks:
-// a first page of its activity over REST, then kept live from its changes on
-// `tasks` (`by.agent_id`) and its notes on `task:M` of each task assigned to it.
+// tasks assigned to it from `tasks?assignee_id={id}`, and what it did and said
+// across tasks: a first page of its activity over REST, then kept live from its
+// changes on that topic (`by.agent_id`) and its notes on `task:M` of each task
+// assigned to it. (Its changes to tasks assigned to it neither before nor after
+// do not reach the topic: they show on the next load.)
 
 import { entryFromEvent, isTimelineEntry } from './activity.js';
 import { Client } from './client.js';
@@ -11,6 +13,7 @@ import {
   TASK_STATUSES,
   TASK_STATUS_LABELS,
   agoElement,
+  closeOnLeave,
   dateTime,
   el,
   errorText,
@@ -25,6 +28,7 @@ import {
 const client = new Client();
 window.taskwire = client;
 mountConnection(client, document.getElementById('conn'));
+closeOnLeave(client);
 
 const id = idFromLocation('agents');
 const $ = (s) => document.getElementById(s);
@@ -244,7 +248,7 @@ if (id === null) {
       }
     },
   });
-  client.subscribe('tasks', {
+  client.subscribe(`tasks?assignee_id=${id}`, {
     snapshot(list) {
       tasks.clear();
       for (const t of list) tasks.set(t.id, t);
@@ -252,9 +256,13 @@ if (id === null) {
       if (!seeded) loadActivity();
     },
     event(ev, { replayed }) {
-      if (ev.event === 'task.deleted') tasks.delete(ev.data.id);
+      if (ev.event === 'task.deleted' || ev.event === 'task.left') tasks.delete(ev.data.id);
       else tasks.set(ev.data.id, ev.data);
-      addEntry(entryFromEvent(ev), !replayed);
+      // A change that assigned the task to this agent comes as `entered`: in
+      // the timeline it is the update it was. (A `left` carries only the id.)
+      const entry = entryFromEvent(ev);
+      if (entry.event === 'task.entered') entry.event = 'task.updated';
+      addEntry(entry, !replayed);
       render();
     },
     error: (err) => showNotice(`Could not load the tasks: ${errorText(err)}`, 'error'),

@@ -320,6 +320,7 @@ export class Client {
         this._onReply(f);
         break;
       case 'event':
+      case 'presence':
         this._onEvent(f);
         break;
       case 'error': {
@@ -423,6 +424,10 @@ export class Client {
    * `position` (`{epoch, since}`) resumes from a position saved earlier.
    * `fields` are extra fields of every subscribe frame, e.g. `{history: 50}`
    * on `task:{id}`; the snapshot's `info.history` then holds the entries.
+   * With `{presence: true}`, `info.presence` of every snapshot and resume
+   * (after each reconnect too) is the whole list of who holds the topic:
+   * replace yours; `handlers.presence(frame)` then gets each
+   * `presence.joined` and `presence.left` frame.
    * Returns `{topic, position(), unsubscribe()}`.
    */
   subscribe(topic, handlers = {}, position = null, fields = {}) {
@@ -434,6 +439,9 @@ export class Client {
       fields,
       epoch: position ? position.epoch : null,
       seq: position && typeof position.since === 'number' ? position.since : null,
+      // The last reply's seq: live events at or below it are already in it.
+      // (Not `seq`: a window sends several events with one change's seq.)
+      floor: null,
       ref: null,
       active: false,
       buffer: [],
@@ -501,9 +509,17 @@ export class Client {
     }
     const d = f.data || {};
     if (Object.prototype.hasOwnProperty.call(d, 'snapshot')) {
-      const info = { topic: sub.topic, epoch: d.epoch, seq: d.seq, resync: sub.seq !== null, history: d.history };
+      const info = {
+        topic: sub.topic,
+        epoch: d.epoch,
+        seq: d.seq,
+        resync: sub.seq !== null,
+        history: d.history,
+        presence: d.presence,
+      };
       sub.epoch = d.epoch;
       sub.seq = d.seq;
+      sub.floor = d.seq;
       sub.active = true;
       this._call(sub.handlers.snapshot, d.snapshot, info);
     } else {
@@ -512,7 +528,14 @@ export class Client {
       for (const ev of events) this._deliver(sub, ev, true);
       sub.epoch = d.epoch;
       if (sub.seq === null || d.seq > sub.seq) sub.seq = d.seq;
-      this._call(sub.handlers.resumed, { topic: sub.topic, epoch: d.epoch, seq: d.seq, replayed: events.length });
+      sub.floor = d.seq;
+      this._call(sub.handlers.resumed, {
+        topic: sub.topic,
+        epoch: d.epoch,
+        seq: d.seq,
+        replayed: events.length,
+        presence: d.presence,
+      });
     }
     const buffered = sub.buffer;
     sub.buffer = [];
@@ -540,9 +563,16 @@ export class Client {
   }
 
   _deliver(sub, ev, replayed) {
+    if (ev.type === 'presence') {
+      // Not a change: no seq, never replayed.
+      this._call(sub.handlers.presence, ev);
+      return;
+    }
     if (typeof ev.seq === 'number') {
-      if (sub.seq !== null && ev.seq <= sub.seq) return;
-      sub.seq = ev.seq;
+      // A resume's replay is exactly the missed events; a live one the reply
+      // already covered came while the subscribe was on its way.
+      if (!replayed && sub.floor !== null && ev.seq <= sub.floor) return;
+      if (sub.seq === null || ev.seq > sub.seq) sub.seq = ev.seq;
     }
     if (!replayed && ev.data) {
       if (ev.event === 'agent.heartbeat' && ev.data.at) this._observeServerTime(ev.data.at);

@@ -1,12 +1,18 @@
-// The overview page: the task board and the agents panel, live over one socket
-// subscribed to `tasks` and `agents`. A card that changes glows for a moment;
-// stuck work (in progress, but its agent is offline or nothing moved for the
-// server's `stuck_after_ms`) says so.
+// The overview page: the task board and the agents panel, live over one socket.
+// Open work comes from a filtered topic (`tasks?…status=blocked,in_progress,
+// review,todo`), the Done column from a window of the 50 most recently changed
+// done tasks, with older ones paged in over REST on "Show more". The filters
+// the server can express (assignee, minimum priority) are part of both topics;
+// the text filter and the sort are applied here. All of them live in the query
+// string, so a filtered board can be shared. A card that changes glows for a
+// moment; stuck work (in progress, but its agent is offline or nothing moved
+// for the server's `stuck_after_ms`) says so.
 
 import { Client } from './client.js';
 import {
   TASK_STATUSES,
   agoElement,
+  closeOnLeave,
   el,
   errorText,
   flash,
@@ -22,8 +28,13 @@ import {
 const client = new Client();
 window.taskwire = client;
 mountConnection(client, document.getElementById('conn'));
+closeOnLeave(client);
 
+/** Open tasks (any status but done) from the open topic. */
 const tasks = new Map();
+/** Done tasks in the window, and older ones paged in over REST (not live). */
+const done = new Map();
+const older = new Map();
 const agents = new Map();
 const cardEls = new Map();
 const agentEls = new Map();
@@ -38,6 +49,66 @@ const agentList = document.getElementById('agent-list');
 
 function byPriorityThenId(a, b) {
   return b.priority - a.priority || a.id - b.id;
+}
+
+/** Newest change first, as the Done window holds them. */
+function byUpdatedDesc(a, b) {
+  return b.updated_at.localeCompare(a.updated_at) || b.id - a.id;
+}
+
+const SORTS = {
+  priority: byPriorityThenId,
+  updated: byUpdatedDesc,
+  created: (a, b) => b.created_at.localeCompare(a.created_at) || b.id - a.id,
+  title: (a, b) => a.title.localeCompare(b.title) || a.id - b.id,
+};
+
+const DONE_WINDOW = 50;
+const OPEN_STATUSES = 'blocked,in_progress,review,todo';
+
+// ---- the view: filters and sort, kept in the query string ----
+
+/** The view the query string asks for; anything malformed is left out. */
+function readView() {
+  const q = new URLSearchParams(location.search);
+  const assignee = q.get('assignee') || '';
+  const priority = q.get('priority_min') || '';
+  const sort = q.get('sort') || 'priority';
+  return {
+    assignee: /^(none|[1-9][0-9]*)$/.test(assignee) ? assignee : '',
+    priority: /^[1-3]$/.test(priority) ? priority : '',
+    text: q.get('q') || '',
+    sort: sort in SORTS ? sort : 'priority',
+  };
+}
+
+let view = readView();
+
+function writeView() {
+  const q = new URLSearchParams();
+  if (view.assignee) q.set('assignee', view.assignee);
+  if (view.priority) q.set('priority_min', view.priority);
+  if (view.text) q.set('q', view.text);
+  if (view.sort !== 'priority') q.set('sort', view.sort);
+  const search = q.toString();
+  history.replaceState(null, '', search ? `?${search}` : location.pathname);
+}
+
+/** A topic in the server's one spelling: fields in alphabetical order. */
+function topicOf(fields) {
+  const keys = Object.keys(fields).filter((k) => fields[k] !== '').sort();
+  return keys.length ? `tasks?${keys.map((k) => `${k}=${fields[k]}`).join('&')}` : 'tasks';
+}
+
+/** The filter fields the server applies: `{assignee_id, priority_min}`. */
+function serverFilter() {
+  return { assignee_id: view.assignee, priority_min: view.priority };
+}
+
+function matchesText(task) {
+  const needle = view.text.trim().toLowerCase();
+  if (!needle) return true;
+  return task.title.toLowerCase().includes(needle) || String(task.description || '').toLowerCase().includes(needle);
 }
 
 function agentName(id) {
@@ -93,20 +164,35 @@ function reconcile(list, wanted) {
   });
 }
 
+/** Any task the board holds, open or done. */
+function taskById(id) {
+  return tasks.get(id) || done.get(id) || older.get(id);
+}
+
 function renderBoard() {
   const byStatus = new Map(TASK_STATUSES.map((s) => [s, []]));
-  for (const t of tasks.values()) {
+  const shown = new Set();
+  const all = [...tasks.values(), ...done.values(), ...[...older.values()].filter((t) => !done.has(t.id))];
+  for (const t of all) {
+    if (!matchesText(t)) continue;
+    shown.add(t.id);
     (byStatus.get(t.status) || byStatus.get('todo')).push(t);
   }
-  for (const [id, li] of cardEls) if (!tasks.has(id)) cardEls.delete(id) && li.remove();
+  for (const [id, li] of cardEls) if (!shown.has(id)) cardEls.delete(id) && li.remove();
   for (const [status, list] of byStatus) {
-    list.sort(byPriorityThenId);
+    // Done is the newest first whatever the sort: it is paged that way.
+    list.sort(status === 'done' ? byUpdatedDesc : SORTS[view.sort]);
     const col = columns.get(status);
     reconcile(col.querySelector('.cards'), list.map(renderCard));
-    setText(col.querySelector('.count'), list.length);
+    setText(col.querySelector('.count'), status === 'done' && hasMore() ? `${list.length}+` : list.length);
   }
-  setText(document.getElementById('task-count'), tasks.size);
-  board.removeAttribute('aria-busy');
+  setText(document.getElementById('task-count'), shown.size);
+  if (loaded.size === 2 && board.hasAttribute('aria-busy')) {
+    board.removeAttribute('aria-busy');
+    // For the benchmark of the first live render (docs/benchmarks.md).
+    if (performance.getEntriesByName('taskwire:board').length === 0) performance.mark('taskwire:board');
+  }
+  renderMore();
   for (const tid of changedIds) flash(cardEls.get(tid));
   changedIds.clear();
   tickTimes(client, board);
@@ -118,7 +204,7 @@ function renderAgent(agent) {
     li = el('li', { class: 'agent', dataset: { agentId: agent.id } });
     agentEls.set(agent.id, li);
   }
-  const task = agent.current_task_id ? tasks.get(agent.current_task_id) : null;
+  const task = agent.current_task_id ? taskById(agent.current_task_id) : null;
   const key = JSON.stringify([
     agent.version,
     agent.name,
@@ -152,6 +238,7 @@ function renderAgent(agent) {
 }
 
 function renderAgents() {
+  renderAssigneeOptions();
   for (const [id, li] of agentEls) if (!agents.has(id)) agentEls.delete(id) && li.remove();
   const list = [...agents.values()].sort((a, b) => a.name.localeCompare(b.name) || a.id - b.id);
   reconcile(agentList, list.map(renderAgent));
@@ -192,19 +279,186 @@ function showError(where, err) {
   setText(msg, `Could not load ${where}: ${errorText(err)}`);
 }
 
-client.subscribe('tasks', {
-  snapshot(list) {
-    tasks.clear();
-    for (const t of list) tasks.set(t.id, t);
+// ---- the task topics ----
+
+/** Which of this view's two snapshots came (the board is busy until both). */
+const loaded = new Set();
+/** The cursor of the next older page of done tasks; undefined before the first, null after the last. */
+let moreNext;
+/** Bumped on every change of view: answers for an older view are dropped. */
+let viewGen = 0;
+/** Seq at which a live event took a task out of Done (an older page read before it must not bring it back). */
+const goneAt = new Map();
+let taskSubs = [];
+
+/** Applies a task event of a filtered topic or window to `map`. */
+function applyTask(map, ev, replayed) {
+  const kind = ev.event.split('.')[1];
+  if (kind === 'deleted' || kind === 'left') {
+    map.delete(ev.data.id);
+    return;
+  }
+  map.set(ev.data.id, ev.data);
+  // A task let into the window by another's leaving did not change: no glow.
+  if (!replayed && kind !== 'created' && (ev.changed || []).length > 0) changedIds.add(ev.data.id);
+}
+
+function subscribeTasks() {
+  for (const s of taskSubs) s.unsubscribe();
+  viewGen++;
+  tasks.clear();
+  done.clear();
+  older.clear();
+  goneAt.clear();
+  loaded.clear();
+  moreNext = undefined;
+  board.setAttribute('aria-busy', 'true');
+  const open = client.subscribe(topicOf({ ...serverFilter(), status: OPEN_STATUSES }), {
+    snapshot(list) {
+      tasks.clear();
+      for (const t of list) tasks.set(t.id, t);
+      loaded.add('open');
+      schedule();
+    },
+    event(ev, { replayed }) {
+      applyTask(tasks, ev, replayed);
+      if (tasks.has(ev.data.id)) {
+        older.delete(ev.data.id);
+        goneAt.set(ev.data.id, ev.seq);
+      }
+      schedule();
+    },
+    error: (err) => showError('tasks', err),
+  });
+  const win = client.subscribe(
+    topicOf({ ...serverFilter(), limit: DONE_WINDOW, order: '-updated_at', status: 'done' }),
+    {
+      snapshot(list, info) {
+        done.clear();
+        for (const t of list) done.set(t.id, t);
+        // After a long absence the older pages may be out of date: page again.
+        if (info.resync) {
+          older.clear();
+          moreNext = undefined;
+        }
+        loaded.add('done');
+        schedule();
+      },
+      event(ev, { replayed }) {
+        const before = done.get(ev.data.id);
+        applyTask(done, ev, replayed);
+        // Pushed out by a newer one (`changed` empty), it is still done: the
+        // older pages, once shown, start with it.
+        if (ev.event === 'task.left' && before && (ev.changed || []).length === 0 && moreNext !== undefined) {
+          older.set(before.id, before);
+        } else if (ev.event === 'task.left' || ev.event === 'task.deleted') {
+          older.delete(ev.data.id);
+          goneAt.set(ev.data.id, ev.seq);
+        }
+        schedule();
+      },
+      error: (err) => showError('done tasks', err),
+    },
+  );
+  taskSubs = [open, win];
+}
+
+// ---- older done tasks, over REST ----
+
+const moreButton = document.getElementById('done-more');
+const moreState = document.getElementById('done-more-state');
+
+/** Older pages exist only past a full window, until a page says it was the last. */
+function hasMore() {
+  return loaded.has('done') && done.size >= DONE_WINDOW && moreNext !== null;
+}
+
+function renderMore() {
+  moreButton.hidden = !hasMore();
+}
+
+async function showMore() {
+  const gen = viewGen;
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(serverFilter())) if (v) q.set(k, v);
+  q.set('status', 'done');
+  q.set('order', '-updated_at');
+  // The first page starts at the top (the window's tasks are skipped below).
+  q.set('limit', String(moreNext === undefined ? 2 * DONE_WINDOW : DONE_WINDOW));
+  if (moreNext) q.set('after', moreNext);
+  moreButton.disabled = true;
+  setText(moreState, 'Loading…');
+  try {
+    const res = await fetch(`/api/tasks?${q}`, { credentials: 'same-origin' });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) throw body.error || { code: String(res.status), message: res.statusText };
+    if (gen !== viewGen) return;
+    for (const t of body.items) {
+      const gone = goneAt.get(t.id);
+      if (gone !== undefined && gone > body.seq) continue;
+      if (!done.has(t.id) && !tasks.has(t.id)) older.set(t.id, t);
+    }
+    moreNext = body.next || null;
+    setText(moreState, '');
+  } catch (err) {
+    if (gen === viewGen) setText(moreState, `Could not load more: ${errorText(err)}`);
+  } finally {
+    moreButton.disabled = false;
     schedule();
-  },
-  event(ev, { replayed }) {
-    applyEntity(tasks, ev);
-    if (!replayed && ev.event === 'task.updated') changedIds.add(ev.data.id);
-    schedule();
-  },
-  error: (err) => showError('tasks', err),
+  }
+}
+moreButton.addEventListener('click', showMore);
+
+// ---- the filter bar ----
+
+const filterForm = document.getElementById('filters');
+
+function renderAssigneeOptions() {
+  const select = filterForm.assignee;
+  const list = [...agents.values()].sort((a, b) => a.name.localeCompare(b.name) || a.id - b.id);
+  const key = JSON.stringify([list.map((a) => [a.id, a.name]), view.assignee]);
+  if (select.dataset.key === key) return;
+  select.dataset.key = key;
+  const options = [el('option', { value: '' }, 'Anyone'), el('option', { value: 'none' }, 'Unassigned')];
+  for (const a of list) options.push(el('option', { value: String(a.id) }, a.name));
+  // An agent in the address that is not (yet) listed keeps its place.
+  if (/^[0-9]+$/.test(view.assignee) && !agents.has(Number(view.assignee))) {
+    options.push(el('option', { value: view.assignee }, `agent ${view.assignee}`));
+  }
+  setChildren(select, ...options);
+  select.value = view.assignee;
+}
+
+function fillFilters() {
+  renderAssigneeOptions();
+  filterForm.priority_min.value = view.priority;
+  filterForm.q.value = view.text;
+  filterForm.sort.value = view.sort;
+}
+
+filterForm.addEventListener('submit', (e) => e.preventDefault());
+filterForm.addEventListener('change', (e) => {
+  const next = {
+    assignee: filterForm.assignee.value,
+    priority: filterForm.priority_min.value,
+    text: filterForm.q.value,
+    sort: filterForm.sort.value,
+  };
+  const resubscribe = next.assignee !== view.assignee || next.priority !== view.priority;
+  view = next;
+  writeView();
+  if (resubscribe) subscribeTasks();
+  schedule();
 });
+// The text filter narrows as one types.
+filterForm.q.addEventListener('input', () => {
+  view = { ...view, text: filterForm.q.value };
+  writeView();
+  schedule();
+});
+
+fillFilters();
+subscribeTasks();
 
 client.subscribe('agents', {
   snapshot(list) {

@@ -2,6 +2,7 @@
 // timeline) and `agents` (for names). Edits carry `if_version`, so a change
 // someone else saved first is never overwritten: a save beaten by a change to
 // other fields goes again on top of it; one beaten on the same field asks.
+// Who else has the page open shows live, from the topic's presence.
 
 import { agentLink, entryFromEvent, isTimelineEntry } from './activity.js';
 import { Client, newOpId } from './client.js';
@@ -10,6 +11,7 @@ import {
   PRIORITY_LABELS,
   TASK_STATUS_LABELS,
   agoElement,
+  closeOnLeave,
   dateTime,
   el,
   errorText,
@@ -26,6 +28,7 @@ import {
 const client = new Client();
 window.taskwire = client;
 mountConnection(client, document.getElementById('conn'));
+closeOnLeave(client);
 
 const id = idFromLocation('tasks');
 const $ = (s) => document.getElementById(s);
@@ -523,6 +526,43 @@ function agentsChanged() {
   if (!isDirty() && !saving) fillForm(current);
 }
 
+// ---- who else is viewing ----
+
+/** Who holds `task:{id}` now, by token id (this page's own token included). */
+const viewers = new Map();
+
+/** "Builder Two" → "BT", "alice" → "AL". */
+function initials(name) {
+  const words = String(name || '?').split(/[\s._-]+/).filter(Boolean);
+  const s = words.length > 1 ? words[0][0] + words[1][0] : (words[0] || '?').slice(0, 2);
+  return s.toUpperCase();
+}
+
+function renderViewers() {
+  const own = client.hello ? client.hello.token_id : null;
+  const others = [...viewers.values()]
+    .filter((v) => v.token_id !== own)
+    .sort((a, b) => a.name.localeCompare(b.name) || a.token_id - b.token_id);
+  $('viewer-list').replaceChildren(
+    ...others.map((v) => {
+      const label = v.role === 'agent' ? `${v.name} (agent)` : v.name;
+      return el(
+        'li',
+        { class: `viewer role-${v.role}`, title: label, dataset: { tokenId: v.token_id } },
+        el('span', { class: 'initials', 'aria-hidden': 'true' }, initials(v.name)),
+        el('span', { class: 'visually-hidden' }, label),
+      );
+    }),
+  );
+  $('viewers').hidden = others.length === 0;
+}
+
+function setViewers(list) {
+  viewers.clear();
+  for (const v of list || []) viewers.set(v.token_id, v);
+  renderViewers();
+}
+
 if (id === null) {
   showNotice('This address names no task. Go back to the board.', 'gone');
   setText($('task-title'), 'No such task');
@@ -533,6 +573,7 @@ if (id === null) {
     `task:${id}`,
     {
       snapshot(task, info) {
+        setViewers(info.presence);
         deleted = false;
         notice.hidden = true;
         fieldset.disabled = false;
@@ -542,6 +583,12 @@ if (id === null) {
         // timeline's newest entries in the same reply: start over from them.
         const history = info.history || [];
         timeline.seed(history, history.length >= PAGE ? history[history.length - 1].seq : null);
+      },
+      resumed: (info) => setViewers(info.presence),
+      presence(frame) {
+        if (frame.event === 'presence.joined') viewers.set(frame.data.token_id, frame.data);
+        else if (frame.event === 'presence.left') viewers.delete(frame.data.token_id);
+        renderViewers();
       },
       event(ev, { replayed }) {
         if (ev.event === 'task.deleted') {
@@ -570,8 +617,10 @@ if (id === null) {
       },
     },
     null,
-    { history: PAGE },
+    { history: PAGE, presence: true },
   );
+  // Nobody is shown while the page cannot know who is there.
+  client.on('disconnect', () => setViewers([]));
   client.subscribe('agents', {
     snapshot(list) {
       agents.clear();

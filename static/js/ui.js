@@ -140,7 +140,9 @@ export function errorText(err) {
 /**
  * Binds the connection indicator (`.conn` in the page header) to a client:
  * live, catching up, or reconnecting with the next try's countdown, and the
- * time of the last change seen.
+ * time of the last change seen. While there is no connection a banner says so
+ * and every `[data-writes]` element (the forms that change things) is inert:
+ * a write made then would only wait for the connection, unseen.
  */
 export function mountConnection(client, root) {
   const text = root.querySelector('.conn-text');
@@ -149,6 +151,12 @@ export function mountConnection(client, root) {
   const last = root.querySelector('.conn-last');
   const login = root.querySelector('.conn-login');
   retry.addEventListener('click', () => client.retryNow());
+  const banner = el(
+    'p',
+    { class: 'offline-banner', id: 'offline-banner', hidden: true },
+    'Not connected: this page is not live and changes cannot be saved until the connection is back.',
+  );
+  (root.closest('header') || root).after(banner);
 
   const render = () => {
     const st = client.state;
@@ -181,6 +189,10 @@ export function mountConnection(client, root) {
     }
     root.dataset.state = shown;
     setText(text, label);
+    const connected = st.state === 'live' || st.state === 'catching_up';
+    for (const w of document.querySelectorAll('[data-writes]')) w.inert = !connected;
+    // A page still opening its first socket is not "lost" until a try failed.
+    banner.hidden = connected || (st.state === 'connecting' && !st.lastClose) || st.state === 'idle';
     retry.hidden = !st.retryAt;
     // A socket that never opened may mean there is no session: offer to log in.
     if (login) login.hidden = !(st.state === 'connecting' && st.attempt >= 2);
@@ -204,6 +216,18 @@ export function mountConnection(client, root) {
   client.on('change', render);
   setInterval(render, 500);
   render();
+}
+
+/**
+ * Closes the client when the page is left, so others see this viewer go at
+ * once (a page kept in the back-forward cache would otherwise hold its socket,
+ * and its presence, open). A page brought back from that cache loads afresh.
+ */
+export function closeOnLeave(client) {
+  addEventListener('pagehide', () => client.close());
+  addEventListener('pageshow', (e) => {
+    if (e.persisted) location.reload();
+  });
 }
 
 /** "45 s", "30 min", "2 h", "3 d": a length of time. */

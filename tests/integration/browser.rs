@@ -1300,3 +1300,4 @@ async fn demo_mode_fills_the_board_and_moves_it() {
 }
 
 mod activity;
+mod live_queries;

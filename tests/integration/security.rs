@@ -2593,7 +2593,8 @@ async fn the_first_start_prints_a_one_time_login_link() {
 
 /// The activity routes, and only they, take the session cookie, and only from
 /// a page of the server's own origin (`Sec-Fetch-Site: same-origin`, which a
-/// browser sets and a page cannot): the pages page back through activity.
+/// browser sets and a page cannot): the pages page back through activity, and
+/// the overview through older done tasks (the task list).
 #[tokio::test]
 async fn activity_routes_take_the_cookie_from_the_same_origin_only() {
     let app = spawn_app();
@@ -2613,6 +2614,7 @@ async fn activity_routes_take_the_cookie_from_the_same_origin_only() {
     for path in [
         format!("/api/tasks/{tid}/activity"),
         format!("/api/agents/{aid}/activity"),
+        "/api/tasks?limit=50&order=-updated_at&status=done".to_string(),
     ] {
         let r = t
             .send(
@@ -2645,7 +2647,7 @@ async fn activity_routes_take_the_cookie_from_the_same_origin_only() {
         assert_eq!(r.status, 401, "{path} with a forged cookie: {}", r.body);
     }
     // Every other route still refuses it.
-    for path in ["/api/tasks", &format!("/api/tasks/{tid}"), "/api/me", "/api/changes"] {
+    for path in ["/api/agents", &format!("/api/tasks/{tid}"), "/api/me", "/api/changes"] {
         let r = t
             .send(
                 "GET",
