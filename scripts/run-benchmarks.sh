@@ -133,4 +133,11 @@ for run in $(seq "$RUNS"); do
     one readflood readflood -n 30000 -s 5 --http-rate 630 --ws-rate 975
     one readflood-spin readflood -n 30000 -s 5
     one tokenflood tokenflood -k 20 -s 5
+    # Issues 20 and 21, taskwire only: a task page's first read with 200
+    # entries of a 100,000-entry history; 1,000 subscribers over 100 filters
+    # beside 100 on plain `tasks`; the Done window with 1,000 subscribers
+    # beside 100 on plain `tasks`.
+    one history history -n 100000 -o 200
+    one filtered filtered -n 1000 -f 100 -u 100 -w 1000 -r 200
+    one window window -n 1000 -u 100 -w 1000 -r 200
 done

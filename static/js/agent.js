@@ -166,6 +166,16 @@ function addEntry(entry, fresh) {
   else early.push(entry);
 }
 
+/** Adds the entry `seq` of task `taskId`'s activity (the timeline keys entries by seq). */
+async function addHandOff(taskId, seq, fresh) {
+  try {
+    const page = await fetchActivity(`/api/tasks/${taskId}/activity`, seq + 1);
+    for (const entry of page.items) if (entry.seq === seq) addEntry(entry, fresh);
+  } catch {
+    // The task may be gone already; the next full load shows what is left.
+  }
+}
+
 /** The first page; after the `tasks` snapshot, so no live change falls between. */
 async function loadActivity() {
   try {
@@ -263,6 +273,9 @@ if (id === null) {
       const entry = entryFromEvent(ev);
       if (entry.event === 'task.entered') entry.event = 'task.updated';
       addEntry(entry, !replayed);
+      // A hand-off by this agent (it unassigned itself) comes as `left`
+      // with only the id: the entry itself is read from the task's activity.
+      if (ev.event === 'task.left' && ev.by && ev.by.agent_id === id) addHandOff(ev.data.id, ev.seq, !replayed);
       render();
     },
     error: (err) => showNotice(`Could not load the tasks: ${errorText(err)}`, 'error'),

@@ -12,8 +12,12 @@ export const DEFAULTS = Object.freeze({
   /** Largest reconnect delay ceiling (in a browser page: `pageBackoffCapMs`). */
   backoffCapMs: 30000,
   /** Largest reconnect delay ceiling in a browser page, unless `backoffCapMs`
-   * is given: a page is back within about a second of its server. */
+   * is given: a page is back within about a second of its server. It holds
+   * for the first `pageFastMs` of an outage of a page that was connected;
+   * then (and for a page that never connected) `backoffCapMs` does. */
   pageBackoffCapMs: 1000,
+  /** How long a page that lost its connection retries at `pageBackoffCapMs`. */
+  pageFastMs: 120000,
   /** Send a ping when nothing was received for this long. */
   pingIntervalMs: 15000,
   /** Close the socket as dead when a ping got no frame back for this long. */
@@ -70,9 +74,10 @@ const RETRYABLE = new Set(['unavailable', 'rate_limited']);
 export class Client {
   constructor(options = {}) {
     this.options = { ...DEFAULTS, ...options };
-    if (options.backoffCapMs === undefined && typeof document !== 'undefined') {
-      this.options.backoffCapMs = this.options.pageBackoffCapMs;
-    }
+    /** A page (not given `backoffCapMs`) retries fast for a while after a drop. */
+    this._page = options.backoffCapMs === undefined && typeof document !== 'undefined';
+    /** When the current outage began (the first drop after a hello), or 0. */
+    this._downSince = 0;
     this.url = options.url || defaultUrl();
     this.hello = null;
     /** The newest change seen on any topic: `{seq, at: Date, event}` or null. */
@@ -280,7 +285,10 @@ export class Client {
     this._detach();
     this._state = { ...this._state, lastClose: { code, reason: reason || '' } };
     if (wasReady || this._everConnected) this._emit('disconnect', { code, reason: reason || '' });
-    const delay = backoffDelay(this._attempt, this.options.backoffBaseMs, this.options.backoffCapMs);
+    if (wasReady) this._downSince = Date.now();
+    const fast = this._page && this._downSince > 0 && Date.now() - this._downSince < this.options.pageFastMs;
+    const cap = fast ? this.options.pageBackoffCapMs : this.options.backoffCapMs;
+    const delay = backoffDelay(this._attempt, this.options.backoffBaseMs, cap);
     this._attempt++;
     this._timers.retry = setTimeout(() => this._open(), delay);
     this._setState(this._everConnected ? 'reconnecting' : 'connecting', {

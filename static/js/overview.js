@@ -91,7 +91,12 @@ function writeView() {
   if (view.text) q.set('q', view.text);
   if (view.sort !== 'priority') q.set('sort', view.sort);
   const search = q.toString();
-  history.replaceState(null, '', search ? `?${search}` : location.pathname);
+  try {
+    history.replaceState(null, '', search ? `?${search}` : location.pathname);
+  } catch {
+    // Some browsers refuse many replaceState calls in a row (fast typing):
+    // the address catches up on the next change; the board is not held up.
+  }
 }
 
 /** A topic in the server's one spelling: fields in alphabetical order. */
@@ -172,7 +177,13 @@ function taskById(id) {
 function renderBoard() {
   const byStatus = new Map(TASK_STATUSES.map((s) => [s, []]));
   const shown = new Set();
-  const all = [...tasks.values(), ...done.values(), ...[...older.values()].filter((t) => !done.has(t.id))];
+  // A task in two maps for a moment (open again while the window has not
+  // let it go yet, or an older page's copy) shows once, its live copy first.
+  const all = [
+    ...tasks.values(),
+    ...[...done.values()].filter((t) => !tasks.has(t.id)),
+    ...[...older.values()].filter((t) => !done.has(t.id) && !tasks.has(t.id)),
+  ];
   for (const t of all) {
     if (!matchesText(t)) continue;
     shown.add(t.id);
@@ -285,6 +296,8 @@ function showError(where, err) {
 const loaded = new Set();
 /** The cursor of the next older page of done tasks; undefined before the first, null after the last. */
 let moreNext;
+/** True while a page of older done tasks is being read. */
+let moreLoading = false;
 /** Bumped on every change of view: answers for an older view are dropped. */
 let viewGen = 0;
 /** Seq at which a live event took a task out of Done (an older page read before it must not bring it back). */
@@ -316,7 +329,10 @@ function subscribeTasks() {
   const open = client.subscribe(topicOf({ ...serverFilter(), status: OPEN_STATUSES }), {
     snapshot(list) {
       tasks.clear();
-      for (const t of list) tasks.set(t.id, t);
+      for (const t of list) {
+        tasks.set(t.id, t);
+        older.delete(t.id);
+      }
       loaded.add('open');
       schedule();
     },
@@ -339,7 +355,9 @@ function subscribeTasks() {
         // After a long absence the older pages may be out of date: page again.
         if (info.resync) {
           older.clear();
+          goneAt.clear();
           moreNext = undefined;
+          viewGen++; // a page being read now was read before: drop it
         }
         loaded.add('done');
         schedule();
@@ -349,8 +367,10 @@ function subscribeTasks() {
         applyTask(done, ev, replayed);
         // Pushed out by a newer one (`changed` empty), it is still done: the
         // older pages, once shown, start with it.
-        if (ev.event === 'task.left' && before && (ev.changed || []).length === 0 && moreNext !== undefined) {
-          older.set(before.id, before);
+        // (A page being read then may have been read before it left: it is
+        // kept here and not marked gone.)
+        if (ev.event === 'task.left' && (ev.changed || []).length === 0) {
+          if (before && (moreNext !== undefined || moreLoading)) older.set(before.id, before);
         } else if (ev.event === 'task.left' || ev.event === 'task.deleted') {
           older.delete(ev.data.id);
           goneAt.set(ev.data.id, ev.seq);
@@ -387,6 +407,7 @@ async function showMore() {
   q.set('limit', String(moreNext === undefined ? 2 * DONE_WINDOW : DONE_WINDOW));
   if (moreNext) q.set('after', moreNext);
   moreButton.disabled = true;
+  moreLoading = true;
   setText(moreState, 'Loading…');
   try {
     const res = await fetch(`/api/tasks?${q}`, { credentials: 'same-origin' });
@@ -403,6 +424,7 @@ async function showMore() {
   } catch (err) {
     if (gen === viewGen) setText(moreState, `Could not load more: ${errorText(err)}`);
   } finally {
+    moreLoading = false;
     moreButton.disabled = false;
     schedule();
   }

@@ -534,7 +534,9 @@ const viewers = new Map();
 /** "Builder Two" → "BT", "alice" → "AL". */
 function initials(name) {
   const words = String(name || '?').split(/[\s._-]+/).filter(Boolean);
-  const s = words.length > 1 ? words[0][0] + words[1][0] : (words[0] || '?').slice(0, 2);
+  // By code point, so a name that starts with an emoji keeps it whole.
+  const first = (w) => [...w][0] || '';
+  const s = words.length > 1 ? first(words[0]) + first(words[1]) : [...(words[0] || '?')].slice(0, 2).join('');
   return s.toUpperCase();
 }
 
