@@ -38,7 +38,16 @@ pub async fn run(c: &Common, entries: usize, opens: usize) -> Res<(Value, Rows)>
         let l: Light = serde_json::from_str(&t).map_err(|e| e.to_string())?;
         if l.ty == "reply" {
             if l.ok != Some(true) {
-                return Err(format!("a note failed: {t}"));
+                // Past the socket's frame rate: wait for its bucket, send again.
+                let limited = l.error.as_ref().is_some_and(|e| e.code == "rate_limited");
+                match l.reference {
+                    Some(r) if limited && r >= 10 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        send(&mut writer, &note(r as usize, task)).await?;
+                        continue;
+                    }
+                    _ => return Err(format!("a note failed: {t}")),
+                }
             }
             acked += 1;
         }
