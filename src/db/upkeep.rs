@@ -1,5 +1,6 @@
 //! The Db actor's timers: heartbeat times to disk, silent agents (and
-//! agents whose last socket closed) going offline, the token watch, filing
+//! agents whose last socket closed) going offline, the token watch, window
+//! topics nobody holds any more, filing
 //! task changes into their activity, and pruning the change log; and agents'
 //! sockets opening and closing.
 
@@ -19,6 +20,9 @@ impl Db {
             db.file_activity();
         });
         ctx.run_interval(Duration::from_millis(500), |db, _| db.watch_tokens());
+        ctx.run_interval(Duration::from_secs(5), |db, _| {
+            db.windows.drop_idle(super::windows::LINGER)
+        });
         ctx.run_interval(Duration::from_secs(1), |db, _| {
             db.check_files();
         });

@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::queries as q;
 use crate::error::ApiError;
@@ -35,6 +36,13 @@ use crate::protocol::{raw, Change, Position, Topic};
 
 /// Event groups kept per window for resumes (one group per change).
 const RECENT: usize = 1024;
+
+/// How long a window nobody subscribes to any more is kept live: a page
+/// reloaded, or come back to, finds it in memory instead of a query.
+pub const LINGER: Duration = Duration::from_secs(60);
+
+/// Windows kept with no subscriber at most; past it the longest idle go.
+const IDLE_MAX: usize = 64;
 
 /// The events one change made on one window, in the order to apply them.
 #[derive(Debug)]
@@ -63,6 +71,8 @@ struct Win {
     covered_from: i64,
     /// Changed by the call in progress.
     touched: bool,
+    /// Since when it has had no subscriber.
+    idle_since: Option<Instant>,
 }
 
 impl Win {
@@ -325,11 +335,13 @@ impl Windows {
                     recent: VecDeque::new(),
                     covered_from: seq,
                     touched: false,
+                    idle_since: None,
                 },
             );
         }
         let w = self.active.get_mut(topic).expect("inserted above");
         w.subscribers += 1;
+        w.idle_since = None;
         let since = resume
             .filter(|p| p.epoch.as_deref() == Some(epoch))
             .map(|p| p.since)
@@ -363,10 +375,29 @@ impl Windows {
     }
 
     /// Subscribes of a window left (unsubscribed, or their socket closed).
+    /// A window left by all is kept for [`LINGER`].
     pub fn leave(&mut self, topic: &Topic, n: usize) {
         if let Some(w) = self.active.get_mut(topic) {
             w.subscribers = w.subscribers.saturating_sub(n);
-            if w.subscribers == 0 {
+            if w.subscribers == 0 && w.idle_since.is_none() {
+                w.idle_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Drops the windows idle for longer than `linger`, and the longest idle
+    /// past [`IDLE_MAX`] of them.
+    pub fn drop_idle(&mut self, linger: Duration) {
+        self.active
+            .retain(|_, w| w.idle_since.is_none_or(|t| t.elapsed() < linger));
+        let mut idle: Vec<(Instant, Topic)> = self
+            .active
+            .iter()
+            .filter_map(|(topic, w)| w.idle_since.map(|t| (t, topic.clone())))
+            .collect();
+        if idle.len() > IDLE_MAX {
+            idle.sort_by_key(|(t, _)| *t);
+            for (_, topic) in &idle[..idle.len() - IDLE_MAX] {
                 self.active.remove(topic);
             }
         }

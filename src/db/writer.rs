@@ -136,7 +136,7 @@ pub struct Db {
     pub(super) live: Liveness,
     tasks: TaskRows,
     /// The window topics held (see [`super::windows`]).
-    windows: Windows,
+    pub(super) windows: Windows,
     /// What the readers see of the writer's memory.
     shared: Arc<Shared>,
     pub(super) revocations: RevocationWatch,

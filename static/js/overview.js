@@ -38,6 +38,11 @@ const older = new Map();
 const agents = new Map();
 const cardEls = new Map();
 const agentEls = new Map();
+/** Cards an open column shows until its "Show all" is pressed: a board of
+ * thousands of open tasks draws at once, the rest on demand. */
+const COLUMN_CARDS = 50;
+/** Open columns whose every card is shown (until the view changes). */
+const expanded = new Set();
 /** Tasks changed by live events since the last render: their cards flash. */
 const changedIds = new Set();
 
@@ -174,6 +179,11 @@ function taskById(id) {
   return tasks.get(id) || done.get(id) || older.get(id);
 }
 
+/** A performance mark set the first time only (docs/benchmarks.md reads them). */
+function markOnce(name) {
+  if (performance.getEntriesByName(name).length === 0) performance.mark(name);
+}
+
 function renderBoard() {
   const byStatus = new Map(TASK_STATUSES.map((s) => [s, []]));
   const shown = new Set();
@@ -194,14 +204,29 @@ function renderBoard() {
     // Done is the newest first whatever the sort: it is paged that way.
     list.sort(status === 'done' ? byUpdatedDesc : SORTS[view.sort]);
     const col = columns.get(status);
-    reconcile(col.querySelector('.cards'), list.map(renderCard));
+    const capped = status !== 'done' && !expanded.has(status) && list.length > COLUMN_CARDS;
+    const drawn = capped ? list.slice(0, COLUMN_CARDS) : list;
+    // Cards left undrawn are forgotten, so a later draw starts them afresh.
+    for (const t of capped ? list.slice(COLUMN_CARDS) : []) {
+      const li = cardEls.get(t.id);
+      if (li) {
+        li.remove();
+        cardEls.delete(t.id);
+      }
+    }
+    reconcile(col.querySelector('.cards'), drawn.map(renderCard));
+    const all = col.querySelector('.column-all');
+    if (all) {
+      all.hidden = !capped;
+      if (capped) setText(all, `Show all ${list.length}`);
+    }
     setText(col.querySelector('.count'), status === 'done' && hasMore() ? `${list.length}+` : list.length);
   }
   setText(document.getElementById('task-count'), shown.size);
   if (loaded.size === 2 && board.hasAttribute('aria-busy')) {
     board.removeAttribute('aria-busy');
     // For the benchmark of the first live render (docs/benchmarks.md).
-    if (performance.getEntriesByName('taskwire:board').length === 0) performance.mark('taskwire:board');
+    markOnce('taskwire:board');
   }
   renderMore();
   for (const tid of changedIds) flash(cardEls.get(tid));
@@ -334,6 +359,7 @@ function subscribeTasks() {
         older.delete(t.id);
       }
       loaded.add('open');
+      markOnce('taskwire:open-snapshot');
       schedule();
     },
     event(ev, { replayed }) {
@@ -360,6 +386,7 @@ function subscribeTasks() {
           viewGen++; // a page being read now was read before: drop it
         }
         loaded.add('done');
+        markOnce('taskwire:done-snapshot');
         schedule();
       },
       event(ev, { replayed }) {
@@ -430,6 +457,12 @@ async function showMore() {
   }
 }
 moreButton.addEventListener('click', showMore);
+for (const [status, col] of columns) {
+  col.querySelector('.column-all')?.addEventListener('click', () => {
+    expanded.add(status);
+    schedule();
+  });
+}
 
 // ---- the filter bar ----
 
@@ -467,6 +500,7 @@ filterForm.addEventListener('change', (e) => {
     sort: filterForm.sort.value,
   };
   const resubscribe = next.assignee !== view.assignee || next.priority !== view.priority;
+  if (resubscribe) expanded.clear();
   view = next;
   writeView();
   if (resubscribe) subscribeTasks();
