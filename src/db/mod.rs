@@ -72,6 +72,9 @@ pub struct DbConfig {
     pub log_scan_window: i64,
     /// How often committed task changes are filed into the tasks' activity.
     pub activity_interval: Duration,
+    /// How long a window topic nobody subscribes to any more is kept live
+    /// (zero: dropped when its last subscriber leaves).
+    pub window_linger: Duration,
     /// Test-only: a call with this `op_id` fails after all its writes, as a
     /// rule checked late would, to prove that it leaves nothing behind.
     #[doc(hidden)]
@@ -95,6 +98,7 @@ impl Default for DbConfig {
             recent_changes: 4096,
             log_scan_window: 10_000,
             activity_interval: Duration::from_millis(250),
+            window_linger: Duration::from_secs(60),
             fail_op_id: None,
             fail_sync_op_id: None,
         }

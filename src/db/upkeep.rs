@@ -20,9 +20,11 @@ impl Db {
             db.file_activity();
         });
         ctx.run_interval(Duration::from_millis(500), |db, _| db.watch_tokens());
-        ctx.run_interval(Duration::from_secs(5), |db, _| {
-            db.windows.drop_idle(super::windows::LINGER)
-        });
+        let linger = self.config.window_linger;
+        ctx.run_interval(
+            (linger / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+            move |db, _| db.windows.drop_idle(linger),
+        );
         ctx.run_interval(Duration::from_secs(1), |db, _| {
             db.check_files();
         });

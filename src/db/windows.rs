@@ -37,10 +37,6 @@ use crate::protocol::{raw, Change, Position, Topic};
 /// Event groups kept per window for resumes (one group per change).
 const RECENT: usize = 1024;
 
-/// How long a window nobody subscribes to any more is kept live: a page
-/// reloaded, or come back to, finds it in memory instead of a query.
-pub const LINGER: Duration = Duration::from_secs(60);
-
 /// Windows kept with no subscriber at most; past it the longest idle go.
 const IDLE_MAX: usize = 64;
 
@@ -375,11 +371,14 @@ impl Windows {
     }
 
     /// Subscribes of a window left (unsubscribed, or their socket closed).
-    /// A window left by all is kept for [`LINGER`].
-    pub fn leave(&mut self, topic: &Topic, n: usize) {
+    /// A window left by all is kept for `linger` (see [`Windows::drop_idle`]):
+    /// a page reloaded, or come back to, finds it in memory, not a query.
+    pub fn leave(&mut self, topic: &Topic, n: usize, linger: Duration) {
         if let Some(w) = self.active.get_mut(topic) {
             w.subscribers = w.subscribers.saturating_sub(n);
-            if w.subscribers == 0 && w.idle_since.is_none() {
+            if w.subscribers == 0 && linger.is_zero() {
+                self.active.remove(topic);
+            } else if w.subscribers == 0 && w.idle_since.is_none() {
                 w.idle_since = Some(Instant::now());
             }
         }

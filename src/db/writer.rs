@@ -502,7 +502,8 @@ pub struct LeaveWindow {
 impl Handler<LeaveWindow> for Db {
     type Result = ();
     fn handle(&mut self, msg: LeaveWindow, _: &mut Context<Self>) {
-        self.windows.leave(&msg.topic, msg.subscribes);
+        self.windows
+            .leave(&msg.topic, msg.subscribes, self.config.window_linger);
     }
 }
 

@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 async fn query(app: &TestApp, topic: &str) -> (i64, BTreeMap<i64, Value>) {
     let list = app.get_json(&format!("/api/{topic}")).await;
@@ -352,12 +353,12 @@ async fn a_failed_call_leaves_the_window_as_it_was() {
     assert_eq!(state.entities, items);
 }
 
-/// The server keeps a window while someone holds it: after the last
-/// subscriber leaves, a resume gets a snapshot; while one holds it, a resume
-/// replays.
+/// The server keeps a window while someone holds it and, by default, a
+/// minute after: a resume then replays. Once dropped (here at once, with no
+/// linger), a resume gets a snapshot.
 #[tokio::test]
 async fn a_window_is_kept_while_held_and_dropped_after() {
-    let app = spawn_app();
+    let app = spawn_app_with(|c| c.db.window_linger = Duration::ZERO);
     let topic = "tasks?limit=2&order=created_at";
     let mut a = app.ws().await;
     let r = a.subscribe(topic).await;
@@ -377,4 +378,29 @@ async fn a_window_is_kept_while_held_and_dropped_after() {
     }
     let r = b.resume(topic, &epoch, since).await;
     assert_eq!(r["data"]["snapshot"], json!([created]), "{r}");
+}
+
+/// A window its last subscriber left is kept live for a while: a page that
+/// comes back resumes it, with the changes made while nobody held it.
+#[tokio::test]
+async fn a_window_left_by_all_lingers_and_resumes() {
+    let app = spawn_app();
+    let topic = "tasks?limit=2&order=created_at";
+    let mut a = app.ws().await;
+    let r = a.subscribe(topic).await;
+    let (epoch, since) = (
+        r["data"]["epoch"].as_str().unwrap().to_string(),
+        r["data"]["seq"].as_i64().unwrap(),
+    );
+    let u = a.request(json!({"type": "unsubscribe", "topic": topic})).await;
+    assert_eq!(u["ok"], true);
+    drop(a);
+    let first = app.create_task("one").await;
+    let second = app.create_task("two").await;
+    app.create_task("three (after the window's two)").await;
+    let mut b = app.ws().await;
+    let r = b.resume(topic, &epoch, since).await;
+    let events = r["data"]["events"].as_array().expect("a replay of the kept window");
+    let ids: Vec<&Value> = events.iter().map(|e| &e["data"]["id"]).collect();
+    assert_eq!(ids, [&first["id"], &second["id"]], "{r}");
 }
