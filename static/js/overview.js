@@ -1,9 +1,13 @@
 // The overview page: the task board and the agents panel, live over one socket.
-// Open work comes from a filtered topic (`tasks?…status=blocked,in_progress,
-// review,todo`), the Done column from a window of the 50 most recently changed
-// done tasks, with older ones paged in over REST on "Show more". The filters
-// the server can express (assignee, minimum priority) are part of both topics;
-// the text filter and the sort are applied here. All of them live in the query
+// Each open column is a window of its first 50 tasks in the board's sort
+// (`tasks?limit=50&order=-priority&status=todo`), so a board of thousands of
+// open tasks loads 50 per column; "Show all" turns a column into its whole
+// filtered topic (`tasks?status=todo`), and so does a text filter or a sort
+// the server cannot express (title), for every open column. The Done column
+// is a window of the 50 most recently changed done tasks, with older ones
+// paged in over REST on "Show more". The filters the server can express
+// (assignee, minimum priority) are part of every topic; the text filter is
+// applied here. All of them live in the query
 // string, so a filtered board can be shared. A card that changes glows for a
 // moment; stuck work (in progress, but its agent is offline or nothing moved
 // for the server's `stuck_after_ms`) says so.
@@ -30,8 +34,9 @@ window.taskwire = client;
 mountConnection(client, document.getElementById('conn'));
 closeOnLeave(client);
 
-/** Open tasks (any status but done) from the open topic. */
+/** Open tasks (any status but done), from the open columns' topics. */
 const tasks = new Map();
+
 /** Done tasks in the window, and older ones paged in over REST (not live). */
 const done = new Map();
 const older = new Map();
@@ -52,8 +57,9 @@ const columns = new Map(
 );
 const agentList = document.getElementById('agent-list');
 
+/** Highest priority first, then newest: as the server's `-priority` order. */
 function byPriorityThenId(a, b) {
-  return b.priority - a.priority || a.id - b.id;
+  return b.priority - a.priority || b.id - a.id;
 }
 
 /** Newest change first, as the Done window holds them. */
@@ -69,7 +75,13 @@ const SORTS = {
 };
 
 const DONE_WINDOW = 50;
-const OPEN_STATUSES = 'blocked,in_progress,review,todo';
+const OPEN_STATUSES = ['todo', 'in_progress', 'blocked', 'review'];
+/** Each open column's tasks, as its topic holds them. A task moving between
+ * columns is in both for a moment (one topic's `left`, the other's
+ * `entered`, same seq); `tasks` holds it while any column does. */
+const columnTasks = new Map(OPEN_STATUSES.map((s) => [s, new Map()]));
+/** The server's window order for each sort; a sort not here is done in the page, on whole topics. */
+const ORDERS = { priority: '-priority', updated: '-updated_at', created: '-created_at' };
 
 // ---- the view: filters and sort, kept in the query string ----
 
@@ -217,13 +229,14 @@ function renderBoard() {
     reconcile(col.querySelector('.cards'), drawn.map(renderCard));
     const all = col.querySelector('.column-all');
     if (all) {
-      all.hidden = !capped;
-      if (capped) setText(all, `Show all ${list.length}`);
+      all.hidden = !capped && !windowFull(status);
+      setText(all, capped ? `Show all ${list.length}` : 'Show all');
     }
-    setText(col.querySelector('.count'), status === 'done' && hasMore() ? `${list.length}+` : list.length);
+    const more = status === 'done' ? hasMore() : windowFull(status);
+    setText(col.querySelector('.count'), more ? `${list.length}+` : list.length);
   }
   setText(document.getElementById('task-count'), shown.size);
-  if (loaded.size === 2 && board.hasAttribute('aria-busy')) {
+  if (loaded.size === OPEN_STATUSES.length + 1 && board.hasAttribute('aria-busy')) {
     board.removeAttribute('aria-busy');
     // For the benchmark of the first live render (docs/benchmarks.md).
     markOnce('taskwire:board');
@@ -341,37 +354,90 @@ function applyTask(map, ev, replayed) {
   if (!replayed && kind !== 'created' && (ev.changed || []).length > 0) changedIds.add(ev.data.id);
 }
 
+/** Whether an open column subscribes to its whole topic, not a window. */
+function wholeColumn(status) {
+  return expanded.has(status) || view.text.trim() !== '' || !ORDERS[view.sort];
+}
+
+/** An open column's topic: a window in the board's sort, or all of it. */
+function columnTopic(status) {
+  const fields = { ...serverFilter(), status };
+  if (!wholeColumn(status)) Object.assign(fields, { limit: COLUMN_CARDS, order: ORDERS[view.sort] });
+  return topicOf(fields);
+}
+
+/** A window column holding its limit: there may be more than it shows. */
+function windowFull(status) {
+  return !wholeColumn(status) && columnTasks.get(status).size >= COLUMN_CARDS;
+}
+
+function putOpen(status, task) {
+  columnTasks.get(status).set(task.id, task);
+  tasks.set(task.id, task);
+  older.delete(task.id);
+}
+
+function dropOpen(status, id) {
+  columnTasks.get(status).delete(id);
+  const elsewhere = OPEN_STATUSES.map((s) => columnTasks.get(s).get(id)).find(Boolean);
+  if (elsewhere) tasks.set(id, elsewhere);
+  else tasks.delete(id);
+}
+
+/** The open columns' subscriptions, by status. */
+const columnSubs = new Map();
+
+/** (Re)subscribes an open column to its topic, if that changed. */
+function subscribeColumn(status) {
+  const topic = columnTopic(status);
+  const old = columnSubs.get(status);
+  if (old && old.topic === topic) return;
+  if (old) old.unsubscribe();
+  for (const id of [...columnTasks.get(status).keys()]) dropOpen(status, id);
+  loaded.delete(status);
+  board.setAttribute('aria-busy', 'true');
+  const sub = client.subscribe(topic, {
+    snapshot(list) {
+      for (const id of [...columnTasks.get(status).keys()]) dropOpen(status, id);
+      for (const t of list) putOpen(status, t);
+      loaded.add(status);
+      if (OPEN_STATUSES.every((st) => loaded.has(st))) markOnce('taskwire:open-snapshot');
+      schedule();
+    },
+    event(ev, { replayed }) {
+      const kind = ev.event.split('.')[1];
+      if (kind === 'deleted' || kind === 'left') dropOpen(status, ev.data.id);
+      else {
+        putOpen(status, ev.data);
+        goneAt.set(ev.data.id, ev.seq);
+        // Let into a window by another's leaving, it did not change: no glow.
+        if (!replayed && kind !== 'created' && (ev.changed || []).length > 0) changedIds.add(ev.data.id);
+      }
+      schedule();
+    },
+    error: (err) => showError('tasks', err),
+  });
+  columnSubs.set(status, { topic, unsubscribe: () => sub.unsubscribe() });
+}
+
+function subscribeColumns() {
+  for (const status of OPEN_STATUSES) subscribeColumn(status);
+}
+
 function subscribeTasks() {
   for (const s of taskSubs) s.unsubscribe();
+  for (const s of columnSubs.values()) s.unsubscribe();
+  columnSubs.clear();
   viewGen++;
   tasks.clear();
+  for (const m of columnTasks.values()) m.clear();
   done.clear();
   older.clear();
   goneAt.clear();
   loaded.clear();
   moreNext = undefined;
   board.setAttribute('aria-busy', 'true');
-  const open = client.subscribe(topicOf({ ...serverFilter(), status: OPEN_STATUSES }), {
-    snapshot(list) {
-      tasks.clear();
-      for (const t of list) {
-        tasks.set(t.id, t);
-        older.delete(t.id);
-      }
-      loaded.add('open');
-      markOnce('taskwire:open-snapshot');
-      schedule();
-    },
-    event(ev, { replayed }) {
-      applyTask(tasks, ev, replayed);
-      if (tasks.has(ev.data.id)) {
-        older.delete(ev.data.id);
-        goneAt.set(ev.data.id, ev.seq);
-      }
-      schedule();
-    },
-    error: (err) => showError('tasks', err),
-  });
+  subscribeColumns();
   const win = client.subscribe(
     topicOf({ ...serverFilter(), limit: DONE_WINDOW, order: '-updated_at', status: 'done' }),
     {
@@ -407,7 +473,7 @@ function subscribeTasks() {
       error: (err) => showError('done tasks', err),
     },
   );
-  taskSubs = [open, win];
+  taskSubs = [win];
 }
 
 // ---- older done tasks, over REST ----
@@ -460,6 +526,7 @@ moreButton.addEventListener('click', showMore);
 for (const [status, col] of columns) {
   col.querySelector('.column-all')?.addEventListener('click', () => {
     expanded.add(status);
+    subscribeColumn(status);
     schedule();
   });
 }
@@ -503,13 +570,16 @@ filterForm.addEventListener('change', (e) => {
   if (resubscribe) expanded.clear();
   view = next;
   writeView();
+  // A new sort, or a text filter begun or cleared, changes the open columns' topics.
   if (resubscribe) subscribeTasks();
+  else subscribeColumns();
   schedule();
 });
 // The text filter narrows as one types.
 filterForm.q.addEventListener('input', () => {
   view = { ...view, text: filterForm.q.value };
   writeView();
+  subscribeColumns();
   schedule();
 });
 
