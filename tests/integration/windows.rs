@@ -30,6 +30,16 @@ async fn follow(ws: &mut Ws, state: &mut TopicState, seq: i64) {
     }
 }
 
+/// Subscribes to `topic`; returns the reply's position (epoch, seq).
+async fn subscribed_at(ws: &mut Ws, topic: &str) -> (String, i64) {
+    let r = ws.subscribe(topic).await;
+    assert_eq!(r["ok"], true, "{r}");
+    (
+        r["data"]["epoch"].as_str().unwrap().to_string(),
+        r["data"]["seq"].as_i64().unwrap(),
+    )
+}
+
 fn names(state: &TopicState, from: usize) -> Vec<(String, i64)> {
     state.events[from..]
         .iter()
@@ -361,11 +371,7 @@ async fn a_window_is_kept_while_held_and_dropped_after() {
     let app = spawn_app_with(|c| c.db.window_linger = Duration::ZERO);
     let topic = "tasks?limit=2&order=created_at";
     let mut a = app.ws().await;
-    let r = a.subscribe(topic).await;
-    let (epoch, since) = (
-        r["data"]["epoch"].as_str().unwrap().to_string(),
-        r["data"]["seq"].as_i64().unwrap(),
-    );
+    let (epoch, since) = subscribed_at(&mut a, topic).await;
     let created = app.create_task("one").await;
     let mut b = app.ws().await;
     let r = b.resume(topic, &epoch, since).await;
@@ -387,11 +393,7 @@ async fn a_window_left_by_all_lingers_and_resumes() {
     let app = spawn_app();
     let topic = "tasks?limit=2&order=created_at";
     let mut a = app.ws().await;
-    let r = a.subscribe(topic).await;
-    let (epoch, since) = (
-        r["data"]["epoch"].as_str().unwrap().to_string(),
-        r["data"]["seq"].as_i64().unwrap(),
-    );
+    let (epoch, since) = subscribed_at(&mut a, topic).await;
     let u = a.request(json!({"type": "unsubscribe", "topic": topic})).await;
     assert_eq!(u["ok"], true);
     drop(a);
