@@ -229,11 +229,13 @@ function renderBoard() {
     reconcile(col.querySelector('.cards'), drawn.map(renderCard));
     const all = col.querySelector('.column-all');
     if (all) {
-      all.hidden = !capped && !windowFull(status);
-      setText(all, capped ? `Show all ${list.length}` : 'Show all');
+      all.hidden = !capped;
+      setText(all, windowFull(status) ? 'Show all' : `Show all ${list.length}`);
     }
-    const more = status === 'done' ? hasMore() : windowFull(status);
-    setText(col.querySelector('.count'), more ? `${list.length}+` : list.length);
+    let count = list.length;
+    if (status === 'done' && hasMore()) count = `${list.length}+`;
+    else if (status !== 'done' && windowFull(status)) count = `${COLUMN_CARDS}+`;
+    setText(col.querySelector('.count'), count);
   }
   setText(document.getElementById('task-count'), shown.size);
   if (loaded.size === OPEN_STATUSES.length + 1 && board.hasAttribute('aria-busy')) {
@@ -359,16 +361,17 @@ function wholeColumn(status) {
   return expanded.has(status) || view.text.trim() !== '' || !ORDERS[view.sort];
 }
 
-/** An open column's topic: a window in the board's sort, or all of it. */
+/** An open column's topic: a window in the board's sort, or all of it. The
+ * window holds one task more than the column draws: that one says there are more. */
 function columnTopic(status) {
   const fields = { ...serverFilter(), status };
-  if (!wholeColumn(status)) Object.assign(fields, { limit: COLUMN_CARDS, order: ORDERS[view.sort] });
+  if (!wholeColumn(status)) Object.assign(fields, { limit: COLUMN_CARDS + 1, order: ORDERS[view.sort] });
   return topicOf(fields);
 }
 
-/** A window column holding its limit: there may be more than it shows. */
+/** A window column with more tasks than it draws. */
 function windowFull(status) {
-  return !wholeColumn(status) && columnTasks.get(status).size >= COLUMN_CARDS;
+  return !wholeColumn(status) && columnTasks.get(status).size > COLUMN_CARDS;
 }
 
 function putOpen(status, task) {
@@ -393,7 +396,7 @@ function subscribeColumn(status) {
   const old = columnSubs.get(status);
   if (old && old.topic === topic) return;
   if (old) old.unsubscribe();
-  for (const id of [...columnTasks.get(status).keys()]) dropOpen(status, id);
+  // The cards stay until the new topic's snapshot replaces them.
   loaded.delete(status);
   board.setAttribute('aria-busy', 'true');
   const sub = client.subscribe(topic, {

@@ -66,11 +66,11 @@ async fn the_overview_filters_are_filtered_subscriptions_kept_in_the_url() {
         b.js(TOPICS).await,
         json!([
             "agents",
-            format!("tasks?assignee_id={aid}&limit=50&order=-priority&status=blocked"),
-            format!("tasks?assignee_id={aid}&limit=50&order=-priority&status=in_progress"),
-            format!("tasks?assignee_id={aid}&limit=50&order=-priority&status=review"),
-            format!("tasks?assignee_id={aid}&limit=50&order=-priority&status=todo"),
             format!("tasks?assignee_id={aid}&limit=50&order=-updated_at&status=done"),
+            format!("tasks?assignee_id={aid}&limit=51&order=-priority&status=blocked"),
+            format!("tasks?assignee_id={aid}&limit=51&order=-priority&status=in_progress"),
+            format!("tasks?assignee_id={aid}&limit=51&order=-priority&status=review"),
+            format!("tasks?assignee_id={aid}&limit=51&order=-priority&status=todo"),
         ])
     );
     assert_eq!(
@@ -107,11 +107,11 @@ async fn the_overview_filters_are_filtered_subscriptions_kept_in_the_url() {
         b.js(TOPICS).await,
         json!([
             "agents",
-            format!("tasks?assignee_id={aid}&limit=50&order=-priority&priority_min=2&status=blocked"),
-            format!("tasks?assignee_id={aid}&limit=50&order=-priority&priority_min=2&status=in_progress"),
-            format!("tasks?assignee_id={aid}&limit=50&order=-priority&priority_min=2&status=review"),
-            format!("tasks?assignee_id={aid}&limit=50&order=-priority&priority_min=2&status=todo"),
             format!("tasks?assignee_id={aid}&limit=50&order=-updated_at&priority_min=2&status=done"),
+            format!("tasks?assignee_id={aid}&limit=51&order=-priority&priority_min=2&status=blocked"),
+            format!("tasks?assignee_id={aid}&limit=51&order=-priority&priority_min=2&status=in_progress"),
+            format!("tasks?assignee_id={aid}&limit=51&order=-priority&priority_min=2&status=review"),
+            format!("tasks?assignee_id={aid}&limit=51&order=-priority&priority_min=2&status=todo"),
         ])
     );
     // Text: applied here, on the open columns' whole topics.
@@ -466,10 +466,10 @@ async fn bench_overview_first_render_with_100k_tasks() {
     // The overview's topics: each open column's window, Done's, the agents.
     let topics = [
         "agents",
-        "tasks?limit=50&order=-priority&status=todo",
-        "tasks?limit=50&order=-priority&status=in_progress",
-        "tasks?limit=50&order=-priority&status=blocked",
-        "tasks?limit=50&order=-priority&status=review",
+        "tasks?limit=51&order=-priority&status=todo",
+        "tasks?limit=51&order=-priority&status=in_progress",
+        "tasks?limit=51&order=-priority&status=blocked",
+        "tasks?limit=51&order=-priority&status=review",
         "tasks?limit=50&order=-updated_at&status=done",
     ];
     let mut ws = app.ws().await;
