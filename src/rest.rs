@@ -803,11 +803,25 @@ async fn heartbeat(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Res {
-    let id = path_id(&id)?;
-    let mut params = body(&app, payload, true).await?;
-    params.insert("id".into(), json!(id));
-    let c = execute(&app, &req, who, Method::AgentHeartbeat, Value::Object(params)).await?;
+    let c = call_on(&app, &req, who, &id, payload, true, Method::AgentHeartbeat).await?;
     Ok(written(HttpResponse::NoContent(), c.seq).finish())
+}
+
+/// Runs `method` with the body's params and the `id` of the path (a body
+/// that names `id` itself is overridden).
+async fn call_on(
+    app: &AppState,
+    req: &HttpRequest,
+    who: Principal,
+    id: &str,
+    payload: web::Payload,
+    empty_ok: bool,
+    method: Method,
+) -> Result<Committed, ApiError> {
+    let id = path_id(id)?;
+    let mut params = body(app, payload, empty_ok).await?;
+    params.insert("id".into(), json!(id));
+    execute(app, req, who, method, Value::Object(params)).await
 }
 
 async fn note_task(
@@ -817,10 +831,7 @@ async fn note_task(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Res {
-    let id = path_id(&id)?;
-    let mut params = body(&app, payload, false).await?;
-    params.insert("id".into(), json!(id));
-    let c = execute(&app, &req, who, Method::TaskNote, Value::Object(params)).await?;
+    let c = call_on(&app, &req, who, &id, payload, false, Method::TaskNote).await?;
     Ok(written(HttpResponse::Created(), c.seq).json(c.value()?))
 }
 
@@ -831,13 +842,9 @@ async fn claim_task(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Res {
-    let id = path_id(&id)?;
-    let mut params = body(&app, payload, true).await?;
-    if !params.is_empty() {
-        return Err(ApiError::bad_request("a claim takes no body"));
-    }
-    params.insert("id".into(), json!(id));
-    let c = execute(&app, &req, who, Method::TaskClaim, Value::Object(params)).await?;
+    // A claim's body is empty or `{}`; anything in it but the id is refused
+    // by the call's own params (`bad_request`, unknown field).
+    let c = call_on(&app, &req, who, &id, payload, true, Method::TaskClaim).await?;
     let data = c.value()?;
     Ok(written(HttpResponse::Ok(), c.seq)
         .insert_header(etag(&data["version"]))

@@ -30,6 +30,20 @@ async fn follow(ws: &mut Ws, state: &mut TopicState, seq: i64) {
     }
 }
 
+/// Makes `n` done tasks, `t0`, `t1`, ...; returns their ids in order.
+async fn done_tasks(app: &TestApp, n: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let res = app
+            .post("/api/tasks", json!({"title": format!("t{i}"), "status": "done"}))
+            .send()
+            .await
+            .unwrap();
+        ids.push(res.json::<Value>().await.unwrap()["id"].as_i64().unwrap());
+    }
+    ids
+}
+
 /// Subscribes to `topic`; returns the reply's position (epoch, seq).
 async fn subscribed_at(ws: &mut Ws, topic: &str) -> (String, i64) {
     let r = ws.subscribe(topic).await;
@@ -108,15 +122,7 @@ async fn a_window_has_one_spelling_and_rest_pages_it_with_a_cursor() {
 #[tokio::test]
 async fn entering_pushes_the_last_out_and_leaving_lets_the_next_in() {
     let app = spawn_app();
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        let res = app
-            .post("/api/tasks", json!({"title": format!("t{i}"), "status": "done"}))
-            .send()
-            .await
-            .unwrap();
-        ids.push(res.json::<Value>().await.unwrap()["id"].as_i64().unwrap());
-    }
+    let ids = done_tasks(&app, 5).await;
     let topic = "tasks?limit=3&order=-updated_at&status=done";
     let mut ws = app.ws().await;
     let mut state = TopicState::from_snapshot(&ws.subscribe(topic).await);
@@ -325,15 +331,7 @@ async fn windows_equal_the_query_after_concurrent_writes_and_resumes() {
 #[tokio::test]
 async fn a_failed_call_leaves_the_window_as_it_was() {
     let app = spawn_app_with(|c| c.db.fail_op_id = Some("boom".into()));
-    let mut ids = Vec::new();
-    for i in 0..4 {
-        let res = app
-            .post("/api/tasks", json!({"title": format!("t{i}"), "status": "done"}))
-            .send()
-            .await
-            .unwrap();
-        ids.push(res.json::<Value>().await.unwrap()["id"].as_i64().unwrap());
-    }
+    let ids = done_tasks(&app, 4).await;
     let topic = "tasks?limit=2&order=-updated_at&status=done";
     let mut ws = app.ws().await;
     let mut state = TopicState::from_snapshot(&ws.subscribe(topic).await);
