@@ -41,6 +41,9 @@ pub struct WriteCtx<'a> {
     pub now: String,
     /// The author of the call being run, as `by` shows it.
     pub by: Arc<RawValue>,
+    /// Whose `by` that is (token id and name): the next call of the same
+    /// token reuses it instead of serializing it again.
+    pub by_of: Option<(i64, Arc<str>)>,
     /// Test-only: see [`super::DbConfig::fail_op_id`].
     pub fail_op_id: Option<&'a str>,
     /// The window topics held, computed at each change.
@@ -55,6 +58,7 @@ impl<'a> WriteCtx<'a> {
             tasks,
             now: now(),
             by: system_author(),
+            by_of: None,
             fail_op_id: None,
             windows: None,
         }
@@ -62,6 +66,14 @@ impl<'a> WriteCtx<'a> {
 
     /// Makes the next changes authored by `who`.
     pub fn act_as(&mut self, who: &Principal) {
+        if self
+            .by_of
+            .as_ref()
+            .is_some_and(|(id, name)| *id == who.token_id && *name == who.name)
+        {
+            return;
+        }
+        self.by_of = Some((who.token_id, who.name.clone()));
         self.by = if who.is_system() {
             system_author()
         } else {
