@@ -27,6 +27,31 @@ pub struct Task {
     pub updated_at: String,
 }
 
+/// Some fields of a task, as a JSON object in the given order.
+struct FieldsOf<'a>(&'a Task, &'a [String]);
+
+impl Serialize for FieldsOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (t, fields) = (self.0, self.1);
+        let mut map = s.serialize_map(Some(fields.len()))?;
+        for f in fields {
+            match f.as_str() {
+                "assignee_id" => map.serialize_entry(f, &t.assignee_id)?,
+                "created_at" => map.serialize_entry(f, &t.created_at)?,
+                "description" => map.serialize_entry(f, &t.description)?,
+                "id" => map.serialize_entry(f, &t.id)?,
+                "priority" => map.serialize_entry(f, &t.priority)?,
+                "progress" => map.serialize_entry(f, &t.progress)?,
+                "status" => map.serialize_entry(f, &t.status)?,
+                "title" => map.serialize_entry(f, &t.title)?,
+                _ => map.serialize_entry(f, &())?,
+            }
+        }
+        map.end()
+    }
+}
+
 impl Task {
     /// The fields a create reports as changed: all but `version` and
     /// `updated_at`, sorted by name as `changed_fields` lists them.
@@ -51,21 +76,10 @@ impl Task {
     }
 
     /// The values of `fields` as the task's JSON has them: an update's
-    /// `before`, without serializing the whole task (its description may be
-    /// long).
-    pub fn values_of(&self, fields: &[String]) -> Value {
-        let value = |f: &str| match f {
-            "assignee_id" => json!(self.assignee_id),
-            "created_at" => json!(self.created_at),
-            "description" => json!(self.description),
-            "id" => json!(self.id),
-            "priority" => json!(self.priority),
-            "progress" => json!(self.progress),
-            "status" => json!(self.status),
-            "title" => json!(self.title),
-            _ => Value::Null,
-        };
-        Value::Object(fields.iter().map(|f| (f.clone(), value(f))).collect())
+    /// `before`, written straight from the row (not the whole task, whose
+    /// description may be long, nor a tree of values).
+    pub fn values_of(&self, fields: &[String]) -> Arc<RawValue> {
+        Arc::from(serde_json::value::to_raw_value(&FieldsOf(self, fields)).expect("a task's fields serialize"))
     }
 
     /// The fields that differ in `next`, sorted by name; `version` and

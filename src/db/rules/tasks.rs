@@ -170,7 +170,7 @@ pub(super) fn save(
     next.updated_at = ctx.now.clone();
     q::save_task(conn, &next, next.assignee_id != task.assignee_id)?;
     let data = next.to_raw();
-    let before = raw(&task.values_of(&changed));
+    let before = task.values_of(&changed);
     let mut out = Outcome::default();
     ctx.record(
         conn,
@@ -300,7 +300,7 @@ mod tests {
             let changed = before.changed_fields(&next);
             assert_eq!(changed, changed_fields(&before.to_json(), &next.to_json()), "{next:?}");
             assert_eq!(
-                before.values_of(&changed),
+                before.values_of(&changed).get().parse::<Value>().unwrap(),
                 super::super::before_values(&before.to_json(), &changed)
                     .get()
                     .parse::<Value>()
